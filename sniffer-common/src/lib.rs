@@ -1,0 +1,131 @@
+//! Types shared by the tcp-sniffer kernel program and its userspace loader.
+//!
+//! Everything here is `#![no_std]` so the kernel program (built for `bpfel-unknown-none`) and the
+//! loader agree on one memory layout. With the `user` feature the types implement [`aya::Pod`], so
+//! the loader can read them from the ring buffer and put ports in the map.
+#![no_std]
+
+pub mod parse;
+
+/// Name of the socket filter program in the kernel object.
+pub const PROGRAM_NAME: &str = "tcp_sniffer";
+/// Name of the hash map (`u16` port → `u8` unused) holding the ports to capture.
+pub const PORTS_MAP: &str = "PORTS";
+/// Name of the ring buffer carrying one [`PacketRecord`] per matched packet.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array of `u64` counters indexed by [`Counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the global (`u8`, a [`LinkLayer`] value) telling the program what precedes the IP header.
+pub const LINK_LAYER_GLOBAL: &str = "LINK_LAYER";
+
+/// How many ports the `PORTS` map holds at most.
+pub const MAX_PORTS: u32 = 64;
+/// Ring buffer size compiled into the object; the loader may override it (power of two, page multiple).
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// Counters the kernel program keeps in the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP packets whose source or destination port is in `PORTS`.
+    Matched = 0,
+    /// Matched packets lost because the ring buffer had no room for their record.
+    RingFull = 1,
+}
+
+impl Counter {
+    /// Number of counters, i.e. the `max_entries` of `COUNTERS`.
+    pub const COUNT: u32 = 2;
+}
+
+/// `pkt_type` the kernel reports for a packet addressed to this host (`PACKET_HOST`).
+pub const PACKET_HOST: u8 = 0;
+/// `pkt_type` the kernel reports for a packet sent by this host (`PACKET_OUTGOING`).
+pub const PACKET_OUTGOING: u8 = 4;
+
+/// TCP flag bits as they appear in byte 13 of the TCP header.
+pub mod tcp_flags {
+    /// No more data from sender.
+    pub const FIN: u8 = 0x01;
+    /// Synchronize sequence numbers.
+    pub const SYN: u8 = 0x02;
+    /// Reset the connection.
+    pub const RST: u8 = 0x04;
+    /// Push function.
+    pub const PSH: u8 = 0x08;
+    /// Acknowledgment field significant.
+    pub const ACK: u8 = 0x10;
+    /// Urgent pointer field significant.
+    pub const URG: u8 = 0x20;
+    /// ECN-Echo.
+    pub const ECE: u8 = 0x40;
+    /// Congestion window reduced.
+    pub const CWR: u8 = 0x80;
+}
+
+/// What the interface puts in front of the IP header, as seen by an `AF_PACKET`/`SOCK_RAW` socket.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// An Ethernet header (veth, physical NICs and loopback), optionally with 802.1Q/802.1ad tags.
+    Ethernet = 0,
+    /// Nothing: the packet starts with the IP header (tun devices, WireGuard).
+    RawIp = 1,
+}
+
+impl LinkLayer {
+    /// Decodes the value stored in the `LINK_LAYER` global; unknown values mean Ethernet.
+    #[inline(always)]
+    pub const fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::RawIp,
+            _ => Self::Ethernet,
+        }
+    }
+}
+
+/// Metadata of one matched TCP packet, as written by the kernel into the ring buffer.
+///
+/// All multi-byte numbers are in host byte order; addresses are in network order. An IPv4 address
+/// occupies the first four bytes of its 16-byte field and the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketRecord {
+    /// `bpf_ktime_get_ns()` at capture: nanoseconds of `CLOCK_MONOTONIC`.
+    pub ts_ns: u64,
+    /// Source address.
+    pub src_addr: [u8; 16],
+    /// Destination address.
+    pub dst_addr: [u8; 16],
+    /// Raw TCP sequence number.
+    pub seq: u32,
+    /// Raw TCP acknowledgment number.
+    pub ack: u32,
+    /// Packet length as seen on the interface (`skb->len`, link header included).
+    pub len: u32,
+    /// TCP payload bytes: IP total length − IP header(s) − TCP header.
+    pub payload_len: u32,
+    /// TCP source port.
+    pub src_port: u16,
+    /// TCP destination port.
+    pub dst_port: u16,
+    /// Raw TCP window field.
+    pub window: u16,
+    /// TCP flags byte (see [`tcp_flags`]).
+    pub tcp_flags: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// The kernel's packet type (`PACKET_HOST`, `PACKET_OUTGOING`, …).
+    pub pkt_type: u8,
+    /// Explicit padding so the layout has no hidden bytes (size is a multiple of 8).
+    pub _pad: [u8; 7],
+}
+
+/// Size of one record in the ring buffer.
+pub const RECORD_SIZE: usize = core::mem::size_of::<PacketRecord>();
+const _: () = assert!(RECORD_SIZE == 72);
+const _: () = assert!(RECORD_SIZE.is_multiple_of(8));
+
+#[cfg(feature = "user")]
+// SAFETY: `PacketRecord` is `repr(C)`, made only of integers and byte arrays, with explicit padding.
+unsafe impl aya::Pod for PacketRecord {}

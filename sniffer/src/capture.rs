@@ -1,0 +1,232 @@
+//! Load the kernel program, attach it to the interface, and read its ring buffer.
+
+use std::io;
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, SocketFilter, socket_filter::SocketFilterError},
+};
+use sniffer_common::{
+    COUNTERS_MAP, Counter, EVENTS_MAP, LINK_LAYER_GLOBAL, PORTS_MAP, PROGRAM_NAME, PacketRecord,
+    RECORD_SIZE,
+};
+use thiserror::Error;
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::socket::{PacketSocket, SocketError};
+
+/// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SNIFFER_EBPF_OBJECT"));
+
+/// Most records taken from the ring per [`Capture::next_batch`], so one call stays short.
+pub const MAX_BATCH: usize = 4096;
+
+/// Capture could not start or stopped working (exit code 2).
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    /// The packet socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The object could not be loaded (maps created, relocations applied).
+    #[error("cannot load the kernel object (needs CAP_BPF)")]
+    Load(#[from] EbpfError),
+    /// The object lacks a program or map this loader expects.
+    #[error("the kernel object has no {0:?}; it was built from other sources")]
+    Missing(&'static str),
+    /// A map operation failed.
+    #[error("BPF map {name} failed")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What failed.
+        #[source]
+        source: MapError,
+    },
+    /// The verifier refused the program, or loading it failed.
+    #[error("cannot load the socket filter program")]
+    Program(#[from] ProgramError),
+    /// `SO_ATTACH_BPF` failed.
+    #[error("cannot attach the socket filter")]
+    Attach(#[from] SocketFilterError),
+    /// Waiting on the ring buffer failed.
+    #[error("cannot poll the ring buffer")]
+    Poll(#[source] io::Error),
+}
+
+/// What to capture.
+#[derive(Clone, Copy, Debug)]
+pub struct CaptureOptions<'a> {
+    /// Interface name (for the link type and messages).
+    pub interface: &'a str,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Ports to match.
+    pub ports: &'a [u16],
+    /// Ring buffer size in bytes.
+    pub ring_buffer_bytes: u32,
+}
+
+/// Totals kept by the kernel program, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Packets that matched a port.
+    pub matched: u64,
+    /// Matched packets whose record was lost because the ring was full.
+    pub ring_full: u64,
+}
+
+/// A running capture: the program attached to a bound packet socket, and the ring to read.
+pub struct Capture {
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Closing the socket detaches the program; `None` once stopped.
+    socket: Option<PacketSocket>,
+    /// Records of unexpected size taken off the ring (a loader/object mismatch).
+    malformed: u64,
+    /// The last drain stopped at [`MAX_BATCH`] with records left.
+    more: bool,
+    _ebpf: Ebpf,
+}
+
+impl Capture {
+    /// Loads the program, fills the port map and starts capturing on the interface.
+    ///
+    /// Must run inside a tokio runtime with I/O enabled.
+    pub fn start(options: &CaptureOptions<'_>) -> Result<Self, CaptureError> {
+        let CaptureOptions {
+            interface,
+            ifindex,
+            ports,
+            ring_buffer_bytes,
+        } = *options;
+        let socket = PacketSocket::open()?;
+        let link = socket.link_layer(interface)? as u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(LINK_LAYER_GLOBAL, &link, true)
+            .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
+            .load(OBJECT)?;
+
+        let mut port_map: HashMap<_, u16, u8> = HashMap::try_from(
+            ebpf.map_mut(PORTS_MAP)
+                .ok_or(CaptureError::Missing(PORTS_MAP))?,
+        )
+        .map_err(|source| CaptureError::Map {
+            name: PORTS_MAP,
+            source,
+        })?;
+        for &port in ports {
+            port_map
+                .insert(port, 1, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: PORTS_MAP,
+                    source,
+                })?;
+        }
+
+        let ring = RingBuf::try_from(
+            ebpf.take_map(EVENTS_MAP)
+                .ok_or(CaptureError::Missing(EVENTS_MAP))?,
+        )
+        .map_err(|source| CaptureError::Map {
+            name: EVENTS_MAP,
+            source,
+        })?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(COUNTERS_MAP)
+                .ok_or(CaptureError::Missing(COUNTERS_MAP))?,
+        )
+        .map_err(|source| CaptureError::Map {
+            name: COUNTERS_MAP,
+            source,
+        })?;
+
+        let program: &mut SocketFilter = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(CaptureError::Missing(PROGRAM_NAME))?
+            .try_into()?;
+        program.load()?;
+        program.attach(socket.fd())?;
+        socket.bind(ifindex)?;
+
+        Ok(Self {
+            // SAFETY: the ring owns its map descriptor, which stays open and unchanged for as
+            // long as the `AsyncFd` owns the ring.
+            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|err| CaptureError::Poll(err.into_parts().1))?,
+            counters,
+            socket: Some(socket),
+            malformed: 0,
+            more: false,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Waits until records are available, then moves up to [`MAX_BATCH`] of them into `batch`.
+    ///
+    /// Cancel-safe: nothing is taken from the ring before the wait completes.
+    pub async fn next_batch(&mut self, batch: &mut Vec<PacketRecord>) -> Result<(), CaptureError> {
+        if !self.more {
+            let mut guard = self.ring.readable_mut().await.map_err(CaptureError::Poll)?;
+            // Cleared before draining: a record committed while we drain wakes us again.
+            guard.clear_ready();
+        }
+        self.drain(batch, MAX_BATCH);
+        Ok(())
+    }
+
+    /// Stops capturing: closes the socket, which detaches the program. Records already in the
+    /// ring stay there for [`Capture::drain_remaining`].
+    pub fn stop(&mut self) {
+        self.socket = None;
+    }
+
+    /// Moves everything left in the ring into `batch` without waiting.
+    pub fn drain_remaining(&mut self, batch: &mut Vec<PacketRecord>) {
+        self.drain(batch, usize::MAX);
+    }
+
+    fn drain(&mut self, batch: &mut Vec<PacketRecord>, limit: usize) {
+        let ring = self.ring.get_mut();
+        let mut taken = 0;
+        while taken < limit {
+            let Some(item) = ring.next() else {
+                self.more = false;
+                return;
+            };
+            if item.len() == RECORD_SIZE {
+                // SAFETY: the ring holds `PacketRecord`s written by the kernel program, which
+                // shares this definition; `read_unaligned` needs no alignment.
+                batch.push(unsafe { item.as_ptr().cast::<PacketRecord>().read_unaligned() });
+            } else {
+                self.malformed += 1;
+            }
+            taken += 1;
+        }
+        self.more = true;
+    }
+
+    /// Reads the kernel's counters.
+    pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
+        let read = |counter: Counter| -> Result<u64, CaptureError> {
+            let values =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| CaptureError::Map {
+                        name: COUNTERS_MAP,
+                        source,
+                    })?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelCounters {
+            matched: read(Counter::Matched)?,
+            ring_full: read(Counter::RingFull)?,
+        })
+    }
+
+    /// Records taken off the ring with an unexpected size and discarded.
+    #[must_use]
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+}

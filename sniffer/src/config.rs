@@ -1,0 +1,387 @@
+//! Configuration: environment variables (each also a flag) and their validation.
+
+use std::{collections::BTreeSet, ffi::CString, fmt};
+
+use clap::Parser;
+use sniffer_common::MAX_PORTS;
+use thiserror::Error;
+
+/// Default ring buffer size: about 58,000 records, 0.17 s at 350,000 packets/s.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
+
+/// Command line and environment, as given. [`Args::validate`] turns it into a [`Config`].
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "sniffer",
+    version,
+    about = "Capture TCP packet metadata on an interface with eBPF"
+)]
+pub struct Args {
+    /// TCP ports to capture, comma-separated (e.g. `8080,8443`); a packet matches when its source
+    /// or destination port is listed.
+    #[arg(long, env = "PORTS")]
+    pub ports: String,
+    /// Interface to capture on.
+    #[arg(long, env = "INTERFACE", default_value = "eth0")]
+    pub interface: String,
+    /// HTTP(S) collector URL. Delivery to a collector is not implemented yet: setting it is refused.
+    #[arg(long, env = "OUTPUT_URL")]
+    pub output_url: Option<String>,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    #[arg(long, env = "RING_BUFFER_BYTES", default_value_t = DEFAULT_RING_BUFFER_BYTES)]
+    pub ring_buffer_bytes: u32,
+    /// Pod name (downward API), included in logs.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Pod namespace (downward API), included in logs.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Node name (downward API), included in logs.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Ports to capture, sorted, unique, non-zero.
+    pub ports: Vec<u16>,
+    /// Interface name.
+    pub interface: String,
+    /// Interface index in this network namespace.
+    pub ifindex: u32,
+    /// Ring buffer size in bytes.
+    pub ring_buffer_bytes: u32,
+}
+
+/// Why a `PORTS` value was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PortsError {
+    /// Nothing but whitespace.
+    #[error("PORTS is empty: list at least one TCP port, e.g. PORTS=8080,8443")]
+    Empty,
+    /// Two commas in a row, or a leading or trailing comma.
+    #[error("PORTS entry {position} is empty in {value:?}")]
+    EmptyEntry {
+        /// 1-based position of the empty entry.
+        position: usize,
+        /// The whole value.
+        value: String,
+    },
+    /// Not a decimal number.
+    #[error("PORTS entry {token:?} is not a port number")]
+    NotANumber {
+        /// The offending entry.
+        token: String,
+    },
+    /// 0 or above 65535.
+    #[error("PORTS entry {token:?} is out of range: TCP ports are 1-65535")]
+    OutOfRange {
+        /// The offending entry.
+        token: String,
+    },
+    /// Listed twice.
+    #[error("PORTS lists port {port} more than once")]
+    Duplicate {
+        /// The repeated port.
+        port: u16,
+    },
+    /// More ports than the kernel map holds.
+    #[error("PORTS lists {count} ports; at most {MAX_PORTS} are supported")]
+    TooMany {
+        /// How many were listed.
+        count: usize,
+    },
+}
+
+/// A configuration the sniffer cannot start with (exit code 1).
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// `PORTS` is invalid.
+    #[error(transparent)]
+    Ports(#[from] PortsError),
+    /// `INTERFACE` does not exist in this network namespace.
+    #[error("INTERFACE {name:?} does not exist in this network namespace")]
+    UnknownInterface {
+        /// The name given.
+        name: String,
+    },
+    /// `RING_BUFFER_BYTES` is not a power of two of at least one page.
+    #[error("RING_BUFFER_BYTES={value} must be a power of two and at least {page} bytes")]
+    RingBufferSize {
+        /// The value given.
+        value: u32,
+        /// The page size.
+        page: u32,
+    },
+    /// `OUTPUT_URL` is set, but this build only writes to stdout.
+    #[error(
+        "OUTPUT_URL is set, but delivery to a collector is not implemented in this version; unset it to write NDJSON to stdout"
+    )]
+    OutputUrlUnsupported,
+}
+
+/// Parses a `PORTS` value such as `8080, 8443`.
+///
+/// # Examples
+///
+/// ```
+/// use sniffer::config::{parse_ports, PortsError};
+///
+/// assert_eq!(parse_ports(" 8443, 8080 "), Ok(vec![8080, 8443]));
+/// assert_eq!(parse_ports("80,http"), Err(PortsError::NotANumber { token: "http".into() }));
+/// ```
+pub fn parse_ports(value: &str) -> Result<Vec<u16>, PortsError> {
+    if value.trim().is_empty() {
+        return Err(PortsError::Empty);
+    }
+    let mut ports = BTreeSet::new();
+    for (index, token) in value.split(',').enumerate() {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(PortsError::EmptyEntry {
+                position: index + 1,
+                value: value.to_owned(),
+            });
+        }
+        if !token.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(PortsError::NotANumber {
+                token: token.to_owned(),
+            });
+        }
+        let port = token
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| PortsError::OutOfRange {
+                token: token.to_owned(),
+            })?;
+        if !ports.insert(port) {
+            return Err(PortsError::Duplicate { port });
+        }
+    }
+    if ports.len() > MAX_PORTS as usize {
+        return Err(PortsError::TooMany { count: ports.len() });
+    }
+    Ok(ports.into_iter().collect())
+}
+
+impl Args {
+    /// Checks every value and resolves the interface.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let ports = parse_ports(&self.ports)?;
+        if self.output_url.is_some() {
+            return Err(ConfigError::OutputUrlUnsupported);
+        }
+        let page = page_size();
+        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < page {
+            return Err(ConfigError::RingBufferSize {
+                value: self.ring_buffer_bytes,
+                page,
+            });
+        }
+        let ifindex =
+            interface_index(&self.interface).ok_or_else(|| ConfigError::UnknownInterface {
+                name: self.interface.clone(),
+            })?;
+        Ok(Config {
+            ports,
+            interface: self.interface.clone(),
+            ifindex,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+        })
+    }
+
+    /// Placement fields from the downward API.
+    #[must_use]
+    pub fn placement(&self) -> Placement {
+        Placement {
+            pod: self.pod_name.clone(),
+            namespace: self.pod_namespace.clone(),
+            node: self.node_name.clone(),
+        }
+    }
+}
+
+/// Where this agent runs; added to every log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// `POD_NAME`.
+    pub pod: Option<String>,
+    /// `POD_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// `NODE_NAME`.
+    pub node: Option<String>,
+}
+
+impl Placement {
+    /// Reads the placement variables directly, for errors raised before arguments parse.
+    #[must_use]
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Self {
+            pod: var("POD_NAME"),
+            namespace: var("POD_NAMESPACE"),
+            node: var("NODE_NAME"),
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            pod,
+            namespace,
+            node,
+        } = self;
+        write!(
+            f,
+            "{}/{} on {}",
+            namespace.as_deref().unwrap_or("-"),
+            pod.as_deref().unwrap_or("-"),
+            node.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+fn interface_index(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(size).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_lists_with_spaces() {
+        assert_eq!(parse_ports("8080,8443"), Ok(vec![8080, 8443]));
+        assert_eq!(parse_ports(" 8080 , 8443 "), Ok(vec![8080, 8443]));
+        assert_eq!(parse_ports("1,65535"), Ok(vec![1, 65535]));
+        assert_eq!(parse_ports("443"), Ok(vec![443]));
+    }
+
+    #[test]
+    fn rejects_empty() {
+        assert_eq!(parse_ports(""), Err(PortsError::Empty));
+        assert_eq!(parse_ports("  "), Err(PortsError::Empty));
+        assert_eq!(
+            parse_ports("8080,,8443"),
+            Err(PortsError::EmptyEntry {
+                position: 2,
+                value: "8080,,8443".into()
+            })
+        );
+        assert!(matches!(
+            parse_ports("8080,"),
+            Err(PortsError::EmptyEntry { position: 2, .. })
+        ));
+        assert!(matches!(
+            parse_ports(",8080"),
+            Err(PortsError::EmptyEntry { position: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_zero_and_out_of_range() {
+        for token in ["0", "65536", "70000", "99999999999999999999"] {
+            assert_eq!(
+                parse_ports(&format!("80,{token}")),
+                Err(PortsError::OutOfRange {
+                    token: token.into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_non_numbers() {
+        for token in ["http", "-1", "+80", "80a", "8 080", "0x50", "８０"] {
+            assert_eq!(
+                parse_ports(token),
+                Err(PortsError::NotANumber {
+                    token: token.into()
+                }),
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_duplicates() {
+        assert_eq!(
+            parse_ports("80,80"),
+            Err(PortsError::Duplicate { port: 80 })
+        );
+        assert_eq!(
+            parse_ports("80, 443, 080"),
+            Err(PortsError::Duplicate { port: 80 })
+        );
+    }
+
+    #[test]
+    fn rejects_more_than_the_map_holds() {
+        let max: Vec<String> = (1..=MAX_PORTS).map(|p| p.to_string()).collect();
+        assert_eq!(
+            parse_ports(&max.join(",")).unwrap().len(),
+            MAX_PORTS as usize
+        );
+        let over: Vec<String> = (1..=MAX_PORTS + 1).map(|p| p.to_string()).collect();
+        assert_eq!(
+            parse_ports(&over.join(",")),
+            Err(PortsError::TooMany {
+                count: MAX_PORTS as usize + 1
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_bad_token() {
+        let message = parse_ports("8080,80x").unwrap_err().to_string();
+        assert!(message.contains("\"80x\""), "{message}");
+        let message = parse_ports("8080,70000").unwrap_err().to_string();
+        assert!(message.contains("70000"), "{message}");
+    }
+
+    fn args(ports: &str, interface: &str) -> Args {
+        Args::try_parse_from(["sniffer", "--ports", ports, "--interface", interface]).unwrap()
+    }
+
+    #[test]
+    fn validate_resolves_loopback() {
+        let config = args("8080", "lo").validate().unwrap();
+        assert_eq!(config.ports, vec![8080]);
+        assert!(config.ifindex > 0);
+        assert_eq!(config.ring_buffer_bytes, DEFAULT_RING_BUFFER_BYTES);
+    }
+
+    #[test]
+    fn validate_rejects_unknown_interface_and_bad_ring() {
+        let err = args("8080", "nosuchif0").validate().unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownInterface { ref name } if name == "nosuchif0"));
+        let mut bad_ring = args("8080", "lo");
+        bad_ring.ring_buffer_bytes = 5000;
+        assert!(matches!(
+            bad_ring.validate(),
+            Err(ConfigError::RingBufferSize { value: 5000, .. })
+        ));
+    }
+
+    #[test]
+    fn output_url_is_refused_until_delivery_exists() {
+        let mut with_url = args("8080", "lo");
+        with_url.output_url = Some("http://collector:9000/".into());
+        assert!(matches!(
+            with_url.validate(),
+            Err(ConfigError::OutputUrlUnsupported)
+        ));
+    }
+}

@@ -1,0 +1,99 @@
+//! Where records go. Without `OUTPUT_URL`: NDJSON on stdout, one record per line.
+
+use std::io::{self, Write};
+
+use crate::record::Record;
+
+/// Receives converted records in capture order.
+pub trait Sink {
+    /// Takes one record.
+    fn accept(&mut self, record: &Record) -> io::Result<()>;
+    /// Called after each batch read from the ring, and before exit.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Writes each record as one JSON line.
+///
+/// # Examples
+///
+/// ```
+/// use sniffer::output::{Ndjson, Sink as _};
+///
+/// let mut out = Ndjson::new(Vec::new());
+/// out.flush().unwrap();
+/// assert!(out.into_inner().unwrap().is_empty());
+/// ```
+#[derive(Debug)]
+pub struct Ndjson<W: Write> {
+    out: io::BufWriter<W>,
+    written: u64,
+}
+
+impl<W: Write> Ndjson<W> {
+    /// Buffers writes to `out`; lines reach it on [`Sink::flush`] or when the buffer fills.
+    #[must_use]
+    pub fn new(out: W) -> Self {
+        Self {
+            out: io::BufWriter::with_capacity(64 * 1024, out),
+            written: 0,
+        }
+    }
+
+    /// Records accepted so far.
+    #[must_use]
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes and returns the writer.
+    pub fn into_inner(self) -> io::Result<W> {
+        self.out
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)
+    }
+}
+
+impl<W: Write> Sink for Ndjson<W> {
+    fn accept(&mut self, record: &Record) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sniffer_common::PacketRecord;
+
+    use super::*;
+    use crate::clock::WallClock;
+
+    #[test]
+    fn one_json_object_per_line() {
+        let clock = WallClock::from_offset(0);
+        let mut out = Ndjson::new(Vec::new());
+        for port in [80, 443] {
+            let raw = PacketRecord {
+                ip_version: 4,
+                dst_port: port,
+                ..PacketRecord::default()
+            };
+            out.accept(&Record::from_kernel(&raw, &clock)).unwrap();
+        }
+        out.flush().unwrap();
+        assert_eq!(out.written(), 2);
+        let text = String::from_utf8(out.into_inner().unwrap()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["dst_port"], 443);
+        assert!(text.ends_with('\n'));
+    }
+}

@@ -1,0 +1,53 @@
+//! Developer and CI entry points: `cargo xtask <command>`.
+
+mod bootstrap;
+mod cmd;
+mod ebpf;
+mod run;
+mod test;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tcp-sniffer developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the kernel program, installing rust-src and bpf-linker first when missing.
+    BuildEbpf,
+    /// Build everything and capture live: arguments after `--` go to the sniffer.
+    Run {
+        /// Sniffer arguments, e.g. `-- --interface eth0 --ports 8080,8443`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, check formatting and lints, and run every test (what CI runs).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::BuildEbpf => ebpf::build().map(drop),
+        Task::Run { args } => run::run(&args),
+        Task::Test { args } => test::run(&args),
+    }
+}

@@ -1,0 +1,48 @@
+//! `cargo xtask test`: the whole suite, as CI runs it (`.ci/run`), set-up included.
+
+use std::{env, process::Command};
+
+use anyhow::Result;
+
+use crate::{bootstrap, cmd, ebpf, workspace_root};
+
+/// Commands the tests run, and the Debian packages that provide them.
+const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+
+/// Installs what is missing, builds the kernel object, checks formatting and lints, runs the tests.
+pub fn run(test_args: &[String]) -> Result<()> {
+    bootstrap::ensure_debian_packages(TEST_PACKAGES)?;
+    ebpf::build()?;
+    let cargo = || {
+        let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.current_dir(workspace_root());
+        cmd
+    };
+    cmd::run(cargo().args(["fmt", "--all", "--check"]))?;
+    cmd::run(
+        bootstrap::rustup_run(bootstrap::EBPF_TOOLCHAIN, "cargo")
+            .args(["fmt", "--check"])
+            .current_dir(workspace_root().join("sniffer-ebpf")),
+    )?;
+    cmd::run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let mut test = cargo();
+    test.args(["test", "--workspace"]).args(test_args);
+    // As root, tests that need the kernel must run: a skip would hide a broken capture path.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        test.env("TCP_SNIFFER_REQUIRE_PRIVILEGED", "1");
+    }
+    cmd::run(&mut test)
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
