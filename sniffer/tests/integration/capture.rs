@@ -1,0 +1,285 @@
+//! Real traffic between two network namespaces, captured by the sniffer on the server's `eth0`,
+//! checked against TCP semantics and, packet by packet, against an independent capture.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    agent::{Agent, SNIFFER},
+    dissector::{RawCapture, expected_record},
+    netns::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Topology, privileged},
+};
+
+const MATCHED: u16 = 8080;
+const UNMATCHED: u16 = 9090;
+/// Request sizes per connection; the server answers with half as many bytes.
+const REQUEST_SIZES: [usize; 3] = [1, 1000, 100_000];
+
+/// Accepts `count` connections; for each reads the request to EOF, answers, closes.
+fn serve(listener: TcpListener, count: usize) -> JoinHandle<()> {
+    thread::spawn(move || {
+        for _ in 0..count {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            stream.read_to_end(&mut request).expect("read request");
+            stream
+                .write_all(&vec![b'r'; request.len() / 2])
+                .expect("reply");
+        }
+    })
+}
+
+/// One client connection: sends `size` bytes, half-closes, reads the answer; returns the
+/// client's local port.
+fn exchange(server: SocketAddr, size: usize) -> u16 {
+    let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
+    stream.write_all(&vec![b'q'; size]).expect("send");
+    stream.shutdown(Shutdown::Write).expect("shutdown");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).expect("read reply");
+    assert_eq!(reply.len(), size / 2);
+    stream.local_addr().expect("local addr").port()
+}
+
+fn u32_of(value: &Value) -> u32 {
+    u32::try_from(value.as_u64().expect("number")).expect("u32")
+}
+
+fn has_flag(record: &Value, flag: &str) -> bool {
+    record["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .any(|f| f == flag)
+}
+
+/// What TCP guarantees for one connection of `size` request bytes and `size / 2` reply bytes.
+fn check_flow(records: &[&Value], client_ip: &str, server_ip: &str, version: u64, size: usize) {
+    let (ingress, egress): (Vec<&Value>, Vec<&Value>) = records
+        .iter()
+        .copied()
+        .partition(|r| r["direction"] == "ingress");
+    for r in &ingress {
+        assert_eq!(
+            (r["src_ip"].as_str(), r["dst_ip"].as_str()),
+            (Some(client_ip), Some(server_ip))
+        );
+        assert_eq!(r["dst_port"], MATCHED, "{r}");
+        assert_eq!(r["ip_version"], version);
+    }
+    for r in &egress {
+        assert_eq!(
+            (r["src_ip"].as_str(), r["dst_ip"].as_str()),
+            (Some(server_ip), Some(client_ip))
+        );
+        assert_eq!(r["src_port"], MATCHED, "{r}");
+        assert_eq!(r["ip_version"], version);
+    }
+    let only = |side: &[&Value], flags: &[&str]| -> Value {
+        let found: Vec<&&Value> = side
+            .iter()
+            .filter(|r| r["flags"] == serde_json::json!(flags))
+            .collect();
+        assert_eq!(found.len(), 1, "exactly one {flags:?} in {side:#?}");
+        (*found[0]).clone()
+    };
+    let syn = only(&ingress, &["SYN"]);
+    let syn_ack = only(&egress, &["SYN", "ACK"]);
+    let client_isn = u32_of(&syn["seq"]);
+    let server_isn = u32_of(&syn_ack["seq"]);
+    assert_eq!(u32_of(&syn_ack["ack"]), client_isn.wrapping_add(1));
+
+    let sum = |side: &[&Value]| -> u64 {
+        side.iter()
+            .map(|r| r["payload_len"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum(&ingress), size as u64, "request bytes");
+    assert_eq!(sum(&egress), (size / 2) as u64, "reply bytes");
+    assert_eq!(
+        ingress.iter().filter(|r| has_flag(r, "FIN")).count(),
+        1,
+        "client FIN"
+    );
+    assert_eq!(
+        egress.iter().filter(|r| has_flag(r, "FIN")).count(),
+        1,
+        "server FIN"
+    );
+
+    // Every byte and both FINs were acknowledged: the highest ack each side sent proves it.
+    let max_ack = |side: &[&Value], isn: u32| -> u32 {
+        side.iter()
+            .filter(|r| has_flag(r, "ACK"))
+            .map(|r| u32_of(&r["ack"]).wrapping_sub(isn))
+            .max()
+            .unwrap()
+    };
+    assert_eq!(max_ack(&egress, client_isn), size as u32 + 2);
+    assert_eq!(max_ack(&ingress, server_isn), (size / 2) as u32 + 2);
+}
+
+#[test]
+fn records_every_packet_of_matched_flows_ipv4_and_ipv6() {
+    if !privileged("records_every_packet_of_matched_flows_ipv4_and_ipv6") {
+        return;
+    }
+    let topology = Topology::new();
+    let v4: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
+    let v6: SocketAddr = format!("[{SERVER_V6}]:{MATCHED}").parse().unwrap();
+    let other: SocketAddr = format!("{SERVER_V4}:{UNMATCHED}").parse().unwrap();
+    let listeners = topology
+        .server
+        .run(move || [v4, v6, other].map(|addr| TcpListener::bind(addr).expect("bind")));
+
+    let raw = RawCapture::start(&topology.server, "eth0");
+    let mut sniffer = topology.server.command(SNIFFER);
+    sniffer
+        .env("PORTS", MATCHED.to_string())
+        .env("INTERFACE", "eth0");
+    let mut agent = Agent::spawn(sniffer);
+    agent.wait_for_log("capture attached", Duration::from_secs(20));
+
+    let [l4, l6, lo] = listeners;
+    let servers = [
+        serve(l4, REQUEST_SIZES.len()),
+        serve(l6, REQUEST_SIZES.len()),
+        serve(lo, 1),
+    ];
+    let flows = topology.client.run(move || {
+        let mut flows = Vec::new();
+        for size in REQUEST_SIZES {
+            flows.push((4, size, exchange(v4, size)));
+            flows.push((6, size, exchange(v6, size)));
+        }
+        exchange(other, 1000);
+        flows
+    });
+    for server in servers {
+        server.join().expect("server");
+    }
+    // The last ACKs are on the wire once both ends have closed; give them a moment.
+    thread::sleep(Duration::from_millis(300));
+    let frames = raw.stop();
+    let finished = agent.terminate();
+    assert!(
+        finished.status.success(),
+        "exit {}: {:#?}",
+        finished.status,
+        finished.logs
+    );
+
+    let records = finished.records();
+    assert!(!records.is_empty(), "no records");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["src_port"] == MATCHED || r["dst_port"] == MATCHED),
+        "a record of an unmatched port"
+    );
+    for (version, size, client_port) in flows {
+        let (client_ip, server_ip) = if version == 4 {
+            (CLIENT_V4, SERVER_V4)
+        } else {
+            (CLIENT_V6, SERVER_V6)
+        };
+        let flow: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                r["ip_version"] == version
+                    && (r["src_port"] == client_port || r["dst_port"] == client_port)
+            })
+            .collect();
+        check_flow(&flow, client_ip, server_ip, version, size);
+    }
+
+    // Packet by packet: the independent capture saw exactly the same TCP packets on port 8080.
+    let mut expected: Vec<String> = frames
+        .iter()
+        .filter_map(expected_record)
+        .filter(|r| r["src_port"] == MATCHED || r["dst_port"] == MATCHED)
+        .map(|r| r.to_string())
+        .collect();
+    let unmatched_seen = frames
+        .iter()
+        .filter_map(expected_record)
+        .filter(|r| r["dst_port"] == UNMATCHED)
+        .count();
+    assert!(
+        unmatched_seen >= 3,
+        "the unmatched-port connection did not happen"
+    );
+    let mut actual: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let ts = r.as_object_mut().unwrap().remove("ts").expect("ts");
+            assert!(
+                ts.as_str()
+                    .is_some_and(|t| t.ends_with('Z') && t.len() == 30),
+                "ts {ts}"
+            );
+            r.to_string()
+        })
+        .collect();
+    expected.sort();
+    actual.sort();
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "record count vs independent capture"
+    );
+    assert_eq!(actual, expected);
+    assert!(records.iter().any(|r| r["direction"] == "egress"));
+
+    let stopped = finished.log("stopped");
+    assert_eq!(stopped["records"], records.len());
+    assert_eq!(stopped["matched"], records.len());
+    assert_eq!(stopped["dropped_ring_full"], 0);
+}
+
+#[test]
+fn timestamps_are_wall_clock_time_of_capture() {
+    if !privileged("timestamps_are_wall_clock_time_of_capture") {
+        return;
+    }
+    let topology = Topology::new();
+    let addr: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
+    let listener = topology
+        .server
+        .run(move || TcpListener::bind(addr).expect("bind"));
+    let mut sniffer = topology.server.command(SNIFFER);
+    sniffer
+        .env("PORTS", MATCHED.to_string())
+        .env("INTERFACE", "eth0");
+    let mut agent = Agent::spawn(sniffer);
+    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    let before = std::time::SystemTime::now();
+    let server = serve(listener, 1);
+    topology.client.run(move || exchange(addr, 10));
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let after = std::time::SystemTime::now();
+    let finished = agent.terminate();
+    let records = finished.records();
+    assert!(records.len() >= 6, "{records:#?}");
+    let rfc3339 = |t: std::time::SystemTime| {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        sniffer::clock::Timestamp::from_unix_nanos(i128::try_from(d.as_nanos()).unwrap())
+            .to_string()
+    };
+    let (lo, hi) = (rfc3339(before), rfc3339(after));
+    let stamps: Vec<&str> = records.iter().map(|r| r["ts"].as_str().unwrap()).collect();
+    for ts in &stamps {
+        assert!(
+            lo.as_str() <= *ts && *ts <= hi.as_str(),
+            "{ts} not within [{lo}, {hi}]"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! The binary's contract: first log line, configuration errors (exit 1), runtime errors (exit 2),
+//! clean stop on SIGTERM/SIGINT (exit 0).
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    agent::{Agent, Finished, SNIFFER},
+    netns::{Topology, privileged},
+};
+
+/// Runs the sniffer with only the given environment and waits for it to exit by itself.
+fn run_with_env(env: &[(&str, &str)]) -> Finished {
+    let mut cmd = Command::new(SNIFFER);
+    cmd.env_clear();
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    Agent::spawn(cmd).wait(Duration::from_secs(10))
+}
+
+fn error_line(finished: &Finished) -> &Value {
+    finished
+        .logs
+        .iter()
+        .find(|line| line["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line in {:#?}", finished.logs))
+}
+
+#[test]
+fn bad_ports_exit_1_with_a_json_error_naming_the_value() {
+    for (ports, named) in [
+        ("80,http", "\"http\""),
+        ("0", "\"0\""),
+        ("70000", "\"70000\""),
+        ("8080,-1", "\"-1\""),
+        ("8080,,8443", "entry 2 is empty"),
+        ("80,80", "port 80 more than once"),
+        (" ", "PORTS is empty"),
+    ] {
+        let finished = run_with_env(&[("PORTS", ports), ("INTERFACE", "lo")]);
+        assert_eq!(
+            finished.status.code(),
+            Some(1),
+            "PORTS={ports:?}: {:#?}",
+            finished.logs
+        );
+        assert_eq!(finished.logs[0]["msg"], "Sniffer entrypoint starting");
+        assert_eq!(finished.logs[0]["ports"], ports);
+        let error = error_line(&finished);
+        let text = error["error"].as_str().expect("error field");
+        assert!(text.contains(named), "PORTS={ports:?}: {text}");
+        assert!(finished.stdout.is_empty());
+    }
+}
+
+#[test]
+fn too_many_ports_exit_1() {
+    let ports: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+    let finished = run_with_env(&[("PORTS", &ports.join(",")), ("INTERFACE", "lo")]);
+    assert_eq!(finished.status.code(), Some(1));
+    assert!(
+        error_line(&finished)["error"]
+            .as_str()
+            .unwrap()
+            .contains("65 ports")
+    );
+}
+
+#[test]
+fn missing_ports_exit_1_naming_the_variable() {
+    let finished = run_with_env(&[("INTERFACE", "lo"), ("POD_NAME", "web-1")]);
+    assert_eq!(finished.status.code(), Some(1));
+    let error = error_line(&finished);
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("PORTS is required"),
+        "{error}"
+    );
+    assert_eq!(error["pod"], "web-1");
+}
+
+#[test]
+fn unknown_interface_exit_1() {
+    let finished = run_with_env(&[("PORTS", "8080"), ("INTERFACE", "nosuch0")]);
+    assert_eq!(finished.status.code(), Some(1));
+    assert_eq!(finished.logs[0]["interface"], "nosuch0");
+    assert!(
+        error_line(&finished)["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"nosuch0\"")
+    );
+}
+
+#[test]
+fn output_url_is_refused_until_delivery_exists() {
+    let finished = run_with_env(&[
+        ("PORTS", "8080"),
+        ("INTERFACE", "lo"),
+        ("OUTPUT_URL", "http://127.0.0.1:9/"),
+    ]);
+    assert_eq!(finished.status.code(), Some(1));
+    assert!(
+        error_line(&finished)["error"]
+            .as_str()
+            .unwrap()
+            .contains("OUTPUT_URL")
+    );
+}
+
+#[test]
+fn help_exits_0() {
+    let out = Command::new(SNIFFER).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for var in [
+        "PORTS",
+        "INTERFACE",
+        "OUTPUT_URL",
+        "RING_BUFFER_BYTES",
+        "POD_NAME",
+    ] {
+        assert!(help.contains(var), "--help does not mention {var}");
+    }
+}
+
+fn start_in_netns(topology: &Topology) -> Agent {
+    let mut cmd = topology.server.command(SNIFFER);
+    cmd.env("PORTS", "8080,8443")
+        .env("INTERFACE", "eth0")
+        .env("POD_NAME", "web-7d9c")
+        .env("POD_NAMESPACE", "shop")
+        .env("NODE_NAME", "node-3");
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    agent
+}
+
+#[test]
+fn sigterm_stops_cleanly_within_2s() {
+    if !privileged("sigterm_stops_cleanly_within_2s") {
+        return;
+    }
+    let topology = Topology::new();
+    let finished = start_in_netns(&topology).terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    assert!(
+        finished.elapsed < Duration::from_secs(2),
+        "took {:?}",
+        finished.elapsed
+    );
+
+    let first = &finished.logs[0];
+    assert_eq!(first["msg"], "Sniffer entrypoint starting");
+    assert_eq!(first["interface"], "eth0");
+    assert_eq!(first["ports"], "8080,8443");
+    assert_eq!(
+        (&first["pod"], &first["namespace"], &first["node"]),
+        (
+            &Value::from("web-7d9c"),
+            &Value::from("shop"),
+            &Value::from("node-3")
+        )
+    );
+    let messages: Vec<&str> = finished
+        .logs
+        .iter()
+        .filter_map(|l| l["msg"].as_str())
+        .collect();
+    let stopping = messages
+        .iter()
+        .position(|m| *m == "stopping")
+        .expect("stopping");
+    let stopped = messages
+        .iter()
+        .position(|m| *m == "stopped")
+        .expect("stopped");
+    assert!(stopping < stopped);
+    assert_eq!(finished.log("stopping")["signal"], "SIGTERM");
+}
+
+#[test]
+fn sigint_stops_cleanly() {
+    if !privileged("sigint_stops_cleanly") {
+        return;
+    }
+    let topology = Topology::new();
+    let finished = start_in_netns(&topology).signal(libc::SIGINT);
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    assert_eq!(finished.log("stopping")["signal"], "SIGINT");
+    finished.log("stopped");
+}
+
+#[test]
+fn missing_capabilities_exit_2() {
+    if !privileged("missing_capabilities_exit_2") {
+        return;
+    }
+    // Root without any capability: validation passes, opening the packet socket does not.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set=-all", "--inh-caps=-all", SNIFFER])
+        .env("PORTS", "8080")
+        .env("INTERFACE", "lo");
+    let finished = Agent::spawn(cmd).wait(Duration::from_secs(10));
+    assert_eq!(finished.status.code(), Some(2), "{:#?}", finished.logs);
+    let error = error_line(&finished)["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("CAP_NET_RAW"), "{error}");
+}
