@@ -17,11 +17,15 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the global (`u8`, a [`LinkLayer`] value) telling the program what precedes the IP header.
 pub const LINK_LAYER_GLOBAL: &str = "LINK_LAYER";
+/// Name of the global (`u64`, a power of two) setting how much unread data wakes userspace.
+pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 
 /// How many ports the `PORTS` map holds at most.
 pub const MAX_PORTS: u32 = 64;
 /// Ring buffer size compiled into the object; the loader may override it (power of two, page multiple).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Unread bytes per wakeup compiled into the object (about 800 records).
+pub const DEFAULT_WAKEUP_BYTES: u64 = 64 << 10;
 
 /// Counters the kernel program keeps in the per-CPU `COUNTERS` array.
 #[repr(u32)]
@@ -124,6 +128,8 @@ pub struct PacketRecord {
 /// Size of one record in the ring buffer.
 pub const RECORD_SIZE: usize = core::mem::size_of::<PacketRecord>();
 const _: () = assert!(RECORD_SIZE == 72);
+/// Bytes one record occupies in the ring: the kernel's 8-byte header, then the record.
+pub const RING_ENTRY_BYTES: u64 = 8 + RECORD_SIZE as u64;
 const _: () = assert!(RECORD_SIZE.is_multiple_of(8));
 
 #[cfg(feature = "user")]

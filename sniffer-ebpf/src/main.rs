@@ -7,13 +7,15 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::{map, socket_filter},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::SkBuffContext,
 };
 use sniffer_common::{
-    Counter, DEFAULT_RING_BYTES, LinkLayer, MAX_PORTS, PacketRecord,
+    Counter, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, LinkLayer, MAX_PORTS, PacketRecord,
+    RING_ENTRY_BYTES,
     parse::{PacketBytes, parse_tcp},
 };
 
@@ -32,6 +34,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 /// What precedes the IP header on the attached interface ([`LinkLayer`]); set by the loader.
 #[unsafe(no_mangle)]
 static LINK_LAYER: u8 = LinkLayer::Ethernet as u8;
+
+/// Userspace is woken each time this many bytes of records (a power of two) have accumulated;
+/// set by the loader.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = DEFAULT_WAKEUP_BYTES;
 
 /// Reads packet bytes through `bpf_skb_load_bytes`, the only packet access socket filters have.
 struct Skb<'a>(&'a SkBuffContext);
@@ -56,6 +63,25 @@ fn bump(counter: Counter) {
     }
 }
 
+/// Wakes userspace only when the unread data crosses a multiple of `WAKEUP_BYTES`.
+///
+/// The ring's default wakes the reader whenever it has caught up, which at high packet rates means
+/// one wakeup (an IPI and a context switch) per packet. Crossing a multiple is checked rather than
+/// a threshold so that a crossing missed by a race between CPUs is made up at the next one;
+/// userspace also polls on a timer, which bounds the latency of a quiet trickle.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    // SAFETY: read-only global rewritten by the loader before load.
+    let step = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let mask = !(step.wrapping_sub(1));
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    if pending & mask != pending.wrapping_sub(RING_ENTRY_BYTES) & mask {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
+}
+
 /// Socket filter entry point; see the crate documentation.
 #[socket_filter]
 pub fn tcp_sniffer(ctx: SkBuffContext) -> i64 {
@@ -75,7 +101,7 @@ pub fn tcp_sniffer(ctx: SkBuffContext) -> i64 {
     match EVENTS.reserve::<PacketRecord>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(0);
+            entry.submit(wakeup_flags());
         }
         None => bump(Counter::RingFull),
     }

@@ -1,6 +1,6 @@
 //! Load the kernel program, attach it to the interface, and read its ring buffer.
 
-use std::io;
+use std::{io, time::Duration};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -9,10 +9,13 @@ use aya::{
 };
 use sniffer_common::{
     COUNTERS_MAP, Counter, EVENTS_MAP, LINK_LAYER_GLOBAL, PORTS_MAP, PROGRAM_NAME, PacketRecord,
-    RECORD_SIZE,
+    RECORD_SIZE, WAKEUP_BYTES_GLOBAL,
 };
 use thiserror::Error;
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::{Interval, MissedTickBehavior},
+};
 
 use crate::socket::{PacketSocket, SocketError};
 
@@ -65,6 +68,10 @@ pub struct CaptureOptions<'a> {
     pub ports: &'a [u16],
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: u32,
+    /// Unread bytes in the ring that wake the reader (a power of two).
+    pub wakeup_bytes: u64,
+    /// The reader also looks at the ring this often, for traffic too slow to reach `wakeup_bytes`.
+    pub poll_interval: Duration,
 }
 
 /// Totals kept by the kernel program, summed over CPUs.
@@ -74,6 +81,15 @@ pub struct KernelCounters {
     pub matched: u64,
     /// Matched packets whose record was lost because the ring was full.
     pub ring_full: u64,
+}
+
+/// Kernel-side cost of the program, from the kernel's BPF statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Nanoseconds spent running the program.
+    pub run_time_ns: u64,
+    /// Times the program ran (once per packet on the interface).
+    pub run_count: u64,
 }
 
 /// A running capture: the program attached to a bound packet socket, and the ring to read.
@@ -86,7 +102,9 @@ pub struct Capture {
     malformed: u64,
     /// The last drain stopped at [`MAX_BATCH`] with records left.
     more: bool,
-    _ebpf: Ebpf,
+    /// Paces the reader when wakeups do not come (slow traffic).
+    poll: Interval,
+    ebpf: Ebpf,
 }
 
 impl Capture {
@@ -99,11 +117,14 @@ impl Capture {
             ifindex,
             ports,
             ring_buffer_bytes,
+            wakeup_bytes,
+            poll_interval,
         } = *options;
         let socket = PacketSocket::open()?;
         let link = socket.link_layer(interface)? as u8;
         let mut ebpf = EbpfLoader::new()
             .override_global(LINK_LAYER_GLOBAL, &link, true)
+            .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
             .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
             .load(OBJECT)?;
 
@@ -158,18 +179,28 @@ impl Capture {
             socket: Some(socket),
             malformed: 0,
             more: false,
-            _ebpf: ebpf,
+            poll: {
+                let mut poll = tokio::time::interval(poll_interval);
+                poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                poll
+            },
+            ebpf,
         })
     }
 
-    /// Waits until records are available, then moves up to [`MAX_BATCH`] of them into `batch`.
+    /// Waits for a wakeup from the kernel or the next poll tick, then moves up to [`MAX_BATCH`]
+    /// records into `batch` (possibly none).
     ///
     /// Cancel-safe: nothing is taken from the ring before the wait completes.
     pub async fn next_batch(&mut self, batch: &mut Vec<PacketRecord>) -> Result<(), CaptureError> {
         if !self.more {
-            let mut guard = self.ring.readable_mut().await.map_err(CaptureError::Poll)?;
-            // Cleared before draining: a record committed while we drain wakes us again.
-            guard.clear_ready();
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    // Cleared before draining: a wakeup sent while we drain is not lost.
+                    guard.map_err(CaptureError::Poll)?.clear_ready();
+                }
+                _ = self.poll.tick() => {}
+            }
         }
         self.drain(batch, MAX_BATCH);
         Ok(())
@@ -221,6 +252,20 @@ impl Capture {
         Ok(KernelCounters {
             matched: read(Counter::Matched)?,
             ring_full: read(Counter::RingFull)?,
+        })
+    }
+
+    /// Time spent in and runs of the kernel program, counted while BPF statistics are enabled
+    /// (`sysctl kernel.bpf_stats_enabled=1`); zero otherwise.
+    pub fn program_stats(&self) -> Result<ProgramStats, CaptureError> {
+        let info = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(CaptureError::Missing(PROGRAM_NAME))?
+            .info()?;
+        Ok(ProgramStats {
+            run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            run_count: info.run_count(),
         })
     }
 

@@ -1,9 +1,9 @@
 //! Configuration: environment variables (each also a flag) and their validation.
 
-use std::{collections::BTreeSet, ffi::CString, fmt};
+use std::{collections::BTreeSet, ffi::CString, fmt, time::Duration};
 
 use clap::Parser;
-use sniffer_common::MAX_PORTS;
+use sniffer_common::{DEFAULT_WAKEUP_BYTES, MAX_PORTS, RING_ENTRY_BYTES};
 use thiserror::Error;
 
 /// Default ring buffer size: about 58,000 records, 0.17 s at 350,000 packets/s.
@@ -30,6 +30,14 @@ pub struct Args {
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, env = "RING_BUFFER_BYTES", default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_bytes: u32,
+    /// Unread ring bytes that wake the reader (a power of two, at most half the ring). Larger
+    /// values mean fewer wakeups at high packet rates.
+    #[arg(long, env = "RING_WAKEUP_BYTES", default_value_t = DEFAULT_WAKEUP_BYTES)]
+    pub ring_wakeup_bytes: u64,
+    /// The reader also checks the ring this often (milliseconds): the longest a record of slow
+    /// traffic waits before it is read.
+    #[arg(long, env = "RING_POLL_INTERVAL_MS", default_value_t = 50)]
+    pub ring_poll_interval_ms: u64,
     /// Pod name (downward API), included in logs.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -52,6 +60,10 @@ pub struct Config {
     pub ifindex: u32,
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: u32,
+    /// Unread ring bytes that wake the reader.
+    pub ring_wakeup_bytes: u64,
+    /// How often the reader checks the ring without a wakeup.
+    pub ring_poll_interval: Duration,
 }
 
 /// Why a `PORTS` value was refused.
@@ -113,6 +125,24 @@ pub enum ConfigError {
         value: u32,
         /// The page size.
         page: u32,
+    },
+    /// `RING_WAKEUP_BYTES` is not a power of two between one record and half the ring.
+    #[error(
+        "RING_WAKEUP_BYTES={value} must be a power of two from {min} to half of RING_BUFFER_BYTES ({max})"
+    )]
+    RingWakeupBytes {
+        /// The value given.
+        value: u64,
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
+    /// `RING_POLL_INTERVAL_MS` is 0 or above a minute.
+    #[error("RING_POLL_INTERVAL_MS={value} must be from 1 to 60000")]
+    RingPollInterval {
+        /// The value given.
+        value: u64,
     },
     /// `OUTPUT_URL` is set, but this build only writes to stdout.
     #[error(
@@ -180,6 +210,21 @@ impl Args {
                 page,
             });
         }
+        let min = RING_ENTRY_BYTES.next_power_of_two();
+        let max = u64::from(self.ring_buffer_bytes / 2);
+        let wakeup = self.ring_wakeup_bytes;
+        if !wakeup.is_power_of_two() || wakeup < min || wakeup > max {
+            return Err(ConfigError::RingWakeupBytes {
+                value: wakeup,
+                min,
+                max,
+            });
+        }
+        if !(1..=60_000).contains(&self.ring_poll_interval_ms) {
+            return Err(ConfigError::RingPollInterval {
+                value: self.ring_poll_interval_ms,
+            });
+        }
         let ifindex =
             interface_index(&self.interface).ok_or_else(|| ConfigError::UnknownInterface {
                 name: self.interface.clone(),
@@ -189,6 +234,8 @@ impl Args {
             interface: self.interface.clone(),
             ifindex,
             ring_buffer_bytes: self.ring_buffer_bytes,
+            ring_wakeup_bytes: wakeup,
+            ring_poll_interval: Duration::from_millis(self.ring_poll_interval_ms),
         })
     }
 

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser as _, error::ErrorKind};
 use log::{error, info, warn};
 use sniffer::{
-    capture::{Capture, CaptureOptions, KernelCounters},
+    capture::{Capture, CaptureOptions, KernelCounters, ProgramStats},
     clock::WallClock,
     config::{Args, Config, Placement},
     logging,
@@ -99,12 +99,15 @@ async fn run(config: &Config) -> anyhow::Result<()> {
         ifindex: config.ifindex,
         ports: &config.ports,
         ring_buffer_bytes: config.ring_buffer_bytes,
+        wakeup_bytes: config.ring_wakeup_bytes,
+        poll_interval: config.ring_poll_interval,
     })
     .with_context(|| format!("cannot start capture on {}", config.interface))?;
     info!(
         interface = config.interface.as_str(),
         ports:serde = config.ports,
-        ring_buffer_bytes = config.ring_buffer_bytes;
+        ring_buffer_bytes = config.ring_buffer_bytes,
+        ring_wakeup_bytes = config.ring_wakeup_bytes;
         "capture attached"
     );
 
@@ -140,11 +143,17 @@ async fn run(config: &Config) -> anyhow::Result<()> {
     capture.drain_remaining(&mut batch);
     emit(&mut sink, &mut batch).context("cannot write records to stdout")?;
     let KernelCounters { matched, ring_full } = capture.counters()?;
+    let ProgramStats {
+        run_time_ns,
+        run_count,
+    } = capture.program_stats()?;
     info!(
         records = sink.written(),
         matched,
         dropped_ring_full = ring_full,
-        malformed = capture.malformed();
+        malformed = capture.malformed(),
+        bpf_run_time_ns = run_time_ns,
+        bpf_run_count = run_count;
         "stopped"
     );
     Ok(())

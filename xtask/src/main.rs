@@ -1,5 +1,6 @@
 //! Developer and CI entry points: `cargo xtask <command>`.
 
+mod bench;
 mod bootstrap;
 mod cmd;
 mod ebpf;
@@ -28,6 +29,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure capture completeness and cost against tcpdump at this machine's highest packet rate.
+    Bench(bench::BenchArgs),
     /// Set up, build, check formatting and lints, and run every test (what CI runs).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -49,5 +52,6 @@ fn main() -> Result<()> {
         Task::BuildEbpf => ebpf::build().map(drop),
         Task::Run { args } => run::run(&args),
         Task::Test { args } => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
     }
 }

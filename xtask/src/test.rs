@@ -36,13 +36,8 @@ pub fn run(test_args: &[String]) -> Result<()> {
     test.args(["test", "--workspace"]).args(test_args);
     // As root, tests that need the kernel must run: a skip would hide a broken capture path.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } == 0 {
+    if unsafe { libc::geteuid() } == 0 {
         test.env("TCP_SNIFFER_REQUIRE_PRIVILEGED", "1");
     }
     cmd::run(&mut test)
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
