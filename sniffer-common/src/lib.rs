@@ -43,9 +43,9 @@ impl Counter {
 }
 
 /// `pkt_type` the kernel reports for a packet addressed to this host (`PACKET_HOST`).
-pub const PACKET_HOST: u8 = 0;
+pub const PACKET_HOST: u32 = 0;
 /// `pkt_type` the kernel reports for a packet sent by this host (`PACKET_OUTGOING`).
-pub const PACKET_OUTGOING: u8 = 4;
+pub const PACKET_OUTGOING: u32 = 4;
 
 /// TCP flag bits as they appear in byte 13 of the TCP header.
 pub mod tcp_flags {
@@ -90,17 +90,20 @@ impl LinkLayer {
 
 /// Metadata of one matched TCP packet, as written by the kernel into the ring buffer.
 ///
-/// All multi-byte numbers are in host byte order; addresses are in network order. An IPv4 address
-/// occupies the first four bytes of its 16-byte field and the rest is zero.
+/// All numbers are in host byte order except addresses: each address is 16 bytes in network order,
+/// held as four `u32` words so every field is naturally aligned (the verifier refuses the byte-wise
+/// copies unaligned fields compile to, unless the loader has `CAP_PERFMON`). An IPv4 address
+/// occupies the first four bytes and the rest is zero. [`PacketRecord::src_addr_bytes`] and
+/// [`PacketRecord::dst_addr_bytes`] give the bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketRecord {
     /// `bpf_ktime_get_ns()` at capture: nanoseconds of `CLOCK_MONOTONIC`.
     pub ts_ns: u64,
-    /// Source address.
-    pub src_addr: [u8; 16],
-    /// Destination address.
-    pub dst_addr: [u8; 16],
+    /// Source address bytes in network order, as four native-endian words.
+    pub src_addr: [u32; 4],
+    /// Destination address bytes in network order, as four native-endian words.
+    pub dst_addr: [u32; 4],
     /// Raw TCP sequence number.
     pub seq: u32,
     /// Raw TCP acknowledgment number.
@@ -120,9 +123,39 @@ pub struct PacketRecord {
     /// 4 or 6.
     pub ip_version: u8,
     /// The kernel's packet type (`PACKET_HOST`, `PACKET_OUTGOING`, …).
-    pub pkt_type: u8,
+    pub pkt_type: u32,
     /// Explicit padding so the layout has no hidden bytes (size is a multiple of 8).
-    pub _pad: [u8; 7],
+    pub _pad: u32,
+}
+
+impl PacketRecord {
+    /// The source address as 16 bytes in network order.
+    #[must_use]
+    pub fn src_addr_bytes(&self) -> [u8; 16] {
+        words_to_bytes(self.src_addr)
+    }
+
+    /// The destination address as 16 bytes in network order.
+    #[must_use]
+    pub fn dst_addr_bytes(&self) -> [u8; 16] {
+        words_to_bytes(self.dst_addr)
+    }
+}
+
+/// Packs 16 address bytes (network order) into the record's word representation.
+#[inline(always)]
+#[must_use]
+pub fn addr_words(bytes: [u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    bytes
 }
 
 /// Size of one record in the ring buffer.

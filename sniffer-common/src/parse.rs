@@ -4,7 +4,7 @@
 //! (reading a byte slice), through [`PacketBytes`]. It is written for the verifier: every loop has a
 //! constant bound, every read is a fixed-size copy whose bounds the reader checks.
 
-use crate::{LinkLayer, PacketRecord};
+use crate::{LinkLayer, PacketRecord, addr_words};
 
 /// Read access to a packet's bytes.
 pub trait PacketBytes {
@@ -39,8 +39,8 @@ const TCP_MIN_HEADER_LEN: usize = 20;
 #[derive(Clone, Copy)]
 struct Network {
     ip_version: u8,
-    src_addr: [u8; 16],
-    dst_addr: [u8; 16],
+    src_addr: [u32; 4],
+    dst_addr: [u32; 4],
     /// Offset of the TCP header from the start of the packet.
     l4_offset: usize,
     /// Bytes from the TCP header to the end of the IP packet (TCP header + payload).
@@ -131,14 +131,10 @@ fn ipv4<P: PacketBytes>(packet: &P, offset: usize) -> Option<Network> {
     } else {
         total_len
     };
-    let mut src_addr = [0u8; 16];
-    let mut dst_addr = [0u8; 16];
-    src_addr[..4].copy_from_slice(&h[12..16]);
-    dst_addr[..4].copy_from_slice(&h[16..20]);
     Some(Network {
         ip_version: 4,
-        src_addr,
-        dst_addr,
+        src_addr: [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0],
+        dst_addr: [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0],
         l4_offset,
         l4_len: ip_len.saturating_sub(header_len as u32),
     })
@@ -186,14 +182,14 @@ fn ipv6<P: PacketBytes>(packet: &P, offset: usize) -> Option<Network> {
         return None;
     }
     let ext_total = (l4_offset - offset - IPV6_HEADER_LEN) as u32;
-    let mut src_addr = [0u8; 16];
-    let mut dst_addr = [0u8; 16];
-    src_addr.copy_from_slice(&h[8..24]);
-    dst_addr.copy_from_slice(&h[24..40]);
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    dst.copy_from_slice(&h[24..40]);
     Some(Network {
         ip_version: 6,
-        src_addr,
-        dst_addr,
+        src_addr: addr_words(src),
+        dst_addr: addr_words(dst),
         l4_offset,
         l4_len: payload_len.saturating_sub(ext_total),
     })
@@ -227,7 +223,7 @@ fn tcp<P: PacketBytes>(packet: &P, network: Network) -> Option<PacketRecord> {
         tcp_flags: h[13],
         ip_version,
         pkt_type: 0,
-        _pad: [0; 7],
+        _pad: 0,
     })
 }
 
@@ -312,9 +308,9 @@ mod tests {
         );
         let r = parse(&packet).expect("tcp");
         assert_eq!(r.ip_version, 4);
-        assert_eq!(&r.src_addr[..4], &[10, 0, 0, 7]);
-        assert_eq!(&r.dst_addr[..4], &[10, 0, 0, 9]);
-        assert_eq!(r.src_addr[4..], [0; 12]);
+        assert_eq!(&r.src_addr_bytes()[..4], &[10, 0, 0, 7]);
+        assert_eq!(&r.dst_addr_bytes()[..4], &[10, 0, 0, 9]);
+        assert_eq!(r.src_addr_bytes()[4..], [0; 12]);
         assert_eq!((r.src_port, r.dst_port), (51234, 8080));
         assert_eq!((r.seq, r.ack, r.window), (0x1122_3344, 0x5566_7788, 64240));
         assert_eq!(r.tcp_flags, tcp_flags::SYN);
@@ -393,8 +389,8 @@ mod tests {
         segment.extend_from_slice(&[1; 7]);
         let r = parse(&frame(ETH_P_IPV6, &ipv6(6, &segment))).expect("ipv6 tcp");
         assert_eq!(r.ip_version, 6);
-        assert_eq!(r.src_addr[0], 0xfd);
-        assert_eq!(r.dst_addr[15], 2);
+        assert_eq!(r.src_addr_bytes()[0], 0xfd);
+        assert_eq!(r.dst_addr_bytes()[15], 2);
         assert_eq!(r.payload_len, 7);
         assert_eq!(r.tcp_flags, tcp_flags::FIN | tcp_flags::ACK);
 

@@ -97,7 +97,7 @@ pub fn tcp_sniffer(ctx: SkBuffContext) -> i64 {
     // SAFETY: helper without preconditions.
     record.ts_ns = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `skb` is the context pointer the kernel passed to this program.
-    record.pkt_type = unsafe { (*ctx.skb.skb).pkt_type } as u8;
+    record.pkt_type = unsafe { (*ctx.skb.skb).pkt_type };
     match EVENTS.reserve::<PacketRecord>(0) {
         Some(mut entry) => {
             entry.write(record);

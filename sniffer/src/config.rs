@@ -423,6 +423,29 @@ mod tests {
     }
 
     #[test]
+    fn validate_rejects_bad_wakeup_and_poll_interval() {
+        for value in [0, 100, 3 << 20, 4 << 20] {
+            let mut bad = args("8080", "lo");
+            bad.ring_wakeup_bytes = value;
+            assert!(
+                matches!(bad.validate(), Err(ConfigError::RingWakeupBytes { value: v, .. }) if v == value),
+                "{value}"
+            );
+        }
+        let mut ok = args("8080", "lo");
+        ok.ring_wakeup_bytes = 2 << 20;
+        assert_eq!(ok.validate().unwrap().ring_wakeup_bytes, 2 << 20);
+        for value in [0, 60_001] {
+            let mut bad = args("8080", "lo");
+            bad.ring_poll_interval_ms = value;
+            assert!(matches!(
+                bad.validate(),
+                Err(ConfigError::RingPollInterval { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn output_url_is_refused_until_delivery_exists() {
         let mut with_url = args("8080", "lo");
         with_url.output_url = Some("http://collector:9000/".into());

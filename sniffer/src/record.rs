@@ -20,7 +20,7 @@ pub enum Direction {
 impl Direction {
     /// Direction of a kernel packet type.
     #[must_use]
-    pub const fn from_pkt_type(pkt_type: u8) -> Self {
+    pub const fn from_pkt_type(pkt_type: u32) -> Self {
         if pkt_type == PACKET_OUTGOING {
             Self::Egress
         } else {
@@ -102,8 +102,8 @@ impl Record {
     pub fn from_kernel(raw: &PacketRecord, clock: &WallClock) -> Self {
         let PacketRecord {
             ts_ns,
-            src_addr,
-            dst_addr,
+            src_addr: _,
+            dst_addr: _,
             seq,
             ack,
             len,
@@ -120,9 +120,9 @@ impl Record {
             ts: clock.wall(ts_ns),
             direction: Direction::from_pkt_type(pkt_type),
             ip_version,
-            src_ip: ip(ip_version, src_addr),
+            src_ip: ip(ip_version, raw.src_addr_bytes()),
             src_port,
-            dst_ip: ip(ip_version, dst_addr),
+            dst_ip: ip(ip_version, raw.dst_addr_bytes()),
             dst_port,
             flags: Flags(tcp_flags),
             seq,
@@ -145,20 +145,18 @@ fn ip(version: u8, bytes: [u8; 16]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use sniffer_common::addr_words;
 
     use super::*;
 
     const CLOCK: WallClock = WallClock::from_offset(1_795_805_000_000_000_000);
 
     fn raw_v4() -> PacketRecord {
-        let mut src_addr = [0; 16];
-        src_addr[..4].copy_from_slice(&[10, 0, 0, 7]);
-        let mut dst_addr = [0; 16];
-        dst_addr[..4].copy_from_slice(&[10, 0, 0, 9]);
+        let v4 = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
         PacketRecord {
             ts_ns: 96_123_456_789,
-            src_addr,
-            dst_addr,
+            src_addr: v4([10, 0, 0, 7]),
+            dst_addr: v4([10, 0, 0, 9]),
             seq: 1_438_223_591,
             ack: 0,
             len: 74,
@@ -169,7 +167,7 @@ mod tests {
             tcp_flags: tcp_flags::SYN,
             ip_version: 4,
             pkt_type: 0,
-            _pad: [0; 7],
+            _pad: 0,
         }
     }
 
@@ -197,8 +195,8 @@ mod tests {
     fn ipv6_egress_record() {
         let mut raw = raw_v4();
         raw.ip_version = 6;
-        raw.src_addr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
-        raw.dst_addr = "2001:db8::42".parse::<Ipv6Addr>().unwrap().octets();
+        raw.src_addr = addr_words("fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        raw.dst_addr = addr_words("2001:db8::42".parse::<Ipv6Addr>().unwrap().octets());
         raw.pkt_type = PACKET_OUTGOING;
         raw.tcp_flags = tcp_flags::PSH | tcp_flags::ACK;
         raw.payload_len = 1448;
@@ -235,7 +233,7 @@ mod tests {
     fn packet_types_map_to_directions() {
         assert_eq!(Direction::from_pkt_type(0), Direction::Ingress);
         assert_eq!(Direction::from_pkt_type(4), Direction::Egress);
-        for broadcast_multicast_otherhost in 1..=3 {
+        for broadcast_multicast_otherhost in 1..=3u32 {
             assert_eq!(
                 Direction::from_pkt_type(broadcast_multicast_otherhost),
                 Direction::Ingress

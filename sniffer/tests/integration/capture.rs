@@ -283,3 +283,40 @@ fn timestamps_are_wall_clock_time_of_capture() {
         );
     }
 }
+
+#[test]
+fn captures_with_only_net_raw_and_bpf_capabilities() {
+    if !privileged("captures_with_only_net_raw_and_bpf_capabilities") {
+        return;
+    }
+    // What the injector grants: the verifier must accept the program without CAP_PERFMON or
+    // CAP_SYS_ADMIN, and the socket and maps need nothing more.
+    let topology = Topology::new();
+    let addr: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
+    let listener = topology
+        .server
+        .run(move || TcpListener::bind(addr).expect("bind"));
+    let mut sniffer = topology.server.command("setpriv");
+    sniffer
+        .args([
+            "--bounding-set=-all,+net_raw,+bpf",
+            "--inh-caps=-all",
+            SNIFFER,
+        ])
+        .env("PORTS", MATCHED.to_string())
+        .env("INTERFACE", "eth0");
+    let mut agent = Agent::spawn(sniffer);
+    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    let server = serve(listener, 1);
+    let client_port = topology.client.run(move || exchange(addr, 100));
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    let records = finished.records();
+    let flow: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["src_port"] == client_port || r["dst_port"] == client_port)
+        .collect();
+    check_flow(&flow, CLIENT_V4, SERVER_V4, 4, 100);
+}
