@@ -107,6 +107,22 @@ impl Agent {
         }
     }
 
+    /// Stops the process (SIGSTOP) so it reads nothing until [`Agent::resume`].
+    pub fn pause(&self) {
+        self.kill(libc::SIGSTOP);
+    }
+
+    /// Continues a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.kill(libc::SIGCONT);
+    }
+
+    fn kill(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill");
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(self) -> Finished {
         self.signal(libc::SIGTERM)
@@ -114,9 +130,7 @@ impl Agent {
 
     /// Sends `signal` and waits for the exit.
     pub fn signal(self, signal: i32) -> Finished {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        // SAFETY: plain kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill");
+        self.kill(signal);
         self.wait(Duration::from_secs(10))
     }
 

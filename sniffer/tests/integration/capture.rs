@@ -320,3 +320,57 @@ fn captures_with_only_net_raw_and_bpf_capabilities() {
         .collect();
     check_flow(&flow, CLIENT_V4, SERVER_V4, 4, 100);
 }
+
+#[test]
+fn ring_overflow_is_counted_exactly() {
+    if !privileged("ring_overflow_is_counted_exactly") {
+        return;
+    }
+    let topology = Topology::new();
+    let addr: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
+    let listener = topology
+        .server
+        .run(move || TcpListener::bind(addr).expect("bind"));
+    let mut sniffer = topology.server.command(SNIFFER);
+    sniffer
+        .env("PORTS", MATCHED.to_string())
+        .env("INTERFACE", "eth0")
+        .env("RING_BUFFER_BYTES", "4096")
+        .env("RING_WAKEUP_BYTES", "2048");
+    let mut agent = Agent::spawn(sniffer);
+    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    // A stopped reader cannot drain: a one-page ring (51 records) overflows during the
+    // connections (about 10 packets each).
+    agent.pause();
+    let connections = 20;
+    let server = serve(listener, connections);
+    topology.client.run(move || {
+        for _ in 0..connections {
+            exchange(addr, 100);
+        }
+    });
+    server.join().unwrap();
+    agent.resume();
+    agent.wait_for_log(
+        "kernel ring buffer full: records lost",
+        Duration::from_secs(5),
+    );
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    let stopped = finished.log("stopped");
+    let count = |field: &str| stopped[field].as_u64().unwrap();
+    assert!(count("dropped_ring_full") > 0, "{stopped}");
+    assert_eq!(count("records"), finished.stdout.len() as u64);
+    assert_eq!(
+        count("matched"),
+        count("records") + count("dropped_ring_full"),
+        "{stopped}"
+    );
+    let lost: u64 = finished
+        .logs
+        .iter()
+        .filter(|l| l["msg"] == "kernel ring buffer full: records lost")
+        .map(|l| l["lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lost, count("dropped_ring_full"));
+}
