@@ -1,10 +1,14 @@
 //! Configuration: environment variables (each also a flag) and their validation.
 
-use std::{collections::BTreeSet, ffi::CString, fmt, time::Duration};
+use std::{
+    collections::BTreeSet, ffi::CString, fmt, net::SocketAddr, path::PathBuf, time::Duration,
+};
 
-use clap::Parser;
+use clap::{ArgAction, Parser, builder::BoolishValueParser};
 use sniffer_common::{DEFAULT_WAKEUP_BYTES, MAX_PORTS, RING_ENTRY_BYTES};
 use thiserror::Error;
+
+use crate::deliver::DeliveryConfig;
 
 /// Default ring buffer size: about 58,000 records, 0.17 s at 350,000 packets/s.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
@@ -24,9 +28,49 @@ pub struct Args {
     /// Interface to capture on.
     #[arg(long, env = "INTERFACE", default_value = "eth0")]
     pub interface: String,
-    /// HTTP(S) collector URL. Delivery to a collector is not implemented yet: setting it is refused.
+    /// http(s) URL that receives batches by POST; when unset, records go to stdout as NDJSON.
     #[arg(long, env = "OUTPUT_URL")]
     pub output_url: Option<String>,
+    /// Sent as `Authorization: Bearer <token>`; prefer the variable to the flag (visible in `ps`).
+    #[arg(long, env = "OUTPUT_URL_AUTH_TOKEN", hide_env_values = true)]
+    pub output_url_auth_token: Option<String>,
+    /// A batch is sent when it holds this many records.
+    #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1000)]
+    pub batch_max_records: usize,
+    /// … or when its oldest record is this old (milliseconds).
+    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 1000)]
+    pub batch_max_wait_ms: u64,
+    /// Records that may wait for delivery; beyond it new records are dropped and counted.
+    #[arg(long, env = "BUFFER_MAX_RECORDS", default_value_t = 50_000)]
+    pub buffer_max_records: usize,
+    /// Compress batch bodies with gzip (`Content-Encoding: gzip`).
+    #[arg(long, env = "OUTPUT_GZIP", default_value = "false", action = ArgAction::Set,
+          value_parser = BoolishValueParser::new())]
+    pub output_gzip: bool,
+    /// Connect timeout towards the collector (milliseconds).
+    #[arg(long, env = "OUTPUT_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
+    pub output_connect_timeout_ms: u64,
+    /// Timeout of one whole delivery request (milliseconds).
+    #[arg(long, env = "OUTPUT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub output_timeout_ms: u64,
+    /// PEM file of CA certificates to trust for an https `OUTPUT_URL`, instead of the system's.
+    #[arg(long, env = "OUTPUT_CA_FILE")]
+    pub output_ca_file: Option<PathBuf>,
+    /// First retry delay (milliseconds); it doubles per attempt, with jitter.
+    #[arg(long, env = "RETRY_INITIAL_MS", default_value_t = 200)]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay (milliseconds).
+    #[arg(long, env = "RETRY_MAX_MS", default_value_t = 30_000)]
+    pub retry_max_ms: u64,
+    /// After SIGTERM, how long queued batches may still be delivered (milliseconds).
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
+    /// Address of the plain-HTTP metrics endpoint (`/metrics`, `/healthz`), e.g. `0.0.0.0:9090`.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Seconds between `stats` log lines; 0 turns them off.
+    #[arg(long, env = "STATS_INTERVAL_SECS", default_value_t = 60)]
+    pub stats_interval_secs: u64,
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, env = "RING_BUFFER_BYTES", default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_bytes: u32,
@@ -50,8 +94,16 @@ pub struct Args {
 }
 
 /// Validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
+    /// Delivery to a collector; `None` writes NDJSON to stdout.
+    pub output: Option<DeliveryConfig>,
+    /// Metrics endpoint address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Interval of the `stats` log line; `None` when off.
+    pub stats_interval: Option<Duration>,
+    /// Delivery time allowed after SIGTERM.
+    pub shutdown_grace: Duration,
     /// Ports to capture, sorted, unique, non-zero.
     pub ports: Vec<u16>,
     /// Interface name.
@@ -144,11 +196,26 @@ pub enum ConfigError {
         /// The value given.
         value: u64,
     },
-    /// `OUTPUT_URL` is set, but this build only writes to stdout.
-    #[error(
-        "OUTPUT_URL is set, but delivery to a collector is not implemented in this version; unset it to write NDJSON to stdout"
-    )]
-    OutputUrlUnsupported,
+    /// `OUTPUT_URL` is not an absolute http(s) URL.
+    #[error("OUTPUT_URL {value:?} {problem}")]
+    OutputUrl {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A number outside its range.
+    #[error("{name}={value} is out of range: it must be from {min} to {max}")]
+    OutOfRange {
+        /// The variable.
+        name: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
 }
 
 /// Parses a `PORTS` value such as `8080, 8443`.
@@ -200,9 +267,13 @@ impl Args {
     /// Checks every value and resolves the interface.
     pub fn validate(&self) -> Result<Config, ConfigError> {
         let ports = parse_ports(&self.ports)?;
-        if self.output_url.is_some() {
-            return Err(ConfigError::OutputUrlUnsupported);
-        }
+        let output = self
+            .output_url
+            .as_deref()
+            .map(|url| self.delivery(url))
+            .transpose()?;
+        range("SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 0, 600_000)?;
+        range("STATS_INTERVAL_SECS", self.stats_interval_secs, 0, 86_400)?;
         let page = page_size();
         if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < page {
             return Err(ConfigError::RingBufferSize {
@@ -230,12 +301,61 @@ impl Args {
                 name: self.interface.clone(),
             })?;
         Ok(Config {
+            output,
+            metrics_addr: self.metrics_addr,
+            stats_interval: (self.stats_interval_secs > 0)
+                .then(|| Duration::from_secs(self.stats_interval_secs)),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             ports,
             interface: self.interface.clone(),
             ifindex,
             ring_buffer_bytes: self.ring_buffer_bytes,
             ring_wakeup_bytes: wakeup,
             ring_poll_interval: Duration::from_millis(self.ring_poll_interval_ms),
+        })
+    }
+
+    fn delivery(&self, url: &str) -> Result<DeliveryConfig, ConfigError> {
+        validate_url(url)?;
+        range(
+            "BATCH_MAX_RECORDS",
+            self.batch_max_records as u64,
+            1,
+            100_000,
+        )?;
+        range("BATCH_MAX_WAIT_MS", self.batch_max_wait_ms, 1, 600_000)?;
+        range(
+            "BUFFER_MAX_RECORDS",
+            self.buffer_max_records as u64,
+            self.batch_max_records as u64,
+            10_000_000,
+        )?;
+        range(
+            "OUTPUT_CONNECT_TIMEOUT_MS",
+            self.output_connect_timeout_ms,
+            1,
+            600_000,
+        )?;
+        range("OUTPUT_TIMEOUT_MS", self.output_timeout_ms, 1, 600_000)?;
+        range("RETRY_INITIAL_MS", self.retry_initial_ms, 1, 600_000)?;
+        range(
+            "RETRY_MAX_MS",
+            self.retry_max_ms,
+            self.retry_initial_ms,
+            3_600_000,
+        )?;
+        Ok(DeliveryConfig {
+            url: url.to_owned(),
+            token: self.output_url_auth_token.clone().filter(|t| !t.is_empty()),
+            gzip: self.output_gzip,
+            connect_timeout: Duration::from_millis(self.output_connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.output_timeout_ms),
+            backoff_initial: Duration::from_millis(self.retry_initial_ms),
+            backoff_max: Duration::from_millis(self.retry_max_ms),
+            ca_file: self.output_ca_file.clone(),
+            batch_max_records: self.batch_max_records,
+            batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
+            buffer_max_records: self.buffer_max_records,
         })
     }
 
@@ -289,6 +409,47 @@ impl fmt::Display for Placement {
             node.as_deref().unwrap_or("-")
         )
     }
+}
+
+fn range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            name,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+/// Accepts absolute `http://` and `https://` URLs with a host.
+///
+/// # Examples
+///
+/// ```
+/// use sniffer::config::validate_url;
+///
+/// assert!(validate_url("https://collector.observability:8443/v1/batches").is_ok());
+/// assert!(validate_url("ftp://collector/").is_err());
+/// assert!(validate_url("not a url").is_err());
+/// ```
+pub fn validate_url(value: &str) -> Result<(), ConfigError> {
+    let problem = |problem| ConfigError::OutputUrl {
+        value: value.to_owned(),
+        problem,
+    };
+    let uri: ureq::http::Uri = value.parse().map_err(|_| problem("is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(_) => return Err(problem("must use http or https")),
+        None => return Err(problem("is not an absolute http(s) URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(problem("has no host"));
+    }
+    Ok(())
 }
 
 fn interface_index(name: &str) -> Option<u32> {
@@ -446,12 +607,80 @@ mod tests {
     }
 
     #[test]
-    fn output_url_is_refused_until_delivery_exists() {
+    fn output_urls() {
+        for good in [
+            "http://collector:9000/",
+            "https://10.0.0.5/v1/batches?x=1",
+            "http://[fd00::5]:80",
+        ] {
+            assert!(validate_url(good).is_ok(), "{good}");
+        }
+        for (bad, problem) in [
+            ("ftp://collector/", "must use http or https"),
+            ("not a url", "is not a valid URL"),
+            ("collector:9000", "is not an absolute http(s) URL"),
+            ("/v1/batches", "is not an absolute http(s) URL"),
+            ("", "is not a valid URL"),
+        ] {
+            match validate_url(bad) {
+                Err(ConfigError::OutputUrl { value, problem: p }) => {
+                    assert_eq!((value.as_str(), p), (bad, problem));
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn delivery_settings() {
         let mut with_url = args("8080", "lo");
         with_url.output_url = Some("http://collector:9000/".into());
+        with_url.output_url_auth_token = Some("s3cret".into());
+        let delivery = with_url.validate().unwrap().output.expect("delivery");
+        assert_eq!(delivery.token.as_deref(), Some("s3cret"));
+        assert_eq!(delivery.batch_max_records, 1000);
+        assert_eq!(delivery.batch_max_wait, Duration::from_secs(1));
+        assert!(!delivery.gzip);
+
+        let mut small_buffer = with_url.clone();
+        small_buffer.buffer_max_records = 10;
         assert!(matches!(
-            with_url.validate(),
-            Err(ConfigError::OutputUrlUnsupported)
+            small_buffer.validate(),
+            Err(ConfigError::OutOfRange {
+                name: "BUFFER_MAX_RECORDS",
+                value: 10,
+                min: 1000,
+                ..
+            })
         ));
+        let mut zero_batch = with_url.clone();
+        zero_batch.batch_max_records = 0;
+        assert!(matches!(
+            zero_batch.validate(),
+            Err(ConfigError::OutOfRange {
+                name: "BATCH_MAX_RECORDS",
+                ..
+            })
+        ));
+        assert!(args("8080", "lo").validate().unwrap().output.is_none());
+    }
+
+    #[test]
+    fn gzip_flag_accepts_boolish_values() {
+        for (value, expected) in [
+            ("true", true),
+            ("1", true),
+            ("yes", true),
+            ("false", false),
+            ("0", false),
+            ("off", false),
+        ] {
+            let parsed =
+                Args::try_parse_from(["sniffer", "--ports", "80", "--output-gzip", value]).unwrap();
+            assert_eq!(parsed.output_gzip, expected, "{value}");
+        }
+        assert!(
+            Args::try_parse_from(["sniffer", "--ports", "80", "--output-gzip", "maybe"]).is_err()
+        );
     }
 }

@@ -8,13 +8,21 @@
 //! | [`capture`] | load, attach, read the ring and the kernel counters |
 //! | [`record`] | kernel record → JSON record |
 //! | [`clock`] | monotonic → wall-clock, RFC 3339 |
-//! | [`output`] | where records go |
+//! | [`output`] | where records go: the [`output::Sink`] trait, NDJSON on stdout |
+//! | [`batch`] | batching and the batch body |
+//! | [`retry`] | retry decisions and backoff |
+//! | [`deliver`] | batch and send: the sender thread posting to `OUTPUT_URL` |
+//! | [`metrics`] | counters, Prometheus text, the `METRICS_ADDR` endpoint |
 //! | [`logging`] | JSON log lines on stderr |
 
+pub mod batch;
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod deliver;
 pub mod logging;
+pub mod metrics;
 pub mod output;
 pub mod record;
+pub mod retry;
 pub mod socket;

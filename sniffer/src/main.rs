@@ -2,25 +2,47 @@
 //!
 //! Exit codes: 0 clean stop, 1 configuration error, 2 runtime error.
 
-use std::{io, process::ExitCode, time::Duration};
+use std::{
+    future::pending,
+    io,
+    process::ExitCode,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use clap::{Parser as _, error::ErrorKind};
 use log::{error, info, warn};
 use sniffer::{
-    capture::{Capture, CaptureOptions, KernelCounters, ProgramStats},
+    batch::AgentInfo,
+    capture::{Capture, CaptureOptions, KernelCounters, MAX_BATCH, ProgramStats},
     clock::WallClock,
     config::{Args, Config, Placement},
+    deliver::HttpOutput,
     logging,
+    metrics::{self, Stats, add, get},
     output::{Ndjson, Sink},
     record::Record,
 };
-use tokio::signal::unix::{SignalKind, signal};
+use sniffer_common::PacketRecord;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-const EXIT_CONFIG: u8 = 1;
-const EXIT_RUNTIME: u8 = 2;
-/// How often the kernel's drop counter is checked for new losses.
-const DROP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the kernel's counters are read (and new ring losses reported).
+const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the sniffer stops with an error, which decides the exit code.
+enum Failure {
+    /// Exit 1: the configuration cannot work (found only once the runtime runs).
+    Config(anyhow::Error),
+    /// Exit 2: something failed at run time.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Runtime(err)
+    }
+}
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -38,7 +60,7 @@ fn main() -> ExitCode {
         Err(err) => {
             logging::init(&Placement::from_env());
             error!(error = usage_error(&err).as_str(); "invalid configuration");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(1);
         }
     };
     let placement = args.placement();
@@ -53,7 +75,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             error!(error = err.to_string().as_str(); "invalid configuration: {err}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(1);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -63,14 +85,18 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             error!(error = err.to_string().as_str(); "cannot start the async runtime");
-            return ExitCode::from(EXIT_RUNTIME);
+            return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(&config)) {
+    match runtime.block_on(run(&config, placement)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        Err(Failure::Config(err)) => {
+            error!(error = format!("{err:#}").as_str(); "invalid configuration: {err:#}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Runtime(err)) => {
             error!(error = format!("{err:#}").as_str(); "sniffer failed: {err:#}");
-            ExitCode::from(EXIT_RUNTIME)
+            ExitCode::from(2)
         }
     }
 }
@@ -91,9 +117,58 @@ fn usage_error(err: &clap::Error) -> String {
     }
 }
 
-async fn run(config: &Config) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+/// Where records go.
+enum Output {
+    Stdout(Ndjson<io::Stdout>),
+    Http(HttpOutput),
+}
+
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
+    let mut signals = Signals {
+        terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+        interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+    };
+    let stats = Arc::new(Stats::default());
+
+    // The sender is set up before the kernel is touched: a bad CA file is a configuration error.
+    let mut output = match &config.output {
+        None => Output::Stdout(Ndjson::new(io::stdout())),
+        Some(delivery) => {
+            let Placement {
+                pod,
+                namespace,
+                node,
+            } = placement;
+            let agent = AgentInfo {
+                pod,
+                namespace,
+                node,
+                interface: config.interface.clone(),
+                version: env!("CARGO_PKG_VERSION"),
+                instance: AgentInfo::new_instance().context("cannot choose an instance id")?,
+            };
+            info!(instance = agent.instance.as_str(), batch_max_records = delivery.batch_max_records,
+                  batch_max_wait_ms = delivery.batch_max_wait.as_millis() as u64,
+                  buffer_max_records = delivery.buffer_max_records, gzip = delivery.gzip;
+                  "delivering batches to OUTPUT_URL");
+            let output = HttpOutput::start(delivery, agent, Arc::clone(&stats))
+                .map_err(|err| Failure::Config(anyhow!(err)))?;
+            Output::Http(output)
+        }
+    };
+    if let Some(addr) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
+        tokio::spawn(metrics::serve(listener, Arc::clone(&stats)));
+        info!(address = addr.to_string().as_str(); "metrics endpoint listening");
+    }
+
     let mut capture = Capture::start(&CaptureOptions {
         interface: &config.interface,
         ifindex: config.ifindex,
@@ -111,46 +186,40 @@ async fn run(config: &Config) -> anyhow::Result<()> {
         "capture attached"
     );
 
-    let mut sink = Ndjson::new(io::stdout().lock());
-    let mut batch = Vec::with_capacity(sniffer::capture::MAX_BATCH);
-    let mut drop_check = tokio::time::interval(DROP_CHECK_INTERVAL);
-    let mut reported = KernelCounters::default();
-    let signal_name = loop {
-        tokio::select! {
-            biased;
-            _ = terminate.recv() => break "SIGTERM",
-            _ = interrupt.recv() => break "SIGINT",
-            ready = capture.next_batch(&mut batch) => {
-                ready?;
-                emit(&mut sink, &mut batch).context("cannot write records to stdout")?;
-            }
-            _ = drop_check.tick() => {
-                let counters = capture.counters()?;
-                if counters.ring_full > reported.ring_full {
-                    warn!(
-                        lost = counters.ring_full - reported.ring_full,
-                        ring_full_total = counters.ring_full;
-                        "kernel ring buffer full: records lost"
-                    );
-                }
-                reported = counters;
-            }
-        }
+    let signal_name = match &mut output {
+        Output::Stdout(sink) => pump(&mut capture, sink, &stats, &mut signals, config).await?,
+        Output::Http(sink) => pump(&mut capture, sink, &stats, &mut signals, config).await?,
     };
-
     info!(signal = signal_name; "stopping");
     capture.stop();
+    let mut batch = Vec::new();
     capture.drain_remaining(&mut batch);
-    emit(&mut sink, &mut batch).context("cannot write records to stdout")?;
-    let KernelCounters { matched, ring_full } = capture.counters()?;
+    match &mut output {
+        Output::Stdout(sink) => emit(sink, &mut batch, &stats, true)?,
+        Output::Http(sink) => emit(sink, &mut batch, &stats, false)?,
+    }
+    read_kernel_counters(&capture, &stats)?;
+    match output {
+        Output::Stdout(_) => {}
+        Output::Http(sink) => sink.finish(config.shutdown_grace),
+    }
+
     let ProgramStats {
         run_time_ns,
         run_count,
-    } = capture.program_stats()?;
+    } = capture
+        .program_stats()
+        .context("cannot read the program statistics")?;
     info!(
-        records = sink.written(),
-        matched,
-        dropped_ring_full = ring_full,
+        records = get(&stats.records_read),
+        delivered = get(&stats.records_delivered),
+        dropped = stats.dropped_total(),
+        matched = get(&stats.packets_matched),
+        dropped_ring_full = get(&stats.dropped_ring_full),
+        dropped_buffer_full = get(&stats.dropped_buffer_full),
+        dropped_rejected = get(&stats.dropped_rejected),
+        dropped_undeliverable = get(&stats.dropped_undeliverable),
+        batches = get(&stats.batches_delivered),
         malformed = capture.malformed(),
         bpf_run_time_ns = run_time_ns,
         bpf_run_count = run_count;
@@ -159,13 +228,96 @@ async fn run(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn emit(sink: &mut impl Sink, batch: &mut Vec<sniffer_common::PacketRecord>) -> io::Result<()> {
+/// Moves records from the ring to `sink` until a signal arrives; returns the signal's name.
+async fn pump<S: Sink>(
+    capture: &mut Capture,
+    sink: &mut S,
+    stats: &Stats,
+    signals: &mut Signals,
+    config: &Config,
+) -> anyhow::Result<&'static str> {
+    let to_stdout = config.output.is_none();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut counters = tokio::time::interval(COUNTER_INTERVAL);
+    let mut stats_log = config
+        .stats_interval
+        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
+    loop {
+        let deadline = sink.deadline();
+        tokio::select! {
+            biased;
+            _ = signals.terminate.recv() => return Ok("SIGTERM"),
+            _ = signals.interrupt.recv() => return Ok("SIGINT"),
+            ready = capture.next_batch(&mut batch) => {
+                ready?;
+                emit(sink, &mut batch, stats, to_stdout)?;
+            }
+            () = at(deadline) => sink.tick(Instant::now()),
+            _ = counters.tick() => read_kernel_counters(capture, stats)?,
+            _ = async { stats_log.as_mut().expect("guarded").tick().await }, if stats_log.is_some() => {
+                log_stats(stats);
+            }
+        }
+    }
+}
+
+/// Resolves at `deadline`, or never.
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => pending().await,
+    }
+}
+
+/// Converts and hands over a batch of kernel records; for stdout, writing is delivering.
+fn emit(
+    sink: &mut impl Sink,
+    batch: &mut Vec<PacketRecord>,
+    stats: &Stats,
+    to_stdout: bool,
+) -> anyhow::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
+    let count = batch.len() as u64;
+    add(&stats.records_read, count);
     let clock = WallClock::now();
     for raw in batch.drain(..) {
-        sink.accept(&Record::from_kernel(&raw, &clock))?;
+        sink.accept(Record::from_kernel(&raw, &clock))
+            .context("cannot write records to stdout")?;
     }
-    sink.flush()
+    sink.flush().context("cannot write records to stdout")?;
+    if to_stdout {
+        add(&stats.records_delivered, count);
+    }
+    Ok(())
+}
+
+/// Copies the kernel's counters into `stats` and reports new ring losses.
+fn read_kernel_counters(capture: &Capture, stats: &Stats) -> anyhow::Result<()> {
+    let KernelCounters { matched, ring_full } = capture.counters()?;
+    let previous = stats.dropped_ring_full.swap(ring_full, Relaxed);
+    stats.packets_matched.store(matched, Relaxed);
+    if ring_full > previous {
+        warn!(
+            lost = ring_full - previous,
+            ring_full_total = ring_full;
+            "kernel ring buffer full: records lost"
+        );
+    }
+    Ok(())
+}
+
+fn log_stats(stats: &Stats) {
+    info!(
+        matched = get(&stats.packets_matched),
+        records = get(&stats.records_read),
+        delivered = get(&stats.records_delivered),
+        dropped = stats.dropped_total(),
+        queued = get(&stats.records_queued),
+        batches = get(&stats.batches_delivered),
+        retries = get(&stats.batch_retries),
+        last_status = get(&stats.last_status);
+        "stats"
+    );
 }

@@ -1,15 +1,24 @@
-//! Where records go. Without `OUTPUT_URL`: NDJSON on stdout, one record per line.
+//! Where records go: NDJSON on stdout here, batches to `OUTPUT_URL` in [`crate::deliver`].
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::Instant,
+};
 
 use crate::record::Record;
 
 /// Receives converted records in capture order.
 pub trait Sink {
     /// Takes one record.
-    fn accept(&mut self, record: &Record) -> io::Result<()>;
+    fn accept(&mut self, record: Record) -> io::Result<()>;
     /// Called after each batch read from the ring, and before exit.
     fn flush(&mut self) -> io::Result<()>;
+    /// When [`Sink::tick`] must be called next, if ever (a batch closing on age).
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// Lets time-driven work happen (closing a batch that reached its age).
+    fn tick(&mut self, _now: Instant) {}
 }
 
 /// Writes each record as one JSON line.
@@ -54,8 +63,8 @@ impl<W: Write> Ndjson<W> {
 }
 
 impl<W: Write> Sink for Ndjson<W> {
-    fn accept(&mut self, record: &Record) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
+    fn accept(&mut self, record: Record) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &record)?;
         self.out.write_all(b"\n")?;
         self.written += 1;
         Ok(())
@@ -83,7 +92,7 @@ mod tests {
                 dst_port: port,
                 ..PacketRecord::default()
             };
-            out.accept(&Record::from_kernel(&raw, &clock)).unwrap();
+            out.accept(Record::from_kernel(&raw, &clock)).unwrap();
         }
         out.flush().unwrap();
         assert_eq!(out.written(), 2);

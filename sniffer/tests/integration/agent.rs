@@ -107,6 +107,11 @@ impl Agent {
         }
     }
 
+    /// The process id (the sniffer's own: `ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the process (SIGSTOP) so it reads nothing until [`Agent::resume`].
     pub fn pause(&self) {
         self.kill(libc::SIGSTOP);

@@ -5,6 +5,9 @@
 
 mod agent;
 mod capture;
+mod collector;
+mod delivery;
 mod dissector;
 mod netns;
 mod process;
+mod traffic;

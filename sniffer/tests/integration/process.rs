@@ -97,18 +97,41 @@ fn unknown_interface_exit_1() {
 }
 
 #[test]
-fn output_url_is_refused_until_delivery_exists() {
+fn invalid_output_url_exit_1_naming_the_value() {
+    for (url, problem) in [
+        ("ftp://collector/batches", "must use http or https"),
+        ("not a url", "is not a valid URL"),
+        ("/v1/batches", "is not an absolute http(s) URL"),
+    ] {
+        let finished = run_with_env(&[("PORTS", "8080"), ("INTERFACE", "lo"), ("OUTPUT_URL", url)]);
+        assert_eq!(
+            finished.status.code(),
+            Some(1),
+            "{url}: {:#?}",
+            finished.logs
+        );
+        let error = error_line(&finished)["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains(&format!("{url:?}")) && error.contains(problem),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_ca_file_exit_1() {
     let finished = run_with_env(&[
         ("PORTS", "8080"),
         ("INTERFACE", "lo"),
-        ("OUTPUT_URL", "http://127.0.0.1:9/"),
+        ("OUTPUT_URL", "https://collector.example:8443/"),
+        ("OUTPUT_CA_FILE", "/nonexistent/ca.pem"),
     ]);
-    assert_eq!(finished.status.code(), Some(1));
+    assert_eq!(finished.status.code(), Some(1), "{:#?}", finished.logs);
     assert!(
         error_line(&finished)["error"]
             .as_str()
             .unwrap()
-            .contains("OUTPUT_URL")
+            .contains("/nonexistent/ca.pem")
     );
 }
 

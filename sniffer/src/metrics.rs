@@ -1,0 +1,280 @@
+//! Counters for every record's fate, rendered as Prometheus text and served on `METRICS_ADDR`.
+//!
+//! Loss accounting: `matched = read + dropped_ring_full` and
+//! `read = delivered + dropped_buffer_full + dropped_rejected + dropped_undeliverable + queued`.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use log::debug;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+/// Shared counters, updated lock-free by the reader and the sender.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Packets the kernel program matched (copied from its counter).
+    pub packets_matched: AtomicU64,
+    /// Records read from the ring.
+    pub records_read: AtomicU64,
+    /// Records in batches the collector accepted (or written to stdout).
+    pub records_delivered: AtomicU64,
+    /// Records lost because the kernel ring buffer was full (copied from its counter).
+    pub dropped_ring_full: AtomicU64,
+    /// Records dropped because `BUFFER_MAX_RECORDS` were already queued.
+    pub dropped_buffer_full: AtomicU64,
+    /// Records in batches the collector refused with a non-retryable status.
+    pub dropped_rejected: AtomicU64,
+    /// Records still undelivered when the shutdown grace ran out.
+    pub dropped_undeliverable: AtomicU64,
+    /// Records waiting for delivery (closed batches and the one being sent).
+    pub records_queued: AtomicU64,
+    /// Batches the collector accepted.
+    pub batches_delivered: AtomicU64,
+    /// Batches the collector refused for good.
+    pub batches_rejected: AtomicU64,
+    /// Batches given up at shutdown.
+    pub batches_undeliverable: AtomicU64,
+    /// Attempts that failed and were retried.
+    pub batch_retries: AtomicU64,
+    /// HTTP status of the last attempt; 0 for a connection error or timeout.
+    pub last_status: AtomicU64,
+    /// Unix time (seconds) of the last delivered batch.
+    pub last_delivery_unix: AtomicU64,
+}
+
+/// Adds `n` to a counter.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
+}
+
+/// Reads a counter.
+#[must_use]
+pub fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Relaxed)
+}
+
+impl Stats {
+    /// Every record lost so far, for any reason.
+    #[must_use]
+    pub fn dropped_total(&self) -> u64 {
+        get(&self.dropped_ring_full)
+            + get(&self.dropped_buffer_full)
+            + get(&self.dropped_rejected)
+            + get(&self.dropped_undeliverable)
+    }
+
+    /// Prometheus text exposition format, version 0.0.4.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let Self {
+            packets_matched,
+            records_read,
+            records_delivered,
+            dropped_ring_full,
+            dropped_buffer_full,
+            dropped_rejected,
+            dropped_undeliverable,
+            records_queued,
+            batches_delivered,
+            batches_rejected,
+            batches_undeliverable,
+            batch_retries,
+            last_status,
+            last_delivery_unix,
+        } = self;
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, &AtomicU64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP tcp_sniffer_{name} {help}\n# TYPE tcp_sniffer_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "tcp_sniffer_{name}{labels} {}", get(value));
+            }
+        };
+        metric(
+            "packets_matched_total",
+            "counter",
+            "TCP packets the kernel program matched.",
+            &[("", packets_matched)],
+        );
+        metric(
+            "records_read_total",
+            "counter",
+            "Records read from the kernel ring buffer.",
+            &[("", records_read)],
+        );
+        metric(
+            "records_delivered_total",
+            "counter",
+            "Records delivered to the collector (or written to stdout).",
+            &[("", records_delivered)],
+        );
+        metric(
+            "records_dropped_total",
+            "counter",
+            "Records lost, by reason.",
+            &[
+                ("{reason=\"ring_full\"}", dropped_ring_full),
+                ("{reason=\"buffer_full\"}", dropped_buffer_full),
+                ("{reason=\"rejected\"}", dropped_rejected),
+                ("{reason=\"undeliverable\"}", dropped_undeliverable),
+            ],
+        );
+        metric(
+            "records_queued",
+            "gauge",
+            "Records waiting for delivery.",
+            &[("", records_queued)],
+        );
+        metric(
+            "batches_total",
+            "counter",
+            "Batches by final result.",
+            &[
+                ("{result=\"delivered\"}", batches_delivered),
+                ("{result=\"rejected\"}", batches_rejected),
+                ("{result=\"undeliverable\"}", batches_undeliverable),
+            ],
+        );
+        metric(
+            "batch_retries_total",
+            "counter",
+            "Delivery attempts that failed and were retried.",
+            &[("", batch_retries)],
+        );
+        metric(
+            "last_delivery_status",
+            "gauge",
+            "HTTP status of the last delivery attempt; 0 for a connection error or timeout.",
+            &[("", last_status)],
+        );
+        metric(
+            "last_delivery_timestamp_seconds",
+            "gauge",
+            "Unix time of the last delivered batch.",
+            &[("", last_delivery_unix)],
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` and `GET /healthz` over plain HTTP/1.1, one request per connection.
+///
+/// Requests are small and rare (a scrape every few seconds), so each connection gets a task, a
+/// 5-second deadline and an 8 KiB limit instead of a full HTTP stack.
+pub async fn serve(listener: TcpListener, stats: std::sync::Arc<Stats>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let stats = std::sync::Arc::clone(&stats);
+        tokio::spawn(async move {
+            if let Err(err) =
+                tokio::time::timeout(Duration::from_secs(5), respond(stream, &stats)).await
+            {
+                debug!(peer = peer.to_string().as_str(), error = err.to_string().as_str(); "metrics request timed out");
+            }
+        });
+    }
+}
+
+async fn respond(mut stream: TcpStream, stats: &Stats) {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let (status, content_type, body) = route(&head, stats);
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Chooses the response for a request head.
+fn route(head: &[u8], stats: &Stats) -> (&'static str, &'static str, String) {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let text = "text/plain; charset=utf-8";
+    match (method, path) {
+        (b"GET", b"/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            stats.render(),
+        ),
+        (b"GET", b"/healthz") => ("200 OK", text, "ok\n".to_owned()),
+        (b"GET", _) => (
+            "404 Not Found",
+            text,
+            "not found: try /metrics or /healthz\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            text,
+            "only GET is served\n".to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_counter_with_help_and_type() {
+        let stats = Stats::default();
+        add(&stats.records_delivered, 42);
+        add(&stats.dropped_buffer_full, 3);
+        stats.last_status.store(503, Relaxed);
+        let text = stats.render();
+        assert!(text.contains("# TYPE tcp_sniffer_records_delivered_total counter\ntcp_sniffer_records_delivered_total 42\n"));
+        assert!(text.contains("tcp_sniffer_records_dropped_total{reason=\"buffer_full\"} 3\n"));
+        assert!(text.contains("tcp_sniffer_records_dropped_total{reason=\"ring_full\"} 0\n"));
+        assert!(text.contains("tcp_sniffer_last_delivery_status 503\n"));
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
+        assert_eq!((samples, helps), (14, 9));
+    }
+
+    #[test]
+    fn dropped_total_sums_every_reason() {
+        let stats = Stats::default();
+        add(&stats.dropped_ring_full, 1);
+        add(&stats.dropped_buffer_full, 2);
+        add(&stats.dropped_rejected, 4);
+        add(&stats.dropped_undeliverable, 8);
+        assert_eq!(stats.dropped_total(), 15);
+    }
+
+    #[test]
+    fn routes() {
+        let stats = Stats::default();
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &stats).0,
+            "200 OK"
+        );
+        assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n", &stats).2, "ok\n");
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n", &stats).0, "404 Not Found");
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n", &stats).0,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(route(b"", &stats).0, "405 Method Not Allowed");
+    }
+}

@@ -1,0 +1,397 @@
+//! Delivery to a real HTTP collector in the sniffer's namespace: batching, auth, retries,
+//! refusals, an outage with a small buffer, shutdown flushing, metrics.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    agent::{Agent, Finished, SNIFFER},
+    collector::{Collector, Received, Reply, accept_all},
+    netns::{CLIENT_V4, SERVER_V4, Topology, privileged},
+    traffic::{MATCHED, check_flow, exchange, serve},
+};
+
+const TOKEN: &str = "tok-SECRET-4242";
+
+/// Binds a listener inside the server namespace's loopback.
+fn listen(topology: &Topology) -> TcpListener {
+    topology
+        .server
+        .run(|| TcpListener::bind("127.0.0.1:0").expect("bind"))
+}
+
+fn start_sniffer(topology: &Topology, collector: SocketAddr, env: &[(&str, String)]) -> Agent {
+    let mut cmd = topology.server.command(SNIFFER);
+    cmd.env("PORTS", MATCHED.to_string())
+        .env("INTERFACE", "eth0")
+        .env("OUTPUT_URL", format!("http://{collector}/v1/batches"))
+        .env("OUTPUT_URL_AUTH_TOKEN", TOKEN)
+        .env("POD_NAME", "web-7d9c")
+        .env("POD_NAMESPACE", "shop")
+        .env("NODE_NAME", "node-3")
+        .env("STATS_INTERVAL_SECS", "1");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    agent
+}
+
+/// Runs `connections` exchanges of `size` bytes to the matched port; returns the client ports.
+fn traffic(topology: &Topology, connections: usize, size: usize) -> Vec<u16> {
+    let addr: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
+    let listener = topology
+        .server
+        .run(move || TcpListener::bind(addr).expect("bind"));
+    let server = serve(listener, connections);
+    let ports = topology
+        .client
+        .run(move || (0..connections).map(|_| exchange(addr, size)).collect());
+    server.join().unwrap();
+    // Let the last ACKs reach the wire before anyone stops.
+    thread::sleep(Duration::from_millis(200));
+    ports
+}
+
+/// Distinct batches by `seq` (a retried batch arrives more than once), checking that every copy
+/// of a batch is identical.
+fn unique_batches(received: &[Received]) -> BTreeMap<u64, Value> {
+    let mut batches = BTreeMap::new();
+    for request in received {
+        let seq = request.body["seq"].as_u64().expect("seq");
+        if let Some(previous) = batches.insert(seq, request.body.clone()) {
+            assert_eq!(
+                previous, request.body,
+                "batch {seq} changed between attempts"
+            );
+        }
+    }
+    batches
+}
+
+fn records_of(batches: &BTreeMap<u64, Value>) -> Vec<Value> {
+    batches
+        .values()
+        .flat_map(|b| b["records"].as_array().unwrap().clone())
+        .collect()
+}
+
+fn total(batches: &BTreeMap<u64, Value>, field: &str) -> u64 {
+    batches
+        .values()
+        .map(|b| match field {
+            "records" => b["records"].as_array().unwrap().len() as u64,
+            _ => b[field].as_u64().unwrap(),
+        })
+        .sum()
+}
+
+fn stopped_count(finished: &Finished, field: &str) -> u64 {
+    finished.log("stopped")[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stopped line has no {field}"))
+}
+
+/// The token must not appear anywhere in the logs.
+fn assert_token_never_logged(finished: &Finished) {
+    for line in &finished.logs {
+        assert!(!line.to_string().contains(TOKEN), "token logged: {line}");
+    }
+}
+
+fn http_get(topology: &Topology, addr: SocketAddr, path: &'static str) -> String {
+    topology.server.run(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect metrics");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: metrics\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+}
+
+#[test]
+fn healthy_collector_gets_every_record_exactly_once() {
+    if !privileged("healthy_collector_gets_every_record_exactly_once") {
+        return;
+    }
+    let topology = Topology::new();
+    let collector = Collector::start(listen(&topology), accept_all);
+    let metrics_addr = listen(&topology).local_addr().unwrap();
+    let mut agent = start_sniffer(
+        &topology,
+        collector.addr,
+        &[
+            ("BATCH_MAX_RECORDS", "7".into()),
+            ("BATCH_MAX_WAIT_MS", "100".into()),
+            ("METRICS_ADDR", metrics_addr.to_string()),
+        ],
+    );
+    let ports = traffic(&topology, 3, 1000);
+    thread::sleep(Duration::from_millis(500));
+
+    let metrics = http_get(&topology, metrics_addr, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(metrics.contains("# TYPE tcp_sniffer_records_delivered_total counter"));
+    assert!(
+        metrics.contains("tcp_sniffer_last_delivery_status 200"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(TOKEN));
+    assert!(http_get(&topology, metrics_addr, "/healthz").ends_with("\r\n\r\nok\n"));
+    let stats = agent.wait_for_log("stats", Duration::from_secs(5));
+    assert!(stats["delivered"].as_u64().unwrap() > 0, "{stats}");
+
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    let received = collector.received();
+    let batches = unique_batches(&received);
+    assert_eq!(
+        batches.len(),
+        received.len(),
+        "a healthy collector sees no retries"
+    );
+    assert_eq!(
+        batches.keys().copied().collect::<Vec<_>>(),
+        (0..batches.len() as u64).collect::<Vec<_>>()
+    );
+    for request in &received {
+        assert_eq!(request.headers["authorization"], format!("Bearer {TOKEN}"));
+        assert_eq!(request.headers["content-type"], "application/json");
+        assert!(request.body["records"].as_array().unwrap().len() <= 7);
+        assert_eq!(request.body["dropped"], 0);
+        let agent = &request.body["agent"];
+        assert_eq!(
+            (&agent["pod"], &agent["namespace"], &agent["node"]),
+            (&"web-7d9c".into(), &"shop".into(), &"node-3".into())
+        );
+        assert_eq!(agent["interface"], "eth0");
+        assert_eq!(agent["instance"], received[0].body["agent"]["instance"]);
+    }
+    let records = records_of(&batches);
+    for port in ports {
+        let flow: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["src_port"] == port || r["dst_port"] == port)
+            .collect();
+        check_flow(&flow, CLIENT_V4, SERVER_V4, 4, 1000);
+    }
+    let delivered = records.len() as u64;
+    assert_eq!(stopped_count(&finished, "matched"), delivered);
+    assert_eq!(stopped_count(&finished, "delivered"), delivered);
+    assert_eq!(stopped_count(&finished, "dropped"), 0);
+    assert_token_never_logged(&finished);
+}
+
+#[test]
+fn retryable_statuses_are_retried_honouring_retry_after() {
+    if !privileged("retryable_statuses_are_retried_honouring_retry_after") {
+        return;
+    }
+    let topology = Topology::new();
+    let collector = Collector::start(listen(&topology), |index, _| {
+        if index < 3 {
+            Reply::Status(503, vec![("Retry-After", "1".into())])
+        } else {
+            Reply::Status(200, Vec::new())
+        }
+    });
+    let agent = start_sniffer(
+        &topology,
+        collector.addr,
+        &[
+            ("BATCH_MAX_WAIT_MS", "100".into()),
+            ("RETRY_INITIAL_MS", "20".into()),
+        ],
+    );
+    traffic(&topology, 1, 100);
+    collector.wait_until(Duration::from_secs(15), |r| r.len() >= 4);
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+
+    let received = collector.received();
+    // The first batch was tried four times, unchanged, at least a second apart.
+    let first: Vec<&Received> = received.iter().filter(|r| r.body["seq"] == 0).collect();
+    assert_eq!(first.len(), 4);
+    for pair in first.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(950),
+            "Retry-After: 1 not honoured: {gap:?}"
+        );
+    }
+    let batches = unique_batches(&received);
+    assert_eq!(
+        total(&batches, "records"),
+        stopped_count(&finished, "matched")
+    );
+    assert_eq!(stopped_count(&finished, "dropped"), 0);
+    let warnings = finished
+        .logs
+        .iter()
+        .filter(|l| l["level"] == "WARN" && l["status"] == 503)
+        .count();
+    assert_eq!(warnings, 3);
+    assert_token_never_logged(&finished);
+}
+
+#[test]
+fn refused_batch_is_dropped_counted_and_reported_in_the_next_batch() {
+    if !privileged("refused_batch_is_dropped_counted_and_reported_in_the_next_batch") {
+        return;
+    }
+    let topology = Topology::new();
+    let collector = Collector::start(listen(&topology), |index, _| {
+        Reply::Status(if index == 0 { 400 } else { 200 }, Vec::new())
+    });
+    let agent = start_sniffer(
+        &topology,
+        collector.addr,
+        &[("BATCH_MAX_WAIT_MS", "100".into())],
+    );
+    traffic(&topology, 1, 100);
+    collector.wait_until(Duration::from_secs(10), |r| !r.is_empty());
+    // Still running: later traffic is delivered, and carries the loss.
+    traffic(&topology, 1, 100);
+    collector.wait_until(Duration::from_secs(10), |r| r.len() >= 2);
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+
+    let received = collector.received();
+    let refused = received[0].body["records"].as_array().unwrap().len() as u64;
+    assert!(refused > 0);
+    assert_eq!(received[1].body["seq"], 1);
+    assert_eq!(received[1].body["dropped"], refused);
+    assert_eq!(stopped_count(&finished, "dropped_rejected"), refused);
+    let delivered: BTreeMap<u64, Value> = received[1..]
+        .iter()
+        .map(|r| (r.body["seq"].as_u64().unwrap(), r.body.clone()))
+        .collect();
+    assert_eq!(
+        total(&delivered, "records") + total(&delivered, "dropped"),
+        stopped_count(&finished, "matched")
+    );
+    let error = finished
+        .logs
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .expect("an error line");
+    assert_eq!(error["status"], 400);
+    assert!(
+        error["msg"].as_str().unwrap().contains("HTTP 400"),
+        "{error}"
+    );
+}
+
+#[test]
+fn collector_outage_with_a_small_buffer_loses_nothing_unaccounted() {
+    if !privileged("collector_outage_with_a_small_buffer_loses_nothing_unaccounted") {
+        return;
+    }
+    let topology = Topology::new();
+    // Reserve a port, then leave it closed: connections are refused until the collector starts.
+    let addr = listen(&topology).local_addr().unwrap();
+    let agent = start_sniffer(
+        &topology,
+        addr,
+        &[
+            ("BATCH_MAX_RECORDS", "10".into()),
+            ("BATCH_MAX_WAIT_MS", "50".into()),
+            ("BUFFER_MAX_RECORDS", "20".into()),
+            ("RETRY_INITIAL_MS", "50".into()),
+            ("RETRY_MAX_MS", "400".into()),
+        ],
+    );
+    traffic(&topology, 10, 1000);
+    thread::sleep(Duration::from_secs(3));
+    let collector = Collector::start(
+        topology
+            .server
+            .run(move || TcpListener::bind(addr).expect("rebind")),
+        accept_all,
+    );
+    collector.wait_until(Duration::from_secs(10), |r| {
+        r.iter()
+            .any(|b| b.body["dropped"].as_u64().unwrap_or(0) > 0)
+    });
+    let peak_kib = peak_rss_kib(&agent);
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+
+    let batches = unique_batches(&collector.received());
+    let matched = stopped_count(&finished, "matched");
+    let buffer_full = stopped_count(&finished, "dropped_buffer_full");
+    assert!(buffer_full > 0, "the buffer bound was never reached");
+    assert_eq!(
+        total(&batches, "records"),
+        stopped_count(&finished, "delivered")
+    );
+    assert_eq!(
+        total(&batches, "dropped"),
+        stopped_count(&finished, "dropped")
+    );
+    assert_eq!(
+        total(&batches, "records") + total(&batches, "dropped"),
+        matched
+    );
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+    assert!(finished.logs.iter().any(|l| {
+        l["level"] == "WARN"
+            && l["msg"]
+                .as_str()
+                .unwrap()
+                .contains("cannot reach the collector")
+    }));
+}
+
+fn peak_rss_kib(agent: &Agent) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn sigterm_delivers_everything_queued_before_exit() {
+    if !privileged("sigterm_delivers_everything_queued_before_exit") {
+        return;
+    }
+    let topology = Topology::new();
+    let collector = Collector::start(listen(&topology), accept_all);
+    // Batches would only close after a minute: everything is still queued at SIGTERM.
+    let agent = start_sniffer(
+        &topology,
+        collector.addr,
+        &[
+            ("BATCH_MAX_WAIT_MS", "60000".into()),
+            ("BATCH_MAX_RECORDS", "100000".into()),
+            ("BUFFER_MAX_RECORDS", "100000".into()),
+            ("OUTPUT_GZIP", "true".into()),
+        ],
+    );
+    traffic(&topology, 5, 1000);
+    assert!(collector.received().is_empty());
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    let received = collector.received();
+    assert!(!received.is_empty());
+    assert!(
+        received
+            .iter()
+            .all(|r| r.headers["content-encoding"] == "gzip")
+    );
+    let batches = unique_batches(&received);
+    let matched = stopped_count(&finished, "matched");
+    assert!(matched >= 5 * 8, "{matched}");
+    assert_eq!(total(&batches, "records"), matched);
+    assert_eq!(stopped_count(&finished, "delivered"), matched);
+}
