@@ -43,6 +43,9 @@ pub struct Args {
     /// Records that may wait for delivery; beyond it new records are dropped and counted.
     #[arg(long, env = "BUFFER_MAX_RECORDS", default_value_t = 50_000)]
     pub buffer_max_records: usize,
+    /// Delivery requests in flight at once (sender threads).
+    #[arg(long, env = "OUTPUT_CONCURRENCY", default_value_t = 4)]
+    pub output_concurrency: usize,
     /// Compress batch bodies with gzip (`Content-Encoding: gzip`).
     #[arg(long, env = "OUTPUT_GZIP", default_value = "false", action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
@@ -356,6 +359,7 @@ impl Args {
             batch_max_records: self.batch_max_records,
             batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
             buffer_max_records: self.buffer_max_records,
+            concurrency: self.output_concurrency,
         })
     }
 

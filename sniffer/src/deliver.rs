@@ -1,18 +1,18 @@
 //! Batch and send: records go into batches on the reader, closed batches go through a channel to
-//! a sender thread that POSTs them with `ureq` (blocking, so never on the async reader), retrying
-//! as [`crate::retry`] decides.
+//! `OUTPUT_CONCURRENCY` sender threads that POST them with `ureq` (blocking, so never on the async
+//! reader), retrying as [`crate::retry`] decides. Several requests in flight hide the collector's
+//! round trip, which otherwise caps delivery far below the capture rate.
 //!
 //! Memory is bounded by `BUFFER_MAX_RECORDS`: when that many records are queued, new ones are
 //! dropped and counted instead of blocking the reader (which would lose kernel records silently).
 //! Every loss reaches the collector in the `dropped` field of the next batch it accepts.
 
 use std::{
-    collections::VecDeque,
     path::PathBuf,
     sync::{
-        Arc,
-        atomic::Ordering::Relaxed,
-        mpsc::{self, Receiver, RecvTimeoutError},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::{self, Receiver},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant, SystemTime},
@@ -54,6 +54,8 @@ pub struct DeliveryConfig {
     pub batch_max_wait: Duration,
     /// Records that may wait for delivery.
     pub buffer_max_records: usize,
+    /// Requests in flight at once (sender threads).
+    pub concurrency: usize,
 }
 
 /// The sender could not be set up (exit code 1: it is a configuration problem).
@@ -74,96 +76,97 @@ pub enum DeliveryError {
         /// The file.
         path: PathBuf,
     },
-    /// The sender thread could not start.
-    #[error("cannot start the sender thread")]
+    /// A sender thread could not start.
+    #[error("cannot start a sender thread")]
     Thread(#[source] std::io::Error),
 }
 
-enum Message {
-    Batch(Vec<Record>),
-    /// No more batches; deliver what is queued until `deadline`.
-    Finish {
-        deadline: Instant,
-    },
-}
-
-/// A [`Sink`] that batches records and hands them to the sender thread.
+/// A [`Sink`] that batches records and hands them to the sender threads.
 #[derive(Debug)]
 pub struct HttpOutput {
     batcher: Batcher,
-    tx: mpsc::Sender<Message>,
-    stats: Arc<Stats>,
+    tx: mpsc::Sender<Vec<Record>>,
+    shared: Arc<Shared>,
     buffer_max_records: u64,
-    sender: JoinHandle<()>,
+    senders: Vec<JoinHandle<()>>,
 }
 
 impl HttpOutput {
-    /// Starts the sender thread.
+    /// Starts the sender threads.
     pub fn start(
         config: &DeliveryConfig,
         agent: AgentInfo,
         stats: Arc<Stats>,
     ) -> Result<Self, DeliveryError> {
-        let http = http_agent(config)?;
-        let (tx, rx) = mpsc::channel();
-        let sender = Sender {
-            http,
+        let shared = Arc::new(Shared {
+            http: http_agent(config)?,
             url: config.url.clone(),
             authorization: config.token.as_ref().map(|t| format!("Bearer {t}")),
             gzip: config.gzip,
             request_timeout: config.request_timeout,
             backoff: (config.backoff_initial, config.backoff_max),
             agent,
-            rx,
-            queue: VecDeque::new(),
-            deadline: None,
-            closed: false,
-            seq: 0,
-            assigned_dropped: 0,
-            stats: Arc::clone(&stats),
-        };
-        let sender = thread::Builder::new()
-            .name("sender".into())
-            .spawn(move || sender.run())
-            .map_err(DeliveryError::Thread)?;
+            stats,
+            seq: AtomicU64::new(0),
+            assigned_dropped: Mutex::new(0),
+            deadline: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel();
+        let rx = Arc::new(Mutex::new(rx));
+        let senders = (0..config.concurrency.max(1))
+            .map(|index| {
+                let (shared, rx) = (Arc::clone(&shared), Arc::clone(&rx));
+                thread::Builder::new()
+                    .name(format!("sender-{index}"))
+                    .spawn(move || shared.work(&rx))
+                    .map_err(DeliveryError::Thread)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             batcher: Batcher::new(config.batch_max_records, config.batch_max_wait),
             tx,
-            stats,
+            shared,
             buffer_max_records: config.buffer_max_records as u64,
-            sender,
+            senders,
         })
     }
 
     fn enqueue(&mut self, batch: Vec<Record>) {
         // `records_queued` already counts these records (see `accept`).
-        if self.tx.send(Message::Batch(batch)).is_err() {
-            error!("the sender thread is gone; records are lost");
+        if self.tx.send(batch).is_err() {
+            error!("the sender threads are gone; records are lost");
         }
     }
 
-    /// Closes the open batch and gives the sender until `grace` from now to deliver everything
-    /// queued; then waits for it.
+    /// Closes the open batch and gives the senders until `grace` from now to deliver everything
+    /// queued; then waits for them. Losses not yet reported go in a last batch without records.
     pub fn finish(mut self, grace: Duration) {
         if let Some(batch) = self.batcher.flush() {
             self.enqueue(batch);
         }
-        let deadline = Instant::now() + grace;
-        let _ = self.tx.send(Message::Finish { deadline });
+        *lock(&self.shared.deadline) = Some(Instant::now() + grace);
         drop(self.tx);
-        if self.sender.join().is_err() {
-            error!("the sender thread panicked");
+        for sender in self.senders {
+            if sender.join().is_err() {
+                error!("a sender thread panicked");
+            }
+        }
+        let shared = &self.shared;
+        if shared.stats.dropped_total() > *lock(&shared.assigned_dropped) && !shared.past_deadline()
+        {
+            shared.deliver(Vec::new());
         }
     }
 }
 
 impl Sink for HttpOutput {
     fn accept(&mut self, record: Record) -> std::io::Result<()> {
-        if get(&self.stats.records_queued) >= self.buffer_max_records {
-            add(&self.stats.dropped_buffer_full, 1);
+        let stats = &self.shared.stats;
+        if get(&stats.records_queued) >= self.buffer_max_records {
+            add(&stats.dropped_buffer_full, 1);
             return Ok(());
         }
-        add(&self.stats.records_queued, 1);
+        add(&stats.records_queued, 1);
         if let Some(batch) = self.batcher.push(record, Instant::now()) {
             self.enqueue(batch);
         }
@@ -184,6 +187,11 @@ impl Sink for HttpOutput {
             self.enqueue(batch);
         }
     }
+}
+
+/// A poisoned lock only means another sender panicked; the numbers inside are still whole.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn http_agent(config: &DeliveryConfig) -> Result<ureq::Agent, DeliveryError> {
@@ -213,14 +221,16 @@ fn http_agent(config: &DeliveryConfig) -> Result<ureq::Agent, DeliveryError> {
         .max_redirects(0)
         .timeout_connect(Some(config.connect_timeout))
         .timeout_global(Some(config.request_timeout))
+        .max_idle_connections_per_host(config.concurrency.max(1))
         .user_agent(concat!("tcp-sniffer/", env!("CARGO_PKG_VERSION")))
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
     Ok(ureq::Agent::new_with_config(config))
 }
 
-/// The sender thread's state.
-struct Sender {
+/// State the sender threads share.
+#[derive(Debug)]
+struct Shared {
     http: ureq::Agent,
     url: String,
     authorization: Option<String>,
@@ -228,16 +238,13 @@ struct Sender {
     request_timeout: Duration,
     backoff: (Duration, Duration),
     agent: AgentInfo,
-    rx: Receiver<Message>,
-    /// Batches received but not yet attempted.
-    queue: VecDeque<Vec<Record>>,
-    /// Set by [`Message::Finish`]: give up on whatever is not delivered by then.
-    deadline: Option<Instant>,
-    closed: bool,
-    seq: u64,
-    /// Losses already written into a batch's `dropped` (delivered or being attempted).
-    assigned_dropped: u64,
     stats: Arc<Stats>,
+    /// Next batch number.
+    seq: AtomicU64,
+    /// Losses already written into the `dropped` of a batch delivered or being attempted.
+    assigned_dropped: Mutex<u64>,
+    /// Set at shutdown: give up on whatever is not delivered by then.
+    deadline: Mutex<Option<Instant>>,
 }
 
 /// Why a batch was given up.
@@ -258,69 +265,57 @@ enum Attempt {
     Failed(ureq::Error),
 }
 
-impl Sender {
-    fn run(mut self) {
+/// Longest uninterrupted sleep between retries, so a shutdown deadline is noticed quickly.
+const SLEEP_SLICE: Duration = Duration::from_millis(50);
+
+impl Shared {
+    /// A sender thread: delivers batches until the channel is closed and empty.
+    fn work(&self, rx: &Mutex<Receiver<Vec<Record>>>) {
         loop {
-            if let Some(records) = self.queue.pop_front() {
-                self.deliver(records);
-                continue;
+            let next = lock(rx).recv();
+            match next {
+                Ok(records) => self.deliver(records),
+                Err(_) => return,
             }
-            if self.deadline.is_some() || self.closed {
-                break;
-            }
-            match self.rx.recv() {
-                Ok(message) => self.receive(message),
-                Err(_) => self.closed = true,
-            }
-        }
-        // Losses not yet reported (the kernel's last drops, given-up batches) travel in a final
-        // batch without records, while there is time.
-        if self.stats.dropped_total() > self.assigned_dropped && !self.past_deadline() {
-            self.deliver(Vec::new());
         }
     }
 
-    fn receive(&mut self, message: Message) {
-        match message {
-            Message::Batch(records) => self.queue.push_back(records),
-            Message::Finish { deadline } => self.deadline = Some(deadline),
-        }
+    fn deadline(&self) -> Option<Instant> {
+        *lock(&self.deadline)
     }
 
     fn past_deadline(&self) -> bool {
-        self.deadline
+        self.deadline()
             .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
-    /// Waits until `until` (or the deadline), taking in messages meanwhile.
-    fn wait(&mut self, until: Instant) {
-        let until = self.deadline.map_or(until, |deadline| until.min(deadline));
+    /// Sleeps until `until`, or until the shutdown deadline if that comes first.
+    fn sleep_until(&self, until: Instant) {
         loop {
             let now = Instant::now();
-            if now >= until {
+            let end = self
+                .deadline()
+                .map_or(until, |deadline| until.min(deadline));
+            if now >= end {
                 return;
             }
-            if self.closed {
-                thread::sleep(until - now);
-                return;
-            }
-            match self.rx.recv_timeout(until - now) {
-                Ok(message) => self.receive(message),
-                Err(RecvTimeoutError::Timeout) => return,
-                Err(RecvTimeoutError::Disconnected) => self.closed = true,
-            }
+            thread::sleep((end - now).min(SLEEP_SLICE));
         }
     }
 
     /// Delivers one batch, retrying until it is accepted, refused, or the deadline passes.
-    fn deliver(&mut self, records: Vec<Record>) {
+    fn deliver(&self, records: Vec<Record>) {
         let count = records.len() as u64;
-        let seq = self.seq;
-        self.seq += 1;
+        let seq = self.seq.fetch_add(1, Relaxed);
         // A retried batch must carry the same `dropped` (the collector deduplicates by seq), so
-        // the losses it reports are fixed now; later losses go to the next batch.
-        let dropped = self.stats.dropped_total() - self.assigned_dropped;
-        self.assigned_dropped += dropped;
+        // the losses it reports are fixed now; later losses go to a later batch.
+        let dropped = {
+            let mut assigned = lock(&self.assigned_dropped);
+            let total = self.stats.dropped_total();
+            let dropped = total - *assigned;
+            *assigned = total;
+            dropped
+        };
         let body = match encode(&self.agent, seq, dropped, &records, self.gzip) {
             Ok(body) => body,
             Err(err) => {
@@ -370,13 +365,12 @@ impl Sender {
             };
             add(&self.stats.batch_retries, 1);
             let delay = backoff.next_delay(fastrand::f64(), retry_after);
-            self.wait(Instant::now() + delay);
+            self.sleep_until(Instant::now() + delay);
         }
     }
 
-    /// Counts a batch as lost and releases its `dropped` so the next batch reports it again.
-    fn give_up(&mut self, count: u64, dropped: u64, loss: Loss) {
-        self.assigned_dropped -= dropped;
+    /// Counts a batch as lost and releases its `dropped` so a later batch reports it again.
+    fn give_up(&self, count: u64, dropped: u64, loss: Loss) {
         let (batches, records) = match loss {
             Loss::Rejected => (&self.stats.batches_rejected, &self.stats.dropped_rejected),
             Loss::Undeliverable => (
@@ -384,13 +378,16 @@ impl Sender {
                 &self.stats.dropped_undeliverable,
             ),
         };
+        // Under the lock, so a concurrent batch sees the loss and the release together.
+        let mut assigned = lock(&self.assigned_dropped);
         add(batches, 1);
         add(records, count);
+        *assigned -= dropped;
         self.stats.records_queued.fetch_sub(count, Relaxed);
     }
 
     fn post(&self, body: &[u8]) -> Attempt {
-        let timeout = self.deadline.map_or(self.request_timeout, |deadline| {
+        let timeout = self.deadline().map_or(self.request_timeout, |deadline| {
             deadline
                 .saturating_duration_since(Instant::now())
                 .min(self.request_timeout)

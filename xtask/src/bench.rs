@@ -17,7 +17,11 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::{bootstrap, cmd, ebpf, workspace_root};
+use crate::{
+    bootstrap, cmd,
+    collector::{BenchCollector, Tally},
+    ebpf, workspace_root,
+};
 
 const PORT: &str = "5201";
 const SERVER: &str = "10.0.0.2";
@@ -39,6 +43,8 @@ pub struct BenchArgs {
 enum Capturer {
     Nobody,
     Sniffer,
+    /// The sniffer delivering batches to a local collector.
+    SnifferToCollector,
     Tcpdump,
 }
 
@@ -46,7 +52,8 @@ impl Capturer {
     fn name(self) -> &'static str {
         match self {
             Self::Nobody => "no capture",
-            Self::Sniffer => "sniffer",
+            Self::Sniffer => "sniffer → stdout",
+            Self::SnifferToCollector => "sniffer → HTTP collector",
             Self::Tcpdump => "tcpdump -s 96 -w /dev/null",
         }
     }
@@ -66,6 +73,8 @@ struct Trial {
     cpu_seconds: f64,
     peak_rss_kib: u64,
     bpf_ns: Option<(u64, u64)>,
+    /// What the collector received (delivery run only).
+    delivered: Option<Tally>,
 }
 
 /// Two namespaces and a veth between them, removed on drop.
@@ -235,11 +244,18 @@ fn trial(bed: &Testbed, capturer: Capturer, args: &BenchArgs, sniffer: &str) -> 
     let mut server = Testbed::exec(&bed.server, "iperf3");
     server.args(["-s", "-1", "-p", PORT]).stdout(Stdio::null());
     let mut server = server.spawn().context("cannot start iperf3 -s")?;
+    let collector = match capturer {
+        Capturer::SnifferToCollector => Some(BenchCollector::start(&bed.server)?),
+        _ => None,
+    };
     let watched = match capturer {
         Capturer::Nobody => None,
-        Capturer::Sniffer => {
+        Capturer::Sniffer | Capturer::SnifferToCollector => {
             let mut cmd = Testbed::exec(&bed.server, sniffer);
             cmd.env("PORTS", PORT).env("INTERFACE", "eth0");
+            if let Some(collector) = &collector {
+                cmd.env("OUTPUT_URL", format!("http://{}/", collector.addr));
+            }
             let mut w = Watched::spawn(cmd)?;
             w.wait_for("capture attached")?;
             Some(w)
@@ -298,12 +314,13 @@ fn trial(bed: &Testbed, capturer: Capturer, args: &BenchArgs, sniffer: &str) -> 
         cpu_seconds: 0.0,
         peak_rss_kib: 0,
         bpf_ns: None,
+        delivered: None,
     };
     if let Some(watched) = watched {
         let (cpu, rss, lines) = watched.stop()?;
         result.cpu_seconds = cpu;
         result.peak_rss_kib = rss;
-        if capturer == Capturer::Sniffer {
+        if capturer != Capturer::Tcpdump {
             let stopped: Value = lines
                 .iter()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -318,6 +335,7 @@ fn trial(bed: &Testbed, capturer: Capturer, args: &BenchArgs, sniffer: &str) -> 
             result.seen = field("matched")?;
             result.dropped = field("dropped_ring_full")?;
             result.bpf_ns = Some((field("bpf_run_time_ns")?, field("bpf_run_count")?));
+            result.delivered = collector.as_ref().map(BenchCollector::tally);
         } else {
             result.captured = number_before(&lines, " packets captured")?;
             result.seen = number_before(&lines, " packets received by filter")?;
@@ -371,6 +389,32 @@ fn report(trials: &[Trial], args: &BenchArgs) -> String {
             bpf,
         );
     }
+    for t in trials {
+        if let Some(Tally {
+            batches,
+            records,
+            dropped,
+        }) = t.delivered
+        {
+            let _ = writeln!(
+                out,
+                "\nDelivery: the collector received {records} records in {batches} batches ({:.0} records/s) \
+                 and {dropped} reported as dropped; the kernel matched {}: {}. Sniffer CPU {:.2} s = {:.0} % of one core, \
+                 {:.3} µs per record; peak RSS {:.1} MiB.",
+                records as f64 / t.seconds,
+                t.seen,
+                if records + dropped == t.seen {
+                    "every record accounted for"
+                } else {
+                    "MISMATCH"
+                },
+                t.cpu_seconds,
+                t.cpu_seconds * 100.0 / t.seconds,
+                t.cpu_seconds * 1e6 / records.max(1) as f64,
+                t.peak_rss_kib as f64 / 1024.0,
+            );
+        }
+    }
     out
 }
 
@@ -393,13 +437,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let previous_stats = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     let mut trials = Vec::new();
-    for capturer in [Capturer::Nobody, Capturer::Sniffer, Capturer::Tcpdump] {
+    for capturer in [
+        Capturer::Nobody,
+        Capturer::Sniffer,
+        Capturer::SnifferToCollector,
+        Capturer::Tcpdump,
+    ] {
         eprintln!("bench: {} …", capturer.name());
         // The kernel counts eBPF run time only while statistics are on; they cost a little, so
-        // only the sniffer run pays for them.
+        // only the sniffer runs pay for them.
         let _ = fs::write(
             BPF_STATS,
-            if capturer == Capturer::Sniffer {
+            if matches!(capturer, Capturer::Sniffer | Capturer::SnifferToCollector) {
                 "1"
             } else {
                 "0"

@@ -3,6 +3,7 @@
 mod bench;
 mod bootstrap;
 mod cmd;
+mod collector;
 mod ebpf;
 mod run;
 mod test;
