@@ -5,7 +5,12 @@
 //! the loader can read them from the ring buffer and put ports in the map.
 #![no_std]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 pub mod parse;
+#[cfg(feature = "alloc")]
+pub mod ports;
 
 /// Name of the socket filter program in the kernel object.
 pub const PROGRAM_NAME: &str = "tcp_sniffer";

@@ -1,11 +1,12 @@
 //! Configuration: environment variables (each also a flag) and their validation.
 
-use std::{
-    collections::BTreeSet, ffi::CString, fmt, net::SocketAddr, path::PathBuf, time::Duration,
-};
+use std::{ffi::CString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser, builder::BoolishValueParser};
-use sniffer_common::{DEFAULT_WAKEUP_BYTES, MAX_PORTS, RING_ENTRY_BYTES};
+use sniffer_common::{
+    DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES,
+    ports::{PortsError, parse_ports},
+};
 use thiserror::Error;
 
 use crate::deliver::DeliveryConfig;
@@ -121,52 +122,18 @@ pub struct Config {
     pub ring_poll_interval: Duration,
 }
 
-/// Why a `PORTS` value was refused.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum PortsError {
-    /// Nothing but whitespace.
-    #[error("PORTS is empty: list at least one TCP port, e.g. PORTS=8080,8443")]
-    Empty,
-    /// Two commas in a row, or a leading or trailing comma.
-    #[error("PORTS entry {position} is empty in {value:?}")]
-    EmptyEntry {
-        /// 1-based position of the empty entry.
-        position: usize,
-        /// The whole value.
-        value: String,
-    },
-    /// Not a decimal number.
-    #[error("PORTS entry {token:?} is not a port number")]
-    NotANumber {
-        /// The offending entry.
-        token: String,
-    },
-    /// 0 or above 65535.
-    #[error("PORTS entry {token:?} is out of range: TCP ports are 1-65535")]
-    OutOfRange {
-        /// The offending entry.
-        token: String,
-    },
-    /// Listed twice.
-    #[error("PORTS lists port {port} more than once")]
-    Duplicate {
-        /// The repeated port.
-        port: u16,
-    },
-    /// More ports than the kernel map holds.
-    #[error("PORTS lists {count} ports; at most {MAX_PORTS} are supported")]
-    TooMany {
-        /// How many were listed.
-        count: usize,
-    },
-}
-
 /// A configuration the sniffer cannot start with (exit code 1).
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// `PORTS` is invalid.
-    #[error(transparent)]
-    Ports(#[from] PortsError),
+    #[error("PORTS {value:?} is invalid: {source}")]
+    Ports {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        #[source]
+        source: PortsError,
+    },
     /// `INTERFACE` does not exist in this network namespace.
     #[error("INTERFACE {name:?} does not exist in this network namespace")]
     UnknownInterface {
@@ -221,55 +188,13 @@ pub enum ConfigError {
     },
 }
 
-/// Parses a `PORTS` value such as `8080, 8443`.
-///
-/// # Examples
-///
-/// ```
-/// use sniffer::config::{parse_ports, PortsError};
-///
-/// assert_eq!(parse_ports(" 8443, 8080 "), Ok(vec![8080, 8443]));
-/// assert_eq!(parse_ports("80,http"), Err(PortsError::NotANumber { token: "http".into() }));
-/// ```
-pub fn parse_ports(value: &str) -> Result<Vec<u16>, PortsError> {
-    if value.trim().is_empty() {
-        return Err(PortsError::Empty);
-    }
-    let mut ports = BTreeSet::new();
-    for (index, token) in value.split(',').enumerate() {
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(PortsError::EmptyEntry {
-                position: index + 1,
-                value: value.to_owned(),
-            });
-        }
-        if !token.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(PortsError::NotANumber {
-                token: token.to_owned(),
-            });
-        }
-        let port = token
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| PortsError::OutOfRange {
-                token: token.to_owned(),
-            })?;
-        if !ports.insert(port) {
-            return Err(PortsError::Duplicate { port });
-        }
-    }
-    if ports.len() > MAX_PORTS as usize {
-        return Err(PortsError::TooMany { count: ports.len() });
-    }
-    Ok(ports.into_iter().collect())
-}
-
 impl Args {
     /// Checks every value and resolves the interface.
     pub fn validate(&self) -> Result<Config, ConfigError> {
-        let ports = parse_ports(&self.ports)?;
+        let ports = parse_ports(&self.ports).map_err(|source| ConfigError::Ports {
+            value: self.ports.clone(),
+            source,
+        })?;
         let output = self
             .output_url
             .as_deref()
@@ -398,20 +323,16 @@ impl Placement {
     }
 }
 
-impl fmt::Display for Placement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Placement {
+    /// The fields every log line carries.
+    #[must_use]
+    pub fn log_fields(&self) -> [(&'static str, Option<String>); 3] {
         let Self {
             pod,
             namespace,
             node,
-        } = self;
-        write!(
-            f,
-            "{}/{} on {}",
-            namespace.as_deref().unwrap_or("-"),
-            pod.as_deref().unwrap_or("-"),
-            node.as_deref().unwrap_or("-")
-        )
+        } = self.clone();
+        [("pod", pod), ("namespace", namespace), ("node", node)]
     }
 }
 
@@ -474,93 +395,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_lists_with_spaces() {
-        assert_eq!(parse_ports("8080,8443"), Ok(vec![8080, 8443]));
-        assert_eq!(parse_ports(" 8080 , 8443 "), Ok(vec![8080, 8443]));
-        assert_eq!(parse_ports("1,65535"), Ok(vec![1, 65535]));
-        assert_eq!(parse_ports("443"), Ok(vec![443]));
-    }
-
-    #[test]
-    fn rejects_empty() {
-        assert_eq!(parse_ports(""), Err(PortsError::Empty));
-        assert_eq!(parse_ports("  "), Err(PortsError::Empty));
+    fn ports_errors_name_the_variable_and_the_value() {
+        let message = args("8080,80x", "lo").validate().unwrap_err().to_string();
         assert_eq!(
-            parse_ports("8080,,8443"),
-            Err(PortsError::EmptyEntry {
-                position: 2,
-                value: "8080,,8443".into()
-            })
+            message,
+            r#"PORTS "8080,80x" is invalid: entry "80x" is not a port number"#
         );
-        assert!(matches!(
-            parse_ports("8080,"),
-            Err(PortsError::EmptyEntry { position: 2, .. })
-        ));
-        assert!(matches!(
-            parse_ports(",8080"),
-            Err(PortsError::EmptyEntry { position: 1, .. })
-        ));
-    }
-
-    #[test]
-    fn rejects_zero_and_out_of_range() {
-        for token in ["0", "65536", "70000", "99999999999999999999"] {
-            assert_eq!(
-                parse_ports(&format!("80,{token}")),
-                Err(PortsError::OutOfRange {
-                    token: token.into()
-                })
-            );
-        }
-    }
-
-    #[test]
-    fn rejects_non_numbers() {
-        for token in ["http", "-1", "+80", "80a", "8 080", "0x50", "８０"] {
-            assert_eq!(
-                parse_ports(token),
-                Err(PortsError::NotANumber {
-                    token: token.into()
-                }),
-                "{token}"
-            );
-        }
-    }
-
-    #[test]
-    fn rejects_duplicates() {
-        assert_eq!(
-            parse_ports("80,80"),
-            Err(PortsError::Duplicate { port: 80 })
-        );
-        assert_eq!(
-            parse_ports("80, 443, 080"),
-            Err(PortsError::Duplicate { port: 80 })
-        );
-    }
-
-    #[test]
-    fn rejects_more_than_the_map_holds() {
-        let max: Vec<String> = (1..=MAX_PORTS).map(|p| p.to_string()).collect();
-        assert_eq!(
-            parse_ports(&max.join(",")).unwrap().len(),
-            MAX_PORTS as usize
-        );
-        let over: Vec<String> = (1..=MAX_PORTS + 1).map(|p| p.to_string()).collect();
-        assert_eq!(
-            parse_ports(&over.join(",")),
-            Err(PortsError::TooMany {
-                count: MAX_PORTS as usize + 1
-            })
-        );
-    }
-
-    #[test]
-    fn errors_name_the_bad_token() {
-        let message = parse_ports("8080,80x").unwrap_err().to_string();
-        assert!(message.contains("\"80x\""), "{message}");
-        let message = parse_ports("8080,70000").unwrap_err().to_string();
-        assert!(message.contains("70000"), "{message}");
     }
 
     fn args(ports: &str, interface: &str) -> Args {

@@ -13,14 +13,12 @@
 //! | [`retry`] | retry decisions and backoff |
 //! | [`deliver`] | batch and send: the sender thread posting to `OUTPUT_URL` |
 //! | [`metrics`] | counters, Prometheus text, the `METRICS_ADDR` endpoint |
-//! | [`logging`] | JSON log lines on stderr |
 
 pub mod batch;
 pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod deliver;
-pub mod logging;
 pub mod metrics;
 pub mod output;
 pub mod record;

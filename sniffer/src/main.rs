@@ -19,7 +19,6 @@ use sniffer::{
     clock::WallClock,
     config::{Args, Config, Placement},
     deliver::HttpOutput,
-    logging,
     metrics::{self, Stats, add, get},
     output::{Ndjson, Sink},
     record::Record,
@@ -58,13 +57,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            logging::init(&Placement::from_env());
+            json_log::init(&Placement::from_env().log_fields());
             error!(error = usage_error(&err).as_str(); "invalid configuration");
             return ExitCode::from(1);
         }
     };
     let placement = args.placement();
-    logging::init(&placement);
+    json_log::init(&placement.log_fields());
     info!(
         interface = args.interface.as_str(),
         ports = args.ports.as_str(),

@@ -36,8 +36,8 @@ fn bad_ports_exit_1_with_a_json_error_naming_the_value() {
         ("70000", "\"70000\""),
         ("8080,-1", "\"-1\""),
         ("8080,,8443", "entry 2 is empty"),
-        ("80,80", "port 80 more than once"),
-        (" ", "PORTS is empty"),
+        ("80,80", "port 80 is listed more than once"),
+        (" ", "no port is listed"),
     ] {
         let finished = run_with_env(&[("PORTS", ports), ("INTERFACE", "lo")]);
         assert_eq!(
@@ -51,6 +51,7 @@ fn bad_ports_exit_1_with_a_json_error_naming_the_value() {
         let error = error_line(&finished);
         let text = error["error"].as_str().expect("error field");
         assert!(text.contains(named), "PORTS={ports:?}: {text}");
+        assert!(text.starts_with(&format!("PORTS {ports:?} is invalid: ")), "{text}");
         assert!(finished.stdout.is_empty());
     }
 }
