@@ -51,7 +51,10 @@ fn bad_ports_exit_1_with_a_json_error_naming_the_value() {
         let error = error_line(&finished);
         let text = error["error"].as_str().expect("error field");
         assert!(text.contains(named), "PORTS={ports:?}: {text}");
-        assert!(text.starts_with(&format!("PORTS {ports:?} is invalid: ")), "{text}");
+        assert!(
+            text.starts_with(&format!("PORTS {ports:?} is invalid: ")),
+            "{text}"
+        );
         assert!(finished.stdout.is_empty());
     }
 }

@@ -1,0 +1,387 @@
+//! Decide the mutation: whether a pod gets the sniffer, on which ports, or why not.
+//!
+//! Pure: a parsed request and the options in, a [`Decision`] out.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Pod;
+use sniffer_common::{MAX_PORTS, ports::parse_ports};
+
+use crate::{
+    options::InjectorOptions,
+    patch::{self, Add},
+    sidecar::{CONTAINER_NAME, sniffer_container},
+};
+
+/// Pod annotation: `"false"` opts the pod out.
+pub const INJECT_ANNOTATION: &str = "tcp-sniffer/inject";
+/// Pod annotation: the ports to capture (`8080,8443`).
+pub const PORTS_ANNOTATION: &str = "tcp-sniffer/ports";
+/// Pod annotation the injector sets on injected pods.
+pub const INJECTED_ANNOTATION: &str = "tcp-sniffer/injected";
+/// Pod annotation `kubectl logs/exec` use to pick a container.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// The parts of an admission request the decision depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// `kind.group`, `kind.version`, `kind.kind` of the object.
+    pub group: &'a str,
+    /// API version of the object's kind.
+    pub version: &'a str,
+    /// Kind of the object.
+    pub kind: &'a str,
+    /// Subresource, if the request is for one (`status`, `ephemeralcontainers` …).
+    pub sub_resource: Option<&'a str>,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    pub operation: &'a str,
+}
+
+/// Why a request was let through unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Not a Pod (or a subresource of one).
+    NotAPod,
+    /// Not a CREATE.
+    Operation,
+    /// `tcp-sniffer/inject: "false"`.
+    OptedOut,
+    /// `hostNetwork: true`: the sniffer would watch the node's interface.
+    HostNetwork,
+    /// The pod already has a `tcp-sniffer` container.
+    AlreadyInjected,
+    /// No annotation, no default ports, no declared TCP port.
+    NoPorts,
+}
+
+impl Skip {
+    /// Short label for logs and metrics.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::NotAPod => "not_a_pod",
+            Self::Operation => "operation",
+            Self::OptedOut => "opted_out",
+            Self::HostNetwork => "host_network",
+            Self::AlreadyInjected => "already_injected",
+            Self::NoPorts => "no_ports",
+        }
+    }
+}
+
+/// Where the ports came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortSource {
+    /// The `tcp-sniffer/ports` annotation.
+    Annotation,
+    /// The options' `defaultPorts`.
+    Options,
+    /// The pod's declared TCP `containerPort`s.
+    ContainerPorts,
+}
+
+impl PortSource {
+    /// Short label for logs.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Annotation => "annotation",
+            Self::Options => "options",
+            Self::ContainerPorts => "container_ports",
+        }
+    }
+}
+
+/// What to answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Allowed with this patch.
+    Inject {
+        /// Ports the sniffer will capture.
+        ports: Vec<u16>,
+        /// Where they came from.
+        source: PortSource,
+        /// The JSON Patch.
+        patch: Vec<Add>,
+    },
+    /// Allowed unchanged.
+    Skip {
+        /// Why.
+        reason: Skip,
+        /// Shown to the user by `kubectl` (admission `warnings`).
+        warning: Option<String>,
+    },
+    /// Refused, with a message for the user.
+    Deny {
+        /// Why, naming the bad value.
+        reason: String,
+    },
+}
+
+fn skip(reason: Skip) -> Decision {
+    Decision::Skip {
+        reason,
+        warning: None,
+    }
+}
+
+/// Decides what to do with a request whose object (for Pods) is `pod`.
+#[must_use]
+pub fn decide(request: &Request<'_>, pod: Option<&Pod>, options: &InjectorOptions) -> Decision {
+    let Request {
+        group,
+        version,
+        kind,
+        sub_resource,
+        operation,
+    } = *request;
+    if (group, version, kind) != ("", "v1", "Pod") || sub_resource.is_some() {
+        return skip(Skip::NotAPod);
+    }
+    if operation != "CREATE" {
+        return skip(Skip::Operation);
+    }
+    let Some(pod) = pod else {
+        return Decision::Deny {
+            reason: "the AdmissionReview request has no object to inject into".to_owned(),
+        };
+    };
+    let annotations = pod.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    match annotation(INJECT_ANNOTATION) {
+        None | Some("true") => {}
+        Some("false") => return skip(Skip::OptedOut),
+        Some(other) => {
+            return Decision::Deny {
+                reason: format!(
+                    "annotation {INJECT_ANNOTATION} is {other:?}; it must be \"true\" or \"false\""
+                ),
+            };
+        }
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Decision::Deny {
+            reason: "the pod has no spec".to_owned(),
+        };
+    };
+    if spec.host_network == Some(true) {
+        return skip(Skip::HostNetwork);
+    }
+    let has_sniffer = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == CONTAINER_NAME);
+    if has_sniffer {
+        return skip(Skip::AlreadyInjected);
+    }
+    let (ports, source) = if let Some(value) = annotation(PORTS_ANNOTATION) {
+        match parse_ports(value) {
+            Ok(ports) => (ports, PortSource::Annotation),
+            Err(err) => {
+                return Decision::Deny {
+                    reason: format!("annotation {PORTS_ANNOTATION} {value:?} is invalid: {err}"),
+                };
+            }
+        }
+    } else if !options.default_ports.is_empty() {
+        (options.default_ports.clone(), PortSource::Options)
+    } else {
+        let declared: BTreeSet<u16> = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+            .filter_map(|p| u16::try_from(p.container_port).ok().filter(|&p| p != 0))
+            .collect();
+        if declared.is_empty() {
+            return Decision::Skip {
+                reason: Skip::NoPorts,
+                warning: Some(format!(
+                    "tcp-sniffer was not injected: the pod declares no TCP containerPort; \
+                     set the {PORTS_ANNOTATION} annotation to choose ports"
+                )),
+            };
+        }
+        if declared.len() > MAX_PORTS as usize {
+            return Decision::Deny {
+                reason: format!(
+                    "the pod declares {} TCP ports; the sniffer captures at most {MAX_PORTS}: \
+                     set the {PORTS_ANNOTATION} annotation",
+                    declared.len()
+                ),
+            };
+        }
+        (declared.into_iter().collect(), PortSource::ContainerPorts)
+    };
+    let container = sniffer_container(options, &ports);
+    Decision::Inject {
+        patch: patch::injection(pod, &container, options.native_sidecar),
+        ports,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const CREATE: Request<'static> = Request {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        sub_resource: None,
+        operation: "CREATE",
+    };
+
+    fn pod(value: serde_json::Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn app(ports: serde_json::Value) -> Pod {
+        pod(json!({"metadata":{"name":"web"},"spec":{"containers":[{"name":"app","ports":ports}]}}))
+    }
+
+    fn annotated(annotations: serde_json::Value) -> Pod {
+        pod(json!({"metadata":{"annotations":annotations},"spec":{"containers":[{"name":"app"}]}}))
+    }
+
+    fn injected_ports(decision: Decision) -> (Vec<u16>, PortSource) {
+        match decision {
+            Decision::Inject { ports, source, .. } => (ports, source),
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ports_come_from_annotation_then_options_then_container_ports() {
+        let options = InjectorOptions::default();
+        let p = app(
+            json!([{"containerPort":8080},{"containerPort":9090,"protocol":"TCP"},
+                           {"containerPort":53,"protocol":"UDP"},{"name":"metrics","containerPort":9100}]),
+        );
+        assert_eq!(
+            injected_ports(decide(&CREATE, Some(&p), &options)),
+            (vec![8080, 9090, 9100], PortSource::ContainerPorts)
+        );
+        let with_defaults = InjectorOptions {
+            default_ports: vec![443],
+            ..InjectorOptions::default()
+        };
+        assert_eq!(
+            injected_ports(decide(&CREATE, Some(&p), &with_defaults)),
+            (vec![443], PortSource::Options)
+        );
+        let mut annotated = p;
+        annotated.metadata.annotations =
+            Some([(PORTS_ANNOTATION.to_owned(), "8443, 8080".to_owned())].into());
+        assert_eq!(
+            injected_ports(decide(&CREATE, Some(&annotated), &with_defaults)),
+            (vec![8080, 8443], PortSource::Annotation)
+        );
+    }
+
+    #[test]
+    fn invalid_ports_annotation_is_denied_naming_the_value() {
+        let p = annotated(json!({"tcp-sniffer/ports":"8080,http"}));
+        match decide(&CREATE, Some(&p), &InjectorOptions::default()) {
+            Decision::Deny { reason } => {
+                assert_eq!(
+                    reason,
+                    r#"annotation tcp-sniffer/ports "8080,http" is invalid: entry "http" is not a port number"#
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn skips() {
+        let options = InjectorOptions::default();
+        let cases = [
+            (
+                annotated(json!({"tcp-sniffer/inject":"false","tcp-sniffer/ports":"80"})),
+                Skip::OptedOut,
+            ),
+            (
+                pod(
+                    json!({"spec":{"hostNetwork":true,"containers":[{"name":"app","ports":[{"containerPort":80}]}]}}),
+                ),
+                Skip::HostNetwork,
+            ),
+            (
+                pod(json!({"spec":{"containers":[{"name":"app"},{"name":"tcp-sniffer"}]}})),
+                Skip::AlreadyInjected,
+            ),
+            (
+                pod(
+                    json!({"spec":{"containers":[{"name":"app"}],"initContainers":[{"name":"tcp-sniffer"}]}}),
+                ),
+                Skip::AlreadyInjected,
+            ),
+        ];
+        for (p, expected) in cases {
+            assert_eq!(decide(&CREATE, Some(&p), &options), skip(expected));
+        }
+        match decide(
+            &CREATE,
+            Some(&app(json!([{"containerPort":53,"protocol":"UDP"}]))),
+            &options,
+        ) {
+            Decision::Skip {
+                reason: Skip::NoPorts,
+                warning: Some(w),
+            } => assert!(w.contains(PORTS_ANNOTATION)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_kinds_operations_and_subresources_pass_unchanged() {
+        let options = InjectorOptions::default();
+        let p = app(json!([{"containerPort":80}]));
+        for operation in ["UPDATE", "DELETE", "CONNECT"] {
+            let request = Request {
+                operation,
+                ..CREATE
+            };
+            assert_eq!(decide(&request, Some(&p), &options), skip(Skip::Operation));
+        }
+        let deployment = Request {
+            group: "apps",
+            kind: "Deployment",
+            ..CREATE
+        };
+        assert_eq!(decide(&deployment, None, &options), skip(Skip::NotAPod));
+        let ephemeral = Request {
+            sub_resource: Some("ephemeralcontainers"),
+            ..CREATE
+        };
+        assert_eq!(decide(&ephemeral, Some(&p), &options), skip(Skip::NotAPod));
+    }
+
+    #[test]
+    fn bad_inject_annotation_and_missing_object_are_denied() {
+        let options = InjectorOptions::default();
+        let p = annotated(json!({"tcp-sniffer/inject":"flase"}));
+        assert!(
+            matches!(decide(&CREATE, Some(&p), &options), Decision::Deny { reason } if reason.contains("\"flase\""))
+        );
+        assert!(matches!(
+            decide(&CREATE, None, &options),
+            Decision::Deny { .. }
+        ));
+    }
+
+    #[test]
+    fn too_many_declared_ports_are_denied() {
+        let ports: Vec<serde_json::Value> = (1..=65).map(|p| json!({"containerPort": p})).collect();
+        let p = app(serde_json::Value::Array(ports));
+        assert!(matches!(
+            decide(&CREATE, Some(&p), &InjectorOptions::default()),
+            Decision::Deny { reason } if reason.contains("65 TCP ports")
+        ));
+    }
+}

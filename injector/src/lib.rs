@@ -1,0 +1,25 @@
+//! tcp-sniffer's injector: a mutating admission webhook that adds the sniffer container to pods.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`options`] | `InjectorOptions`: the container's settings, validated |
+//! | [`decide`] | decide the mutation: inject, skip (why), or deny (why) |
+//! | [`sidecar`] | the container that is added |
+//! | [`patch`] | the JSON Patch that adds it |
+//! | [`review`] | AdmissionReview body in, response body out |
+//! | [`tls`] | serve TLS: the certificate store and its reloading |
+//! | [`server`] | the HTTPS server: routes, connections, shutdown |
+//! | [`metrics`] | counters and the latency histogram |
+//! | [`certs`] | `injector gen-certs` |
+//! | [`preview`] | `injector inject -f` |
+
+pub mod certs;
+pub mod decide;
+pub mod metrics;
+pub mod options;
+pub mod patch;
+pub mod preview;
+pub mod review;
+pub mod server;
+pub mod sidecar;
+pub mod tls;

@@ -1,0 +1,321 @@
+//! `injector`: the tcp-sniffer mutating admission webhook (docs/specs/INJECTOR.md).
+//!
+//! Exit codes: 0 clean stop, 1 bad options or unusable certificate at start, 2 runtime error.
+
+use std::{io::Read as _, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{ArgAction, Args, Parser, Subcommand, builder::BoolishValueParser, error::ErrorKind};
+use injector::{
+    certs,
+    options::{InjectorOptions, OptionsError},
+    preview,
+    server::{self, App},
+    tls::{CertPaths, CertStore},
+};
+use log::{error, info};
+use sniffer_common::ports::parse_ports;
+
+#[derive(Parser)]
+#[command(
+    name = "injector",
+    version,
+    about = "tcp-sniffer mutating admission webhook",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the webhook over HTTPS (the default).
+    Serve(ServeArgs),
+    /// Generate a CA and a serving certificate for the webhook Service.
+    GenCerts(GenCertsArgs),
+    /// Print a pod as the webhook would mutate it.
+    Inject(InjectArgs),
+}
+
+/// Options file and overrides, shared by `serve` and `inject`.
+#[derive(Args, Clone)]
+struct OptionArgs {
+    /// `InjectorOptions` JSON file.
+    #[arg(long, env = "INJECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `image`.
+    #[arg(long, env = "SNIFFER_IMAGE")]
+    image: Option<String>,
+    /// Overrides `imagePullPolicy`.
+    #[arg(long, env = "SNIFFER_IMAGE_PULL_POLICY")]
+    image_pull_policy: Option<String>,
+    /// Overrides `interface`.
+    #[arg(long, env = "SNIFFER_INTERFACE")]
+    interface: Option<String>,
+    /// Overrides `defaultPorts` (comma-separated, e.g. `8080,8443`).
+    #[arg(long, env = "SNIFFER_DEFAULT_PORTS")]
+    default_ports: Option<String>,
+    /// Overrides `outputUrl`.
+    #[arg(long, env = "SNIFFER_OUTPUT_URL")]
+    output_url: Option<String>,
+    /// Overrides `nativeSidecar` (`true`/`false`).
+    #[arg(long, env = "SNIFFER_NATIVE_SIDECAR", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    native_sidecar: Option<bool>,
+}
+
+impl OptionArgs {
+    /// The file's options (or the defaults), with the overrides applied, validated.
+    fn options(&self) -> Result<InjectorOptions, OptionsError> {
+        let mut options = match &self.config {
+            Some(path) => InjectorOptions::from_file(path)?,
+            None => InjectorOptions::default(),
+        };
+        let Self {
+            config: _,
+            image,
+            image_pull_policy,
+            interface,
+            default_ports,
+            output_url,
+            native_sidecar,
+        } = self.clone();
+        if let Some(image) = image {
+            options.image = image;
+        }
+        if let Some(policy) = image_pull_policy {
+            options.image_pull_policy = policy;
+        }
+        if let Some(interface) = interface {
+            options.interface = interface;
+        }
+        if let Some(ports) = default_ports {
+            options.default_ports = parse_ports(&ports).map_err(|err| OptionsError::Invalid {
+                field: "defaultPorts".to_owned(),
+                problem: format!("{ports:?} is invalid: {err}"),
+            })?;
+        }
+        if let Some(url) = output_url {
+            options.output_url = Some(url);
+        }
+        if let Some(native) = native_sidecar {
+            options.native_sidecar = native;
+        }
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain.
+    #[arg(
+        long,
+        env = "TLS_CERT_FILE",
+        default_value = "/etc/tcp-sniffer/tls/tls.crt"
+    )]
+    tls_cert: PathBuf,
+    /// PEM private key.
+    #[arg(
+        long,
+        env = "TLS_KEY_FILE",
+        default_value = "/etc/tcp-sniffer/tls/tls.key"
+    )]
+    tls_key: PathBuf,
+    /// How often the certificate files are checked for changes (seconds).
+    #[arg(long, env = "TLS_RELOAD_INTERVAL_SECS", default_value_t = 2)]
+    tls_reload_interval_secs: u64,
+    #[command(flatten)]
+    options: OptionArgs,
+}
+
+#[derive(Args)]
+struct GenCertsArgs {
+    /// Name of the webhook's Service.
+    #[arg(long, default_value = "tcp-sniffer-injector")]
+    service: String,
+    /// Namespace of the Service.
+    #[arg(long, default_value = "tcp-sniffer")]
+    namespace: String,
+    /// Name of the Secret to print.
+    #[arg(long, default_value = "tcp-sniffer-injector-tls")]
+    secret: String,
+    /// Days the certificates are valid.
+    #[arg(long, default_value_t = 365)]
+    days: i64,
+    /// Also write ca.crt, tls.crt and tls.key here.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// Pod manifest, YAML or JSON; `-` reads stdin.
+    #[arg(short = 'f', long = "filename")]
+    file: String,
+    /// Namespace the pod would be created in.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Print `yaml` or `json`.
+    #[arg(short, long, default_value = "yaml", value_parser = ["yaml", "json"])]
+    output: String,
+    #[command(flatten)]
+    options: OptionArgs,
+}
+
+/// Why the injector stops with an error.
+enum Failure {
+    /// Exit 1.
+    Config(anyhow::Error),
+    /// Exit 2.
+    Runtime(anyhow::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            json_log::init(&[]);
+            let first = err
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned();
+            error!(error = first.as_str(); "invalid arguments");
+            return ExitCode::from(1);
+        }
+    };
+    json_log::init(&[]);
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::GenCerts(args)) => gen_certs(&args).map_err(Failure::Runtime),
+        Some(Command::Inject(args)) => inject(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(err)) => {
+            error!(error = format!("{err:#}").as_str(); "invalid configuration: {err:#}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Runtime(err)) => {
+            error!(error = format!("{err:#}").as_str(); "injector failed: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    info!(listen = args.listen.to_string().as_str(), version = env!("CARGO_PKG_VERSION"); "injector starting");
+    let options = args
+        .options
+        .options()
+        .map_err(|e| Failure::Config(e.into()))?;
+    let store = CertStore::load(CertPaths {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+    })
+    .map_err(|e| {
+        Failure::Config(anyhow::Error::new(e).context("cannot load the TLS certificate"))
+    })?;
+    let tls = store
+        .server_config()
+        .map_err(|e| Failure::Config(e.into()))?;
+    info!(options:serde = options; "options");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(Failure::Runtime)?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))
+            .map_err(Failure::Runtime)?;
+        tokio::spawn(store.watch(Duration::from_secs(args.tls_reload_interval_secs.max(1))));
+        info!(listen = args.listen.to_string().as_str(); "serving HTTPS");
+        server::serve(listener, tls, App::new(options), shutdown_signal()).await;
+        info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot watch SIGTERM/SIGINT; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = name; "stopping");
+}
+
+fn gen_certs(args: &GenCertsArgs) -> Result<()> {
+    let generated = certs::generate(
+        certs::service_names(&args.service, &args.namespace),
+        args.days,
+    )?;
+    if let Some(dir) = &args.out_dir {
+        generated.write(dir)?;
+        info!(dir = dir.display().to_string().as_str(); "wrote ca.crt, tls.crt, tls.key");
+    }
+    println!(
+        "{}---\n# caBundle for the MutatingWebhookConfiguration:\n# {}",
+        generated.secret_yaml(&args.secret, &args.namespace),
+        generated.ca_bundle()
+    );
+    Ok(())
+}
+
+fn inject(args: &InjectArgs) -> Result<(), Failure> {
+    let options = args
+        .options
+        .options()
+        .map_err(|e| Failure::Config(e.into()))?;
+    let input = if args.file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")
+            .map_err(Failure::Config)?;
+        text
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file))
+            .map_err(Failure::Config)?
+    };
+    let preview = preview::preview(&input, &args.namespace, &options)
+        .map_err(|e| Failure::Config(e.into()))?;
+    info!(summary = preview.summary.as_str(); "preview");
+    let text = if args.output == "json" {
+        serde_json::to_string_pretty(&preview.pod).expect("JSON serializes")
+    } else {
+        serde_yaml::to_string(&preview.pod)
+            .context("cannot print YAML")
+            .map_err(Failure::Runtime)?
+    };
+    println!("{}", text.trim_end());
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Admission counters and a latency histogram, rendered as Prometheus text on `GET /metrics`.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use crate::decide::{Decision, Skip};
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+const BUCKETS: [f64; 10] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25,
+];
+
+const SKIPS: [Skip; 6] = [
+    Skip::NotAPod,
+    Skip::Operation,
+    Skip::OptedOut,
+    Skip::HostNetwork,
+    Skip::AlreadyInjected,
+    Skip::NoPorts,
+];
+
+/// The injector's counters; lock-free.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: AtomicU64,
+    injected: AtomicU64,
+    skipped: [AtomicU64; SKIPS.len()],
+    denied: AtomicU64,
+    bad_requests: AtomicU64,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+}
+
+impl Metrics {
+    /// Records an answered review and its handling time.
+    pub fn decided(&self, decision: &Decision, latency: Duration) {
+        self.requests.fetch_add(1, Relaxed);
+        match decision {
+            Decision::Inject { .. } => self.injected.fetch_add(1, Relaxed),
+            Decision::Skip { reason, .. } => {
+                let index = SKIPS.iter().position(|s| s == reason).unwrap_or(0);
+                self.skipped[index].fetch_add(1, Relaxed)
+            }
+            Decision::Deny { .. } => self.denied.fetch_add(1, Relaxed),
+        };
+        self.observe(latency);
+    }
+
+    /// Records a body that was not an AdmissionReview (HTTP 400/413).
+    pub fn bad_request(&self, latency: Duration) {
+        self.requests.fetch_add(1, Relaxed);
+        self.bad_requests.fetch_add(1, Relaxed);
+        self.observe(latency);
+    }
+
+    fn observe(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        for (bound, count) in BUCKETS.iter().zip(&self.latency_buckets) {
+            if seconds <= *bound {
+                count.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_ns.fetch_add(
+            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    /// Prometheus text exposition format, version 0.0.4.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        let mut out = String::with_capacity(2048);
+        let _ = writeln!(
+            out,
+            "# HELP tcp_sniffer_injector_requests_total Admission requests received on /mutate.\n\
+             # TYPE tcp_sniffer_injector_requests_total counter\n\
+             tcp_sniffer_injector_requests_total {}",
+            get(&self.requests)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tcp_sniffer_injector_decisions_total Answered reviews by decision and reason.\n\
+             # TYPE tcp_sniffer_injector_decisions_total counter\n\
+             tcp_sniffer_injector_decisions_total{{decision=\"injected\",reason=\"\"}} {}\n\
+             tcp_sniffer_injector_decisions_total{{decision=\"denied\",reason=\"\"}} {}",
+            get(&self.injected),
+            get(&self.denied)
+        );
+        for (skip, count) in SKIPS.iter().zip(&self.skipped) {
+            let _ = writeln!(
+                out,
+                "tcp_sniffer_injector_decisions_total{{decision=\"skipped\",reason=\"{}\"}} {}",
+                skip.label(),
+                get(count)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tcp_sniffer_injector_bad_requests_total Bodies that were not a usable AdmissionReview.\n\
+             # TYPE tcp_sniffer_injector_bad_requests_total counter\n\
+             tcp_sniffer_injector_bad_requests_total {}",
+            get(&self.bad_requests)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tcp_sniffer_injector_admission_duration_seconds Time to answer a review, body read to response built.\n\
+             # TYPE tcp_sniffer_injector_admission_duration_seconds histogram"
+        );
+        for (bound, count) in BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(
+                out,
+                "tcp_sniffer_injector_admission_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                get(count)
+            );
+        }
+        let count = get(&self.latency_count);
+        let _ = writeln!(
+            out,
+            "tcp_sniffer_injector_admission_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+             tcp_sniffer_injector_admission_duration_seconds_sum {}\n\
+             tcp_sniffer_injector_admission_duration_seconds_count {count}",
+            get(&self.latency_sum_ns) as f64 / 1e9
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_decisions_and_buckets_latency() {
+        let metrics = Metrics::default();
+        let inject = Decision::Inject {
+            ports: vec![80],
+            source: crate::decide::PortSource::Options,
+            patch: Vec::new(),
+        };
+        metrics.decided(&inject, Duration::from_micros(80));
+        metrics.decided(
+            &Decision::Skip {
+                reason: Skip::HostNetwork,
+                warning: None,
+            },
+            Duration::from_millis(3),
+        );
+        metrics.bad_request(Duration::from_secs(1));
+        let text = metrics.render();
+        assert!(text.contains("tcp_sniffer_injector_requests_total 3\n"));
+        assert!(text.contains("decisions_total{decision=\"injected\",reason=\"\"} 1\n"));
+        assert!(text.contains("decisions_total{decision=\"skipped\",reason=\"host_network\"} 1\n"));
+        assert!(text.contains("tcp_sniffer_injector_bad_requests_total 1\n"));
+        assert!(text.contains("duration_seconds_bucket{le=\"0.0001\"} 1\n"));
+        assert!(text.contains("duration_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("duration_seconds_count 3\n"));
+    }
+}

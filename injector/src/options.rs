@@ -1,0 +1,447 @@
+//! `InjectorOptions`: what the injected container looks like. Read from a JSON file
+//! (`--config` / `INJECTOR_CONFIG`, camelCase keys), then overridden by flags/variables, then
+//! validated; every error names the field.
+
+use std::{collections::BTreeMap, path::Path};
+
+use k8s_openapi::{
+    api::core::v1::{ResourceRequirements, SeccompProfile},
+    apimachinery::pkg::api::resource::Quantity,
+};
+use serde::{Deserialize, Serialize};
+use sniffer_common::ports::PortsError;
+use thiserror::Error;
+
+/// Where the sniffer reads the token from: a key of a Secret in the pod's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key within the Secret.
+    pub key: String,
+}
+
+/// The injector's options (`InjectorOptions`), camelCase in JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct InjectorOptions {
+    /// Sniffer image reference.
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`.
+    pub image_pull_policy: String,
+    /// Interface the sniffer captures on (`INTERFACE`).
+    pub interface: String,
+    /// Ports used when a pod has no `tcp-sniffer/ports` annotation; empty: the pod's declared
+    /// TCP `containerPort`s.
+    pub default_ports: Vec<u16>,
+    /// Collector URL (`OUTPUT_URL`); unset: the sniffer prints NDJSON to its log.
+    pub output_url: Option<String>,
+    /// Secret key holding the collector token (`OUTPUT_URL_AUTH_TOKEN` via `secretKeyRef`).
+    pub output_url_auth_token_secret: Option<SecretKeyRef>,
+    /// Capabilities added after dropping `ALL`.
+    pub capabilities: Vec<String>,
+    /// The container's seccomp profile; `None` leaves the pod's.
+    pub seccomp_profile: Option<SeccompProfile>,
+    /// Requests and limits.
+    pub resources: ResourceRequirements,
+    /// Inject as an init container with `restartPolicy: Always` (Kubernetes ≥ 1.29), so the
+    /// sniffer starts before and stops after the app containers.
+    pub native_sidecar: bool,
+}
+
+impl Default for InjectorOptions {
+    fn default() -> Self {
+        let quantities = |cpu: &str, memory: &str| {
+            BTreeMap::from([
+                ("cpu".to_owned(), Quantity(cpu.to_owned())),
+                ("memory".to_owned(), Quantity(memory.to_owned())),
+            ])
+        };
+        Self {
+            image: "tcp-sniffer:0.1.0".to_owned(),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            interface: "eth0".to_owned(),
+            default_ports: Vec::new(),
+            output_url: None,
+            output_url_auth_token_secret: None,
+            capabilities: vec!["NET_RAW".to_owned(), "BPF".to_owned()],
+            // The runtimes' default profiles refuse bpf() without CAP_SYS_ADMIN.
+            seccomp_profile: Some(SeccompProfile {
+                type_: "Unconfined".to_owned(),
+                localhost_profile: None,
+            }),
+            resources: ResourceRequirements {
+                requests: Some(quantities("20m", "32Mi")),
+                limits: Some(quantities("500m", "96Mi")),
+                ..ResourceRequirements::default()
+            },
+            native_sidecar: false,
+        }
+    }
+}
+
+/// Options that cannot be used (exit code 1 at start).
+#[derive(Debug, Error)]
+pub enum OptionsError {
+    /// The config file could not be read.
+    #[error("cannot read the options file {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid `InjectorOptions` JSON.
+    #[error("the options file {path} is not valid InjectorOptions JSON: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Where and why.
+        source: serde_json::Error,
+    },
+    /// A field has a value that cannot work.
+    #[error("option {field}: {problem}")]
+    Invalid {
+        /// The field, as in the JSON (`imagePullPolicy`, `resources.limits.memory` …).
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> OptionsError {
+    OptionsError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+impl InjectorOptions {
+    /// Reads options from a JSON file; absent keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, OptionsError> {
+        let display = path.display().to_string();
+        let text = std::fs::read(path).map_err(|source| OptionsError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| OptionsError::Parse {
+            path: display,
+            source,
+        })
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let Self {
+            image,
+            image_pull_policy,
+            interface,
+            default_ports,
+            output_url,
+            output_url_auth_token_secret,
+            capabilities,
+            seccomp_profile,
+            resources,
+            native_sidecar: _,
+        } = self;
+        if image.is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "image",
+                format!("{image:?} is not an image reference"),
+            ));
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&image_pull_policy.as_str()) {
+            return Err(invalid(
+                "imagePullPolicy",
+                format!("{image_pull_policy:?} is not one of Always, IfNotPresent, Never"),
+            ));
+        }
+        if interface.is_empty()
+            || interface.len() > 15
+            || interface.contains(['/', ':'])
+            || interface.chars().any(char::is_whitespace)
+        {
+            return Err(invalid(
+                "interface",
+                format!("{interface:?} is not an interface name"),
+            ));
+        }
+        if !default_ports.is_empty() {
+            let list: Vec<String> = default_ports.iter().map(u16::to_string).collect();
+            sniffer_common::ports::parse_ports(&list.join(","))
+                .map_err(|err: PortsError| invalid("defaultPorts", err.to_string()))?;
+        }
+        if let Some(url) = output_url {
+            validate_url(url)
+                .map_err(|problem| invalid("outputUrl", format!("{url:?} {problem}")))?;
+        }
+        if let Some(SecretKeyRef { name, key }) = output_url_auth_token_secret {
+            if !is_dns_subdomain(name) {
+                return Err(invalid(
+                    "outputUrlAuthTokenSecret.name",
+                    format!("{name:?} is not a valid Secret name (a DNS subdomain)"),
+                ));
+            }
+            if key.is_empty()
+                || key.len() > 253
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+            {
+                return Err(invalid(
+                    "outputUrlAuthTokenSecret.key",
+                    format!("{key:?} is not a valid Secret key"),
+                ));
+            }
+        }
+        for (index, capability) in capabilities.iter().enumerate() {
+            if capability.is_empty()
+                || capability.starts_with("CAP_")
+                || !capability
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '_')
+            {
+                return Err(invalid(
+                    format!("capabilities[{index}]"),
+                    format!(
+                        "{capability:?} is not a capability name like NET_RAW (no CAP_ prefix)"
+                    ),
+                ));
+            }
+        }
+        if let Some(SeccompProfile {
+            type_,
+            localhost_profile,
+        }) = seccomp_profile
+        {
+            match (type_.as_str(), localhost_profile) {
+                ("Unconfined" | "RuntimeDefault", None) => {}
+                ("Localhost", Some(profile)) if !profile.is_empty() => {}
+                ("Localhost", _) => {
+                    return Err(invalid(
+                        "seccompProfile.localhostProfile",
+                        "is required when type is Localhost",
+                    ));
+                }
+                ("Unconfined" | "RuntimeDefault", Some(_)) => {
+                    return Err(invalid(
+                        "seccompProfile.localhostProfile",
+                        format!("is only allowed when type is Localhost, not {type_}"),
+                    ));
+                }
+                (other, _) => {
+                    return Err(invalid(
+                        "seccompProfile.type",
+                        format!("{other:?} is not one of Unconfined, RuntimeDefault, Localhost"),
+                    ));
+                }
+            }
+        }
+        for (kind, map) in [
+            ("requests", &resources.requests),
+            ("limits", &resources.limits),
+        ] {
+            for (name, Quantity(value)) in map.iter().flatten() {
+                if !is_quantity(value) {
+                    return Err(invalid(
+                        format!("resources.{kind}.{name}"),
+                        format!("{value:?} is not a Kubernetes quantity"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts absolute `http://` and `https://` URLs with a host; says what is wrong otherwise.
+pub fn validate_url(url: &str) -> Result<(), &'static str> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or("is not an absolute http(s) URL")?;
+    if scheme != "http" && scheme != "https" {
+        return Err("must use http or https");
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') || url.chars().any(char::is_whitespace) {
+        return Err("has no valid host");
+    }
+    Ok(())
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires of object names.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A Kubernetes resource quantity: a decimal number with an optional binary (`Ki` … `Ei`),
+/// decimal (`n`, `u`, `m`, `k`, `M` … `E`) or exponent (`e3`) suffix.
+fn is_quantity(value: &str) -> bool {
+    let number_end = value
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (i == 0 && (c == '+' || c == '-'))))
+        .map_or(value.len(), |(i, _)| i);
+    let (number, suffix) = value.split_at(number_end);
+    let digits = number.trim_start_matches(['+', '-']);
+    let valid_number = !digits.is_empty()
+        && digits.matches('.').count() <= 1
+        && digits.chars().any(|c| c.is_ascii_digit());
+    let valid_suffix = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .map(|exp| exp.trim_start_matches(['+', '-']))
+        .is_some_and(|exp| !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit()));
+    valid_number && valid_suffix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(json: &str) -> Result<InjectorOptions, String> {
+        let options: InjectorOptions = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        options.validate().map_err(|e| e.to_string())?;
+        Ok(options)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_least_privilege() {
+        let options = with("{}").unwrap();
+        assert_eq!(options.capabilities, ["NET_RAW", "BPF"]);
+        assert_eq!(options.seccomp_profile.unwrap().type_, "Unconfined");
+        assert_eq!(options.interface, "eth0");
+        assert!(!options.native_sidecar);
+    }
+
+    #[test]
+    fn full_options_parse() {
+        let options = with(
+            r#"{"image":"registry.example/tcp-sniffer:0.1.0","imagePullPolicy":"Always",
+                "interface":"eth1","defaultPorts":[8080,8443],
+                "outputUrl":"https://collector.observability.svc:8443/v1/batches",
+                "outputUrlAuthTokenSecret":{"name":"tcp-sniffer-output-auth","key":"token"},
+                "capabilities":["NET_RAW","BPF"],
+                "seccompProfile":{"type":"Localhost","localhostProfile":"profiles/tcp-sniffer.json"},
+                "resources":{"requests":{"cpu":"10m","memory":"24Mi"},"limits":{"memory":"1.5Gi"}},
+                "nativeSidecar":true}"#,
+        )
+        .unwrap();
+        assert_eq!(options.default_ports, [8080, 8443]);
+        assert!(options.native_sidecar);
+        assert_eq!(options.output_url_auth_token_secret.unwrap().key, "token");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (json, needle) in [
+            (r#"{"imge":"x"}"#, "unknown field `imge`"),
+            (r#"{"image":""}"#, "option image:"),
+            (
+                r#"{"imagePullPolicy":"Sometimes"}"#,
+                "option imagePullPolicy: \"Sometimes\"",
+            ),
+            (r#"{"interface":"a/b"}"#, "option interface:"),
+            (
+                r#"{"defaultPorts":[0]}"#,
+                "option defaultPorts: entry \"0\" is out of range",
+            ),
+            (
+                r#"{"defaultPorts":[80,80]}"#,
+                "option defaultPorts: port 80 is listed more than once",
+            ),
+            (
+                r#"{"defaultPorts":[70000]}"#,
+                "invalid value: integer `70000`",
+            ),
+            (
+                r#"{"outputUrl":"ftp://x"}"#,
+                "option outputUrl: \"ftp://x\" must use http or https",
+            ),
+            (
+                r#"{"outputUrl":"not a url"}"#,
+                "option outputUrl: \"not a url\" is not an absolute",
+            ),
+            (
+                r#"{"outputUrlAuthTokenSecret":{"name":"Bad_Name","key":"t"}}"#,
+                "option outputUrlAuthTokenSecret.name",
+            ),
+            (
+                r#"{"outputUrlAuthTokenSecret":{"name":"ok","key":"a b"}}"#,
+                "option outputUrlAuthTokenSecret.key",
+            ),
+            (
+                r#"{"capabilities":["CAP_NET_RAW"]}"#,
+                "option capabilities[0]",
+            ),
+            (
+                r#"{"seccompProfile":{"type":"Localhost"}}"#,
+                "option seccompProfile.localhostProfile",
+            ),
+            (
+                r#"{"seccompProfile":{"type":"Off"}}"#,
+                "option seccompProfile.type: \"Off\"",
+            ),
+            (
+                r#"{"resources":{"limits":{"memory":"lots"}}}"#,
+                "option resources.limits.memory: \"lots\"",
+            ),
+            (
+                r#"{"nativeSidecar":"yes"}"#,
+                "invalid type: string \"yes\", expected a boolean",
+            ),
+        ] {
+            let err = with(json).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn quantities() {
+        for good in [
+            "1", "0.5", "500m", "64Mi", "1Gi", "1e3", "1.5E+2", "+1", "100k", ".5",
+        ] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "Mi", "1.2.3", "lots", "1mi", "1 Gi", "-", "1e", "1KiB"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        assert!(validate_url("http://collector:9000/x").is_ok());
+        assert!(validate_url("https://[fd00::1]:8443").is_ok());
+        assert_eq!(validate_url("http:///path"), Err("has no valid host"));
+        assert_eq!(
+            validate_url("collector"),
+            Err("is not an absolute http(s) URL")
+        );
+    }
+}

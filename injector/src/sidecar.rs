@@ -1,0 +1,109 @@
+//! The `tcp-sniffer` container the injector adds, built from the options and the chosen ports.
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector,
+    SecurityContext,
+};
+use sniffer_common::ports::format_ports;
+
+use crate::options::{InjectorOptions, SecretKeyRef};
+
+/// Name of the injected container; its presence makes injection a no-op.
+pub const CONTAINER_NAME: &str = "tcp-sniffer";
+
+fn value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_owned()),
+                field_path: path.to_owned(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The sniffer container for `ports`.
+///
+/// # Examples
+///
+/// ```
+/// use injector::{options::InjectorOptions, sidecar::sniffer_container};
+///
+/// let container = sniffer_container(&InjectorOptions::default(), &[8080, 8443]);
+/// let env = container.env.unwrap();
+/// assert_eq!(env[0].name, "PORTS");
+/// assert_eq!(env[0].value.as_deref(), Some("8080,8443"));
+/// ```
+#[must_use]
+pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container {
+    let InjectorOptions {
+        image,
+        image_pull_policy,
+        interface,
+        default_ports: _,
+        output_url,
+        output_url_auth_token_secret,
+        capabilities,
+        seccomp_profile,
+        resources,
+        native_sidecar,
+    } = options;
+    let mut env = vec![
+        value("PORTS", format_ports(ports)),
+        value("INTERFACE", interface),
+    ];
+    if let Some(url) = output_url {
+        env.push(value("OUTPUT_URL", url));
+    }
+    if let Some(SecretKeyRef { name, key }) = output_url_auth_token_secret {
+        // Only a reference: the injector never reads the Secret.
+        env.push(EnvVar {
+            name: "OUTPUT_URL_AUTH_TOKEN".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: name.clone(),
+                    key: key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
+    }
+    env.push(field("POD_NAME", "metadata.name"));
+    env.push(field("POD_NAMESPACE", "metadata.namespace"));
+    env.push(field("NODE_NAME", "spec.nodeName"));
+    Container {
+        name: CONTAINER_NAME.to_owned(),
+        image: Some(image.clone()),
+        image_pull_policy: Some(image_pull_policy.clone()),
+        env: Some(env),
+        resources: Some(resources.clone()),
+        // A native sidecar is an init container that keeps running beside the app.
+        restart_policy: native_sidecar.then(|| "Always".to_owned()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: Some(capabilities.clone()),
+            }),
+            seccomp_profile: seccomp_profile.clone(),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}

@@ -1,0 +1,196 @@
+//! Serve TLS: the certificate and key, reloaded when their files change.
+//!
+//! cert-manager rotates the Secret, and the kubelet swaps the mounted files by replacing a
+//! symlink, so the files are polled (content, not mtime: a symlink swap keeps old mtimes) rather
+//! than watched. A new pair is swapped in atomically only once both files parse and match; a
+//! handshake always sees one consistent pair, and a broken pair keeps the old one.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use log::{error, info};
+use thiserror::Error;
+use tokio_rustls::rustls::{
+    self, ServerConfig,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+
+/// The certificate or key cannot be used.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate file holds no PEM certificate.
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file holds no usable PEM private key.
+    #[error("{path} holds no usable PEM private key")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The key does not belong to the certificate, or cannot sign.
+    #[error("the key does not match the certificate or cannot be used")]
+    Pair(#[source] rustls::Error),
+    /// rustls refused the configuration.
+    #[error("invalid TLS configuration")]
+    Config(#[source] rustls::Error),
+}
+
+/// The file contents a pair was loaded from, to notice changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Contents {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses a PEM certificate chain and key and checks that they belong together.
+fn certified_key(contents: &Contents, paths: &CertPaths) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&contents.cert)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: paths.cert.clone(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&contents.key).map_err(|source| TlsError::Key {
+        path: paths.key.clone(),
+        source,
+    })?;
+    // Also checks that the key matches the certificate's public key.
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Pair)?;
+    Ok(Arc::new(certified))
+}
+
+/// Where the serving certificate and key live.
+#[derive(Clone, Debug)]
+pub struct CertPaths {
+    /// PEM certificate chain (`tls.crt`).
+    pub cert: PathBuf,
+    /// PEM private key (`tls.key`).
+    pub key: PathBuf,
+}
+
+/// The current certificate, handed to every handshake.
+#[derive(Debug)]
+pub struct CertStore {
+    paths: CertPaths,
+    current: RwLock<(Contents, Arc<CertifiedKey>)>,
+}
+
+impl CertStore {
+    /// Loads the pair; fails when it cannot be used (the injector then exits 1).
+    pub fn load(paths: CertPaths) -> Result<Arc<Self>, TlsError> {
+        let contents = Contents {
+            cert: read(&paths.cert)?,
+            key: read(&paths.key)?,
+        };
+        let key = certified_key(&contents, &paths)?;
+        Ok(Arc::new(Self {
+            paths,
+            current: RwLock::new((contents, key)),
+        }))
+    }
+
+    /// Re-reads the files; swaps in a changed, valid pair. Returns whether it swapped.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let contents = Contents {
+            cert: read(&self.paths.cert)?,
+            key: read(&self.paths.key)?,
+        };
+        if self.read_current().0 == contents {
+            return Ok(false);
+        }
+        let key = certified_key(&contents, &self.paths)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (contents, key);
+        Ok(true)
+    }
+
+    fn read_current(&self) -> std::sync::RwLockReadGuard<'_, (Contents, Arc<CertifiedKey>)> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A rustls server configuration using this store: TLS 1.2 and 1.3, ALPN `h2` and
+    /// `http/1.1`.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Polls the files every `interval` and reloads on change, forever.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The error of the last failed attempt, so a broken pair is reported once, not per poll.
+        let mut last_error = None;
+        loop {
+            ticker.tick().await;
+            let store = Arc::clone(&self);
+            let result = tokio::task::spawn_blocking(move || store.reload()).await;
+            match result {
+                Ok(Ok(true)) => {
+                    last_error = None;
+                    info!(cert = self.paths.cert.display().to_string().as_str(); "TLS certificate reloaded");
+                }
+                Ok(Ok(false)) => last_error = None,
+                Ok(Err(err)) => {
+                    let message = format!("{err:#}");
+                    if last_error.as_ref() != Some(&message) {
+                        error!(error = message.as_str(); "new TLS certificate or key unusable; still serving the previous one");
+                        last_error = Some(message);
+                    }
+                }
+                Err(err) => {
+                    error!(error = err.to_string().as_str(); "certificate reload task failed");
+                }
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.read_current().1))
+    }
+}
