@@ -133,7 +133,10 @@ fn pod_of(object: DynamicObject) -> Result<Pod, serde_json::Error> {
 /// assert_eq!(answer["response"]["patchType"], "JSONPatch");
 /// ```
 pub fn review(body: &[u8], options: &InjectorOptions) -> Result<Outcome, ReviewError> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(err) => return Err(explain(body, err)),
+    };
     if review.types.api_version != API_VERSION {
         return Err(ReviewError::ApiVersion(review.types.api_version));
     }
@@ -189,6 +192,24 @@ pub fn review(body: &[u8], options: &InjectorOptions) -> Result<Outcome, ReviewE
         operation,
         dry_run,
     })
+}
+
+/// The clearest error for a body that does not parse: a wrong envelope says more than the first
+/// missing field deep inside it. Only failures pay for this second look.
+fn explain(body: &[u8], err: serde_json::Error) -> ReviewError {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Envelope {
+        api_version: String,
+        kind: String,
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) if envelope.api_version != API_VERSION => {
+            ReviewError::ApiVersion(envelope.api_version)
+        }
+        Ok(envelope) if envelope.kind != "AdmissionReview" => ReviewError::Kind(envelope.kind),
+        _ => ReviewError::Json(err),
+    }
 }
 
 /// The AdmissionReview response body for a decision.

@@ -161,20 +161,21 @@ pub fn routes(
         let app = Arc::clone(&app);
         warp::any().map(move || Arc::clone(&app))
     };
-    let mutate = warp::post()
-        .and(warp::path("mutate"))
+    // Paths before methods, so an unknown path is a 404 rather than a 405.
+    let mutate = warp::path("mutate")
         .and(warp::path::end())
+        .and(warp::post())
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .and(with_app.clone())
         .map(|body: Bytes, app: Arc<App>| mutate(&app, &body));
-    let healthz = warp::get()
-        .and(warp::path("healthz"))
+    let healthz = warp::path("healthz")
         .and(warp::path::end())
+        .and(warp::get())
         .map(|| text(StatusCode::OK, "ok\n"));
-    let readyz = warp::get()
-        .and(warp::path("readyz"))
+    let readyz = warp::path("readyz")
         .and(warp::path::end())
+        .and(warp::get())
         .and(with_app.clone())
         .map(|app: Arc<App>| {
             if app.ready.load(Ordering::Relaxed) {
@@ -183,9 +184,9 @@ pub fn routes(
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             }
         });
-    let metrics = warp::get()
-        .and(warp::path("metrics"))
+    let metrics = warp::path("metrics")
         .and(warp::path::end())
+        .and(warp::get())
         .and(with_app)
         .map(|app: Arc<App>| {
             warp::reply::with_header(

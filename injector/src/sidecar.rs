@@ -96,6 +96,12 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
             read_only_root_filesystem: Some(true),
+            // Kubernetes grants added capabilities to root only (it sets no ambient
+            // capabilities, and no_new_privs voids file capabilities), so the sniffer runs as
+            // UID 0 even in a pod whose securityContext says runAsNonRoot: it is confined by
+            // dropping everything but the two capabilities.
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".to_owned()]),
                 add: Some(capabilities.clone()),

@@ -1,0 +1,184 @@
+//! Bad input: every case gets a clear 4xx or a denial, never a crash, and the server keeps
+//! answering.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    sync::Arc,
+};
+
+use tokio_rustls::rustls::{
+    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
+    crypto::ring,
+    pki_types::{CertificateDer, pem::PemObject as _},
+};
+
+use crate::common::{Server, TempDir, client, localhost_certs, mount_secret, post};
+
+#[test]
+fn hostile_bodies_get_clear_errors_and_the_server_stays_up() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let server = Server::start(&dir.0, &[]);
+    let agent = client(&[&certs.ca_pem]);
+    let nested = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    // Nested where the review keeps arbitrary JSON (the object's fields), so the parser recurses.
+    let nested_object = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"n",
+            "kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},
+            "operation":"CREATE","userInfo":{{}},"object":{{"spec":{}1{}}}}}}}"#,
+        "{\"a\":".repeat(10_000),
+        "}".repeat(10_000)
+    );
+    let cases: [(&str, Vec<u8>, u16, &str); 8] = [
+        (
+            "malformed JSON",
+            b"{\"apiVersion\":".to_vec(),
+            400,
+            "not an AdmissionReview",
+        ),
+        ("not JSON", b"hello".to_vec(), 400, "not an AdmissionReview"),
+        ("empty body", Vec::new(), 400, "not an AdmissionReview"),
+        (
+            "wrong apiVersion",
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#
+                .to_vec(),
+            400,
+            "admission.k8s.io/v1beta1",
+        ),
+        (
+            "wrong kind",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#.to_vec(),
+            400,
+            "kind \"Pod\"",
+        ),
+        (
+            "missing request",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            400,
+            "has no request",
+        ),
+        (
+            "deeply nested array",
+            nested.into_bytes(),
+            400,
+            "not an AdmissionReview",
+        ),
+        (
+            "deeply nested object",
+            nested_object.into_bytes(),
+            400,
+            "recursion limit",
+        ),
+    ];
+    for (what, body, status, needle) in cases {
+        let (got, text) = post(&agent, &server, &body);
+        assert_eq!(got, status, "{what}: {text}");
+        assert!(text.contains(needle), "{what}: {text}");
+        assert_eq!(
+            agent.get(&server.url("/healthz")).call().unwrap().status(),
+            200,
+            "after {what}"
+        );
+    }
+
+    // A Pod CREATE without an object, and one whose spec is not a PodSpec: denied, with reasons.
+    let no_object = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x1",
+        "kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},
+        "operation":"CREATE","userInfo":{}}}"#;
+    let (status, text) = post(&agent, &server, no_object);
+    assert_eq!(status, 200);
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no object")
+    );
+    let bad_spec = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x2",
+        "kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},
+        "operation":"CREATE","userInfo":{},"object":{"metadata":{"name":"p"},"spec":{"containers":[{"image":42}]}}}}"#;
+    let (_, text) = post(&agent, &server, bad_spec);
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be read")
+    );
+
+    let bad = server
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["msg"] == "bad admission request")
+        .count();
+    assert_eq!(bad, 8);
+    assert_eq!(
+        agent.get(&server.url("/healthz")).call().unwrap().status(),
+        200
+    );
+}
+
+/// A TLS stream to the server, for requests no HTTP client library would send.
+fn raw_tls(server: &Server, ca_pem: &str) -> StreamOwned<ClientConnection, TcpStream> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connection =
+        ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    StreamOwned::new(connection, tcp)
+}
+
+/// Reads what the server answered, up to when it closes.
+fn answer(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> String {
+    let mut bytes = Vec::new();
+    let _ = tls.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn oversized_body_gets_413_before_it_is_read() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let server = Server::start(&dir.0, &[]);
+    let mut tls = raw_tls(&server, &certs.ca_pem);
+    let length = 10 << 20;
+    write!(tls, "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n").unwrap();
+    tls.write_all(&vec![b' '; 64 << 10]).unwrap();
+    let text = answer(&mut tls);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("larger than the 4 MiB limit"), "{text}");
+    assert_eq!(
+        client(&[&certs.ca_pem])
+            .get(&server.url("/healthz"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn body_without_content_length_is_refused() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let server = Server::start(&dir.0, &[]);
+    let mut tls = raw_tls(&server, &certs.ca_pem);
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n").unwrap();
+    let text = answer(&mut tls);
+    assert!(text.starts_with("HTTP/1.1 411"), "{text}");
+}

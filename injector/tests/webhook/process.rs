@@ -1,0 +1,216 @@
+//! The command line: exit codes, `gen-certs`, `inject -f`, clean stop.
+
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::common::{INJECTOR, Server, TempDir, localhost_certs, mount_secret};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(INJECTOR);
+    cmd.args(args).env_remove("INJECTOR_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn error_of(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line: Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line: {stderr}"));
+    line["error"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn bad_options_exit_1_naming_the_field() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let cert = dir.0.join("tls.crt");
+    let key = dir.0.join("tls.key");
+    let tls = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let config = dir.0.join("options.json");
+    std::fs::write(&config, r#"{"imagePullPolicy":"Sometimes"}"#).unwrap();
+    let out = run(
+        &[&["serve", "--config", config.to_str().unwrap()][..], &tls].concat(),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_of(&out).contains("option imagePullPolicy: \"Sometimes\""));
+
+    std::fs::write(&config, r#"{"image":"x", "colour":"blue"}"#).unwrap();
+    let out = run(
+        &[&["serve", "--config", config.to_str().unwrap()][..], &tls].concat(),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_of(&out).contains("unknown field `colour`"));
+
+    let out = run(
+        &[&["serve"][..], &tls].concat(),
+        &[("SNIFFER_DEFAULT_PORTS", "80,0")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_of(&out).contains("option defaultPorts: \"80,0\" is invalid"));
+
+    let out = run(
+        &[&["serve"][..], &tls].concat(),
+        &[("SNIFFER_OUTPUT_URL", "ftp://collector")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_of(&out).contains("option outputUrl"));
+}
+
+#[test]
+fn unusable_certificate_exits_1() {
+    let out = run(
+        &[
+            "serve",
+            "--tls-cert",
+            "/nonexistent/tls.crt",
+            "--tls-key",
+            "/nonexistent/tls.key",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_of(&out).contains("/nonexistent/tls.crt"));
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("tls.crt"), "not a certificate").unwrap();
+    std::fs::write(dir.0.join("tls.key"), "not a key").unwrap();
+    let cert = dir.0.join("tls.crt");
+    let key = dir.0.join("tls.key");
+    let out = run(
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_of(&out).contains("holds no PEM certificate"));
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let mut server = Server::start(&dir.0, &[]);
+    let pid = i32::try_from(server.child.id()).unwrap();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    server.wait_for_log("stopping");
+    server.wait_for_log("stopped");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+#[test]
+fn gen_certs_writes_a_working_pair_and_prints_the_secret() {
+    let dir = TempDir::new();
+    let out = run(
+        &[
+            "gen-certs",
+            "--service",
+            "hook",
+            "--namespace",
+            "ops",
+            "--out-dir",
+            dir.0.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("kind: Secret\nmetadata:\n  name: tcp-sniffer-injector-tls\n  namespace: ops\ntype: kubernetes.io/tls"));
+    for file in ["ca.crt", "tls.crt", "tls.key"] {
+        assert!(dir.0.join(file).is_file(), "{file}");
+    }
+    let store = injector::tls::CertStore::load(injector::tls::CertPaths {
+        cert: dir.0.join("tls.crt"),
+        key: dir.0.join("tls.key"),
+    });
+    assert!(store.is_ok(), "the generated pair is not usable");
+}
+
+#[test]
+fn inject_previews_the_mutation_of_a_pod_file() {
+    let dir = TempDir::new();
+    let pod = dir.0.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n    tcp-sniffer/ports: \"8443\"\nspec:\n  containers:\n  - name: app\n    image: nginx\n",
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "inject",
+            "-f",
+            pod.to_str().unwrap(),
+            "-o",
+            "json",
+            "--image",
+            "registry.example/tcp-sniffer:9",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mutated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sniffer = &mutated["spec"]["containers"][1];
+    assert_eq!(sniffer["name"], "tcp-sniffer");
+    assert_eq!(sniffer["image"], "registry.example/tcp-sniffer:9");
+    assert_eq!(
+        sniffer["env"][0],
+        serde_json::json!({"name":"PORTS","value":"8443"})
+    );
+    let out = run(
+        &[
+            "inject",
+            "-f",
+            pod.to_str().unwrap(),
+            "--native-sidecar",
+            "true",
+        ],
+        &[],
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(yaml.contains("initContainers:\n  - env:"), "{yaml}");
+    assert!(yaml.contains("restartPolicy: Always"));
+}
