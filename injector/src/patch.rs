@@ -2,27 +2,33 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::decide::{DEFAULT_CONTAINER_ANNOTATION, INJECTED_ANNOTATION};
 
 /// One `add` operation (the only kind injection needs).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Add {
     op: &'static str,
     /// JSON pointer to the place added to.
     pub path: String,
-    /// What is added.
-    pub value: Value,
+    /// What is added, already serialized (the container is written once, not via a `Value`).
+    pub value: Box<RawValue>,
 }
 
 impl Add {
-    fn new(path: String, value: Value) -> Self {
+    fn new(path: String, value: &impl Serialize) -> Self {
         Self {
             op: "add",
             path,
-            value,
+            value: serde_json::value::to_raw_value(value).expect("patch values always serialize"),
         }
+    }
+}
+
+impl PartialEq for Add {
+    fn eq(&self, other: &Self) -> bool {
+        (self.op, &self.path, self.value.get()) == (other.op, &other.path, other.value.get())
     }
 }
 
@@ -45,7 +51,6 @@ pub fn escape(token: &str) -> String {
 /// `spec.initContainers` is added whole, since JSON Patch cannot add into a missing parent.
 #[must_use]
 pub fn injection(pod: &Pod, container: &Container, native_sidecar: bool) -> Vec<Add> {
-    let container = serde_json::to_value(container).expect("a Container always serializes");
     let mut ops = Vec::with_capacity(3);
     let mut annotations = vec![(INJECTED_ANNOTATION, "true".to_owned())];
     let existing = pod.metadata.annotations.as_ref();
@@ -63,18 +68,12 @@ pub fn injection(pod: &Pod, container: &Container, native_sidecar: bool) -> Vec<
     match existing {
         None => ops.push(Add::new(
             "/metadata/annotations".to_owned(),
-            Value::Object(
-                annotations
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), Value::String(v)))
-                    .collect(),
-            ),
+            &annotations
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
         )),
         Some(_) => ops.extend(annotations.into_iter().map(|(key, value)| {
-            Add::new(
-                format!("/metadata/annotations/{}", escape(key)),
-                Value::String(value),
-            )
+            Add::new(format!("/metadata/annotations/{}", escape(key)), &value)
         })),
     }
     let spec = pod.spec.as_ref();
@@ -83,10 +82,7 @@ pub fn injection(pod: &Pod, container: &Container, native_sidecar: bool) -> Vec<
         if spec.is_some_and(|s| s.init_containers.is_some()) {
             ops.push(Add::new("/spec/initContainers/0".to_owned(), container));
         } else {
-            ops.push(Add::new(
-                "/spec/initContainers".to_owned(),
-                Value::Array(vec![container]),
-            ));
+            ops.push(Add::new("/spec/initContainers".to_owned(), &[container]));
         }
     } else {
         ops.push(Add::new("/spec/containers/-".to_owned(), container));
@@ -96,7 +92,7 @@ pub fn injection(pod: &Pod, container: &Container, native_sidecar: bool) -> Vec<
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -161,7 +157,8 @@ mod tests {
         let without = pod(json!({"spec":{"containers":[{"name":"app"}]}}));
         let ops = injection(&without, &sidecar(), true);
         assert_eq!(ops.last().unwrap().path, "/spec/initContainers");
-        assert_eq!(ops.last().unwrap().value, json!([{"name":"tcp-sniffer"}]));
+        let value: Value = serde_json::from_str(ops.last().unwrap().value.get()).unwrap();
+        assert_eq!(value, json!([{"name":"tcp-sniffer"}]));
         let with =
             pod(json!({"spec":{"containers":[{"name":"app"}],"initContainers":[{"name":"init"}]}}));
         assert_eq!(

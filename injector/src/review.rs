@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::{
-    DynamicObject,
+    DynamicObject, Resource,
     admission::{AdmissionRequest, AdmissionReview, Operation},
 };
 use serde::Serialize;
@@ -133,17 +133,29 @@ fn pod_of(object: DynamicObject) -> Result<Pod, serde_json::Error> {
 /// assert_eq!(answer["response"]["patchType"], "JSONPatch");
 /// ```
 pub fn review(body: &[u8], options: &InjectorOptions) -> Result<Outcome, ReviewError> {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
-        Ok(review) => review,
-        Err(err) => return Err(explain(body, err)),
-    };
+    // Fast path: a Pod review parses straight into typed Pods. Other kinds (whose objects are not
+    // shaped like a Pod) and malformed bodies take the general path.
+    if let Ok(review) = serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+        return answer(review, options, Ok);
+    }
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|err| explain(body, err))?;
+    answer(review, options, pod_of)
+}
+
+/// Decides on a parsed review whose objects `to_pod` turns into Pods.
+fn answer<T: Resource>(
+    review: AdmissionReview<T>,
+    options: &InjectorOptions,
+    to_pod: impl FnOnce(T) -> Result<Pod, serde_json::Error>,
+) -> Result<Outcome, ReviewError> {
     if review.types.api_version != API_VERSION {
         return Err(ReviewError::ApiVersion(review.types.api_version));
     }
     if review.types.kind != "AdmissionReview" {
         return Err(ReviewError::Kind(review.types.kind));
     }
-    let request: AdmissionRequest<DynamicObject> =
+    let request: AdmissionRequest<T> =
         review.try_into().map_err(|_| ReviewError::MissingRequest)?;
     let AdmissionRequest {
         uid,
@@ -165,7 +177,7 @@ pub fn review(body: &[u8], options: &InjectorOptions) -> Result<Outcome, ReviewE
     };
     let is_pod_create =
         (kind.group.as_str(), kind.kind.as_str(), operation) == ("", "Pod", "CREATE");
-    let (decision, pod_label) = match object.map(pod_of) {
+    let (decision, pod_label) = match object.map(to_pod) {
         Some(Ok(pod)) => {
             let label = match (&pod.metadata.name, &pod.metadata.generate_name) {
                 (Some(name), _) if !name.is_empty() => name.clone(),

@@ -79,26 +79,9 @@ fn mutate(app: &App, body: &Bytes) -> warp::reply::Response {
         Ok(outcome) => {
             let latency = start.elapsed();
             app.metrics.decided(&outcome.decision, latency);
-            let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            let (decision, reason, ports) = match &outcome.decision {
-                Decision::Inject { ports, source, .. } => {
-                    ("injected", source.label().to_owned(), Some(ports.clone()))
-                }
-                Decision::Skip { reason, .. } => ("skipped", reason.label().to_owned(), None),
-                Decision::Deny { reason } => ("denied", reason.clone(), None),
-            };
-            info!(
-                namespace = outcome.namespace.as_str(),
-                pod = outcome.pod.as_str(),
-                uid = outcome.uid.as_str(),
-                operation = outcome.operation,
-                dry_run = outcome.dry_run,
-                decision,
-                reason = reason.as_str(),
-                ports:serde = ports,
-                latency_us;
-                "admission decision"
-            );
+            if log::log_enabled!(log::Level::Info) {
+                log_decision(&outcome, latency);
+            }
             warp::reply::with_header(outcome.body, "content-type", "application/json")
                 .into_response()
         }
@@ -114,6 +97,28 @@ fn mutate(app: &App, body: &Bytes) -> warp::reply::Response {
             text(status, format!("{err}\n"))
         }
     }
+}
+
+/// One JSON line per admission decision.
+fn log_decision(outcome: &review::Outcome, latency: Duration) {
+    let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    let (decision, reason, ports): (&str, &str, Option<&[u16]>) = match &outcome.decision {
+        Decision::Inject { ports, source, .. } => ("injected", source.label(), Some(ports)),
+        Decision::Skip { reason, .. } => ("skipped", reason.label(), None),
+        Decision::Deny { reason } => ("denied", reason, None),
+    };
+    info!(
+        namespace = outcome.namespace.as_str(),
+        pod = outcome.pod.as_str(),
+        uid = outcome.uid.as_str(),
+        operation = outcome.operation,
+        dry_run = outcome.dry_run,
+        decision,
+        reason,
+        ports:serde = ports,
+        latency_us;
+        "admission decision"
+    );
 }
 
 /// Turns warp's rejections into plain-text answers that say what was wrong.

@@ -1,6 +1,7 @@
 //! Developer and CI entry points: `cargo xtask <command>`.
 
 mod bench;
+mod bench_injector;
 mod bootstrap;
 mod cmd;
 mod collector;
@@ -32,6 +33,8 @@ enum Task {
     },
     /// Measure capture completeness and cost against tcpdump at this machine's highest packet rate.
     Bench(bench::BenchArgs),
+    /// Measure the injector's admission reviews per second and latency with wrk.
+    BenchInjector(bench_injector::BenchInjectorArgs),
     /// Set up, build, check formatting and lints, and run every test (what CI runs).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -54,5 +57,6 @@ fn main() -> Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test { args } => test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::BenchInjector(args) => bench_injector::run(&args),
     }
 }

@@ -27,9 +27,9 @@ fn hostile_bodies_get_clear_errors_and_the_server_stays_up() {
     let nested_object = format!(
         r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"n",
             "kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},
-            "operation":"CREATE","userInfo":{{}},"object":{{"spec":{}1{}}}}}}}"#,
-        "{\"a\":".repeat(10_000),
-        "}".repeat(10_000)
+            "operation":"CREATE","userInfo":{{}},"object":{{"spec":{{"containers":{}{}}}}}}}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
     );
     let cases: [(&str, Vec<u8>, u16, &str); 8] = [
         (
