@@ -98,6 +98,36 @@ fn nightly_llvm() -> Result<Llvm> {
     Ok(Llvm { major, library })
 }
 
+/// A Python virtual environment under the tools directory with exactly `requirements`
+/// installed; returns its `bin/` directory. Rebuilt when the requirement list changes.
+pub fn ensure_python_venv(requirements: &[&str]) -> Result<PathBuf> {
+    let venv = tools_dir()?.join("venv");
+    let marker = venv.join("tcp-sniffer-requirements.txt");
+    let wanted = requirements.join("\n");
+    if fs::read_to_string(&marker).is_ok_and(|have| have == wanted) {
+        return Ok(venv.join("bin"));
+    }
+    let python = if on_path("python3") {
+        "python3"
+    } else {
+        "python"
+    };
+    cmd::run(
+        Command::new(python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )
+    .context("cannot create a Python virtual environment (is python3-venv installed?)")?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(requirements),
+    )
+    .with_context(|| format!("cannot install {requirements:?} from PyPI"))?;
+    fs::write(&marker, wanted).with_context(|| format!("cannot write {}", marker.display()))?;
+    Ok(venv.join("bin"))
+}
+
 /// Where project tools live across clones: `$XDG_CACHE_HOME/tcp-sniffer` or `~/.cache/tcp-sniffer`.
 fn tools_dir() -> Result<PathBuf> {
     if let Some(dir) = env::var_os("TCP_SNIFFER_TOOLS_DIR") {

@@ -6,6 +6,7 @@ mod bootstrap;
 mod cmd;
 mod collector;
 mod ebpf;
+mod manifests;
 mod run;
 mod test;
 
@@ -35,6 +36,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Measure the injector's admission reviews per second and latency with wrk.
     BenchInjector(bench_injector::BenchInjectorArgs),
+    /// Render and validate the Kubernetes manifests; send the example pod through the injector.
+    CheckManifests,
     /// Set up, build, check formatting and lints, and run every test (what CI runs).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -57,6 +60,7 @@ fn main() -> Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test { args } => test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::CheckManifests => manifests::check(),
         Task::BenchInjector(args) => bench_injector::run(&args),
     }
 }

@@ -4,12 +4,13 @@ use std::{env, process::Command};
 
 use anyhow::Result;
 
-use crate::{bootstrap, cmd, ebpf, workspace_root};
+use crate::{bootstrap, cmd, ebpf, manifests, workspace_root};
 
 /// Commands the tests run, and the Debian packages that provide them.
 const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
 
-/// Installs what is missing, builds the kernel object, checks formatting and lints, runs the tests.
+/// Installs what is missing, builds the kernel object, checks formatting and lints, runs the tests,
+/// then checks the Kubernetes manifests.
 pub fn run(test_args: &[String]) -> Result<()> {
     bootstrap::ensure_debian_packages(TEST_PACKAGES)?;
     ebpf::build()?;
@@ -39,5 +40,6 @@ pub fn run(test_args: &[String]) -> Result<()> {
     if unsafe { libc::geteuid() } == 0 {
         test.env("TCP_SNIFFER_REQUIRE_PRIVILEGED", "1");
     }
-    cmd::run(&mut test)
+    cmd::run(&mut test)?;
+    manifests::check()
 }

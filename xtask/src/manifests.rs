@@ -1,0 +1,166 @@
+//! `cargo xtask check-manifests`: every kustomization renders and validates against the
+//! Kubernetes schemas, and the example pod goes through the real injector over HTTPS and comes
+//! back as a valid pod with the sniffer.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::{bootstrap, cmd, ebpf, workspace_root};
+
+/// Kustomizations to render, relative to `manifests/`.
+const KUSTOMIZATIONS: &[&str] = &[
+    "base",
+    "overlays/cert-manager",
+    "overlays/internal-ca",
+    "overlays/fail-closed",
+    "examples",
+];
+/// Oldest supported (native sidecars) and newest bundled schema versions.
+const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.37.0"];
+/// What the checks need from PyPI, pinned.
+const PYTHON_REQUIREMENTS: &[&str] = &["kubernetes-validate==1.37.0", "jsonpatch==1.48"];
+
+/// Kills the injector when the check ends, however it ends.
+struct Injector(Child);
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs every check; fails on the first problem.
+pub fn check() -> Result<()> {
+    bootstrap::ensure_debian_packages(&[("kubectl", "kubectl")])?;
+    let venv = bootstrap::ensure_python_venv(PYTHON_REQUIREMENTS)?;
+    let root = workspace_root();
+    cmd::run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--package", "injector"])
+            .current_dir(&root),
+    )?;
+    let injector = ebpf::target_dir().join("debug/injector");
+
+    // Rendered from a scratch copy: the internal-ca overlay needs certificates, which are
+    // generated for the check and never written into the source tree.
+    let scratch = ebpf::target_dir().join("manifests-check");
+    let _ = fs::remove_dir_all(&scratch);
+    let manifests = scratch.join("manifests");
+    copy_tree(&root.join("manifests"), &manifests)?;
+    cmd::output(
+        Command::new(&injector)
+            .args(["gen-certs", "--out-dir"])
+            .arg(manifests.join("overlays/internal-ca/certs")),
+    )?;
+    for kustomization in KUSTOMIZATIONS {
+        let rendered = cmd::stdout(
+            Command::new("kubectl")
+                .arg("kustomize")
+                .arg(manifests.join(kustomization)),
+        )
+        .with_context(|| format!("manifests/{kustomization} does not render"))?;
+        let file = scratch.join(format!("{}.yaml", kustomization.replace('/', "-")));
+        fs::write(&file, &rendered)?;
+        let objects = rendered.lines().filter(|l| l.starts_with("kind:")).count();
+        for version in KUBERNETES_VERSIONS {
+            // Kinds without a bundled schema (cert-manager's) are reported as warnings.
+            let out = cmd::output(
+                Command::new(venv.join("kubernetes-validate"))
+                    .args(["--strict", "--quiet", "-k", version])
+                    .arg(&file),
+            )
+            .with_context(|| {
+                format!("manifests/{kustomization} is invalid for Kubernetes {version}")
+            })?;
+            let warnings = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("WARN"))
+                .count()
+                + String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .filter(|l| l.starts_with("WARN"))
+                    .count();
+            eprintln!(
+                "manifests/{kustomization}: {objects} objects valid for Kubernetes {version}{}",
+                if warnings > 0 {
+                    format!(" ({warnings} without a bundled schema)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    roundtrip(&injector, &scratch, &venv, &root)
+}
+
+/// Serves the injector on loopback and sends it the example pod.
+fn roundtrip(injector: &Path, scratch: &Path, venv: &Path, root: &Path) -> Result<()> {
+    let certs = scratch.join("roundtrip-certs");
+    cmd::output(
+        Command::new(injector)
+            .args([
+                "gen-certs",
+                "--service",
+                "localhost",
+                "--days",
+                "1",
+                "--out-dir",
+            ])
+            .arg(&certs),
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _server = Injector(
+        Command::new(injector)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("tls.key"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the injector")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "the injector did not start listening"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let script: PathBuf = root.join("xtask/python/admission_roundtrip.py");
+    cmd::run(
+        Command::new(venv.join("python"))
+            .arg(script)
+            .arg(root.join("manifests/examples/test-pod.yaml"))
+            .arg(format!("https://localhost:{port}/mutate"))
+            .arg(certs.join("ca.crt"))
+            .args(KUBERNETES_VERSIONS),
+    )
+    .context("the example pod's admission round trip failed")
+}
