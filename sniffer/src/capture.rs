@@ -32,7 +32,9 @@ pub enum CaptureError {
     #[error(transparent)]
     Socket(#[from] SocketError),
     /// The object could not be loaded (maps created, relocations applied).
-    #[error("cannot load the kernel object (needs CAP_BPF)")]
+    #[error(
+        "cannot load the kernel object (needs CAP_BPF, and a seccomp profile that allows bpf())"
+    )]
     Load(#[from] EbpfError),
     /// The object lacks a program or map this loader expects.
     #[error("the kernel object has no {0:?}; it was built from other sources")]

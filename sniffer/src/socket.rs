@@ -86,8 +86,9 @@ impl PacketSocket {
         for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
             *dst = src as libc::c_char;
         }
-        // SAFETY: `req` is a valid, NUL-terminated `ifreq` that outlives the call.
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+        // SAFETY: `req` is a valid, NUL-terminated `ifreq` that outlives the call. (The request
+        // number is typed differently by glibc and musl, hence the cast.)
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut req) };
         if rc < 0 {
             return Err(SocketError::LinkType {
                 interface: interface.to_owned(),

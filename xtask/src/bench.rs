@@ -20,7 +20,9 @@ use serde_json::Value;
 use crate::{
     bootstrap, cmd,
     collector::{BenchCollector, Tally},
-    ebpf, workspace_root,
+    ebpf,
+    testbed::Testbed,
+    workspace_root,
 };
 
 const PORT: &str = "5201";
@@ -75,80 +77,6 @@ struct Trial {
     bpf_ns: Option<(u64, u64)>,
     /// What the collector received (delivery run only).
     delivered: Option<Tally>,
-}
-
-/// Two namespaces and a veth between them, removed on drop.
-struct Testbed {
-    client: String,
-    server: String,
-}
-
-impl Testbed {
-    fn new() -> Result<Self> {
-        let id = format!("tsbench-{}", std::process::id());
-        let bed = Self {
-            client: format!("{id}-c"),
-            server: format!("{id}-s"),
-        };
-        for ns in [&bed.client, &bed.server] {
-            ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        ip(&[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &bed.client,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &bed.server,
-        ])?;
-        for (ns, addr) in [(&bed.client, "10.0.0.1/24"), (&bed.server, "10.0.0.2/24")] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
-            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        }
-        Ok(bed)
-    }
-
-    fn exec(ns: &str, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program]);
-        cmd
-    }
-
-    /// rx + tx packets of the server's eth0.
-    fn server_packets(&self) -> Result<u64> {
-        let out = cmd::stdout(Command::new("ip").args([
-            "-n",
-            &self.server,
-            "-s",
-            "-j",
-            "link",
-            "show",
-            "eth0",
-        ]))?;
-        let link: Value = serde_json::from_str(&out).context("ip -j output")?;
-        let stats = &link[0]["stats64"];
-        let count = |dir: &str| stats[dir]["packets"].as_u64().context("no packet counter");
-        Ok(count("rx")? + count("tx")?)
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        for ns in [&self.client, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    cmd::output(Command::new("ip").args(args)).map(drop)
 }
 
 /// A child whose stderr is collected line by line.
@@ -433,7 +361,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     )?;
     let sniffer = ebpf::target_dir().join("release/sniffer");
     let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
-    let bed = Testbed::new()?;
+    let bed = Testbed::new("tsbench")?;
 
     let previous_stats = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     let mut trials = Vec::new();

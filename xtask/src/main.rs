@@ -6,9 +6,11 @@ mod bootstrap;
 mod cmd;
 mod collector;
 mod ebpf;
+mod image;
 mod manifests;
 mod run;
 mod test;
+mod testbed;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +38,10 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Measure the injector's admission reviews per second and latency with wrk.
     BenchInjector(bench_injector::BenchInjectorArgs),
+    /// Build the sniffer and injector images with buildah (static binaries built here).
+    Image,
+    /// Build the images, then run them with least privilege and check their behaviour.
+    ImageTest,
     /// Render and validate the Kubernetes manifests; send the example pod through the injector.
     CheckManifests,
     /// Set up, build, check formatting and lints, and run every test (what CI runs).
@@ -61,6 +67,8 @@ fn main() -> Result<()> {
         Task::Test { args } => test::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::CheckManifests => manifests::check(),
+        Task::Image => image::build(),
+        Task::ImageTest => image::verify(),
         Task::BenchInjector(args) => bench_injector::run(&args),
     }
 }
