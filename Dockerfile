@@ -11,8 +11,12 @@ ARG BUILDER_IMAGE=docker.io/library/rust:1-bookworm
 ARG BINARIES=build
 
 FROM ${BUILDER_IMAGE} AS build
-RUN rustup toolchain install nightly --profile minimal \
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup toolchain install nightly --profile minimal \
  && rustup target add x86_64-unknown-linux-musl
+# ring compiles C for the target; Debian's musl wrapper is named musl-gcc.
+ENV CC_x86_64_unknown_linux_musl=musl-gcc
 WORKDIR /src
 COPY . .
 RUN cargo xtask build-ebpf \
