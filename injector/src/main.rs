@@ -158,7 +158,7 @@ struct InjectArgs {
     /// Pod manifest, YAML or JSON; `-` reads stdin.
     #[arg(short = 'f', long = "filename")]
     file: String,
-    /// Namespace the pod would be created in.
+    /// Namespace the pod would be created in, when its manifest names none.
     #[arg(short, long, default_value = "default")]
     namespace: String,
     /// Print `yaml` or `json`.

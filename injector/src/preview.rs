@@ -36,7 +36,8 @@ pub struct Preview {
     pub summary: String,
 }
 
-/// Mutates `input` (a Pod in YAML or JSON) as the webhook would in `namespace`.
+/// Mutates `input` (a Pod in YAML or JSON) as the webhook would, in its `metadata.namespace` or
+/// else in `namespace`.
 pub fn preview(
     input: &str,
     namespace: &str,
@@ -47,6 +48,11 @@ pub fn preview(
     if kind != "Pod" {
         return Err(PreviewError::NotAPod(kind.to_owned()));
     }
+    // The pod's own namespace, when it names one, is where it would be created.
+    let namespace = pod["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or(namespace)
+        .to_owned();
     let body = json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
