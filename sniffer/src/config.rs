@@ -377,7 +377,9 @@ pub fn validate_url(value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn interface_index(name: &str) -> Option<u32> {
+/// The index of interface `name` in this network namespace, if it exists.
+#[must_use]
+pub fn interface_index(name: &str) -> Option<u32> {
     let name = CString::new(name).ok()?;
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

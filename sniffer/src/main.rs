@@ -252,7 +252,17 @@ async fn pump<S: Sink>(
                 emit(sink, &mut batch, stats, to_stdout)?;
             }
             () = at(deadline) => sink.tick(Instant::now()),
-            _ = counters.tick() => read_kernel_counters(capture, stats)?,
+            _ = counters.tick() => {
+                read_kernel_counters(capture, stats)?;
+                // A deleted (or replaced) interface delivers nothing more: say so and stop.
+                let current = sniffer::config::interface_index(&config.interface);
+                anyhow::ensure!(
+                    current == Some(config.ifindex),
+                    "interface {:?} (index {}) is gone; capture cannot continue",
+                    config.interface,
+                    config.ifindex
+                );
+            }
             _ = async { stats_log.as_mut().expect("guarded").tick().await }, if stats_log.is_some() => {
                 log_stats(stats);
             }

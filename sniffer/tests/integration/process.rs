@@ -237,3 +237,20 @@ fn missing_capabilities_exit_2() {
     let error = error_line(&finished)["error"].as_str().unwrap().to_owned();
     assert!(error.contains("CAP_NET_RAW"), "{error}");
 }
+
+#[test]
+fn deleted_interface_is_a_runtime_error() {
+    if !privileged("deleted_interface_is_a_runtime_error") {
+        return;
+    }
+    let topology = Topology::new();
+    let agent = start_in_netns(&topology);
+    crate::netns::ip(&["-n", &topology.server.name, "link", "del", "eth0"]);
+    let finished = agent.wait(Duration::from_secs(5));
+    assert_eq!(finished.status.code(), Some(2), "{:#?}", finished.logs);
+    let error = error_line(&finished)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("\"eth0\"") && error.contains("is gone"),
+        "{error}"
+    );
+}
