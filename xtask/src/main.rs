@@ -6,6 +6,7 @@ mod bootstrap;
 mod cmd;
 mod collector;
 mod ebpf;
+mod fuzz;
 mod image;
 mod manifests;
 mod run;
@@ -42,6 +43,8 @@ enum Task {
     Image,
     /// Build the images, then run them with least privilege and check their behaviour.
     ImageTest,
+    /// Fuzz the parsers (admission review, packets, records, ports and options) for a bounded time.
+    Fuzz(fuzz::FuzzArgs),
     /// Render and validate the Kubernetes manifests; send the example pod through the injector.
     CheckManifests,
     /// Set up, build, check formatting and lints, and run every test (what CI runs).
@@ -67,6 +70,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::CheckManifests => manifests::check(),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Image => image::build(),
         Task::ImageTest => image::verify(),
         Task::BenchInjector(args) => bench_injector::run(&args),
