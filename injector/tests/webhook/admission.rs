@@ -189,11 +189,7 @@ fn fixtures_get_the_expected_decisions_over_https() {
         }
     }
     // One decision line per review, naming the pod or its generateName.
-    let decisions: Vec<Value> = server
-        .log_lines()
-        .into_iter()
-        .filter(|l| l["msg"] == "admission decision")
-        .collect();
+    let decisions = server.wait_for_lines("admission decision", 15);
     assert_eq!(decisions.len(), 15);
     let job = decisions
         .iter()

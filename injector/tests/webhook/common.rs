@@ -144,6 +144,23 @@ impl Server {
         }
     }
 
+    /// Waits up to 10 s until `count` log lines have this exact `msg` (stderr is read by a
+    /// thread, so the last lines may lag the last response), and returns them.
+    pub fn wait_for_lines(&self, msg: &str, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<Value> = self
+                .log_lines()
+                .into_iter()
+                .filter(|l| l["msg"] == msg)
+                .collect();
+            if lines.len() >= count || Instant::now() >= deadline {
+                return lines;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every log line, parsed (each must be JSON).
     pub fn log_lines(&self) -> Vec<Value> {
         self.logs
