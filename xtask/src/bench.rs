@@ -22,7 +22,6 @@ use crate::{
     collector::{BenchCollector, Tally},
     ebpf,
     testbed::Testbed,
-    workspace_root,
 };
 
 const PORT: &str = "5201";
@@ -354,12 +353,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ("tcpdump", "tcpdump"),
     ])?;
     ebpf::build()?;
-    cmd::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "--release", "--package", "sniffer"])
-            .current_dir(workspace_root()),
-    )?;
-    let sniffer = ebpf::target_dir().join("release/sniffer");
+    let sniffer = cmd::build_binary("sniffer", true)?;
     let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
     let bed = Testbed::new("tsbench")?;
 

@@ -5,12 +5,10 @@
 use std::{
     fmt::Write as _,
     fs,
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{bootstrap, cmd, ebpf, workspace_root};
 
@@ -29,16 +27,6 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     errors: String,
-}
-
-/// Kills the injector when the bench ends, however it ends.
-struct Injector(Child);
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Parses a wrk duration such as `212.00us`, `1.05ms` or `2.00s` into milliseconds.
@@ -105,12 +93,7 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
 pub fn run(args: &BenchInjectorArgs) -> Result<()> {
     bootstrap::ensure_debian_packages(&[("wrk", "wrk")])?;
     let root = workspace_root();
-    cmd::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "--release", "--package", "injector"])
-            .current_dir(&root),
-    )?;
-    let binary = ebpf::target_dir().join("release/injector");
+    let binary = cmd::build_binary("injector", true)?;
     let dir = ebpf::target_dir().join("bench");
     let certs = dir.join("injector-certs");
     cmd::run(
@@ -137,7 +120,7 @@ pub fn run(args: &BenchInjectorArgs) -> Result<()> {
         ),
     )?;
     let port = 18_443;
-    let injector = Injector(
+    let injector = cmd::KillOnDrop(
         Command::new(&binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--tls-cert")
@@ -151,14 +134,7 @@ pub fn run(args: &BenchInjectorArgs) -> Result<()> {
             .spawn()
             .context("cannot start the injector")?,
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "the injector did not start listening"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    cmd::wait_for_port(port, "the injector")?;
     let url = format!("https://localhost:{port}/mutate");
     let script = script.to_str().context("non-UTF-8 path")?;
     // Warm-up, so connection setup and first allocations are not measured.

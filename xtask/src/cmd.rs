@@ -1,8 +1,15 @@
 //! Running external programs with errors that say which command failed.
 
-use std::process::{Command, Output};
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::{ebpf, workspace_root};
 
 /// Renders a command line for messages.
 pub fn display(cmd: &Command) -> String {
@@ -47,4 +54,46 @@ pub fn output(cmd: &mut Command) -> Result<Output> {
 pub fn stdout(cmd: &mut Command) -> Result<String> {
     let out = output(cmd)?;
     String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", display(cmd)))
+}
+
+/// The `cargo` that runs xtask, in the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds `package` (release or debug profile) and returns the path of its binary.
+pub fn build_binary(package: &str, release: bool) -> Result<PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "--package", package]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(ebpf::target_dir().join(profile).join(package))
+}
+
+/// A child process killed (and reaped) when this guard is dropped, however the task ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to 10 s until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "{what} did not start listening on port {port}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }

@@ -65,12 +65,11 @@ fn build_images() -> Result<Containers> {
     ebpf::build()?;
     let root = workspace_root();
     cmd::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        cmd::cargo()
             .args(["build", "--release", "--locked", "--target", MUSL])
             .args(["--package", "sniffer", "--package", "injector"])
             // ring compiles C for the target: Debian's musl wrapper is named musl-gcc.
-            .env("CC_x86_64_unknown_linux_musl", "musl-gcc")
-            .current_dir(&root),
+            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
     )?;
     let containers = Containers::new()?;
     let staged = containers.dir.clone();

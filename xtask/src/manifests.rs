@@ -5,12 +5,10 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result};
 
 use crate::{bootstrap, cmd, ebpf, workspace_root};
 
@@ -26,16 +24,6 @@ const KUSTOMIZATIONS: &[&str] = &[
 const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.37.0"];
 /// What the checks need from PyPI, pinned.
 const PYTHON_REQUIREMENTS: &[&str] = &["kubernetes-validate==1.37.0", "jsonpatch==1.48"];
-
-/// Kills the injector when the check ends, however it ends.
-struct Injector(Child);
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to)?;
@@ -56,12 +44,7 @@ pub fn check() -> Result<()> {
     bootstrap::ensure_debian_packages(&[("kubectl", "kubectl")])?;
     let venv = bootstrap::ensure_python_venv(PYTHON_REQUIREMENTS)?;
     let root = workspace_root();
-    cmd::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "--package", "injector"])
-            .current_dir(&root),
-    )?;
-    let injector = ebpf::target_dir().join("debug/injector");
+    let injector = cmd::build_binary("injector", false)?;
 
     // Rendered from a scratch copy: the internal-ca overlay needs certificates, which are
     // generated for the check and never written into the source tree.
@@ -133,7 +116,7 @@ fn roundtrip(injector: &Path, scratch: &Path, venv: &Path, root: &Path) -> Resul
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let _server = Injector(
+    let _server = cmd::KillOnDrop(
         Command::new(injector)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--tls-cert")
@@ -145,14 +128,7 @@ fn roundtrip(injector: &Path, scratch: &Path, venv: &Path, root: &Path) -> Resul
             .spawn()
             .context("cannot start the injector")?,
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "the injector did not start listening"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    cmd::wait_for_port(port, "the injector")?;
     let script: PathBuf = root.join("xtask/python/admission_roundtrip.py");
     cmd::run(
         Command::new(venv.join("python"))

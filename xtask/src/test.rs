@@ -1,7 +1,5 @@
 //! `cargo xtask test`: the whole suite, as CI runs it (`.ci/run`), set-up included.
 
-use std::{env, process::Command};
-
 use anyhow::Result;
 
 use crate::{bootstrap, cmd, ebpf, manifests, workspace_root};
@@ -14,11 +12,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
 pub fn run(test_args: &[String]) -> Result<()> {
     bootstrap::ensure_debian_packages(TEST_PACKAGES)?;
     ebpf::build()?;
-    let cargo = || {
-        let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.current_dir(workspace_root());
-        cmd
-    };
+    let cargo = cmd::cargo;
     cmd::run(cargo().args(["fmt", "--all", "--check"]))?;
     cmd::run(
         bootstrap::rustup_run(bootstrap::EBPF_TOOLCHAIN, "cargo")

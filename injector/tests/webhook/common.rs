@@ -16,6 +16,10 @@ use std::{
 
 use injector::certs::{GeneratedCerts, generate};
 use serde_json::Value;
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{CertificateDer, pem::PemObject as _},
+};
 
 /// Path of the binary under test.
 pub const INJECTOR: &str = env!("CARGO_BIN_EXE_injector");
@@ -201,6 +205,28 @@ pub fn client(cas: &[&str]) -> ureq::Agent {
         )
         .build();
     ureq::Agent::new_with_config(config)
+}
+
+/// A rustls client configuration trusting only `ca_pem`, for the given TLS versions and ALPN
+/// protocols (for requests an HTTP library would not send, and protocol checks).
+pub fn tls_config(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }
 
 /// POSTs `body` to `/mutate`; returns the status and the body text.

@@ -4,16 +4,11 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    sync::Arc,
 };
 
-use tokio_rustls::rustls::{
-    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
-    crypto::ring,
-    pki_types::{CertificateDer, pem::PemObject as _},
-};
+use tokio_rustls::rustls::{self, ClientConnection, StreamOwned};
 
-use crate::common::{Server, TempDir, client, localhost_certs, mount_secret, post};
+use crate::common::{Server, TempDir, client, localhost_certs, mount_secret, post, tls_config};
 
 #[test]
 fn hostile_bodies_get_clear_errors_and_the_server_stays_up() {
@@ -120,17 +115,8 @@ fn hostile_bodies_get_clear_errors_and_the_server_stays_up() {
 
 /// A TLS stream to the server, for requests no HTTP client library would send.
 fn raw_tls(server: &Server, ca_pem: &str) -> StreamOwned<ClientConnection, TcpStream> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connection =
-        ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let config = tls_config(ca_pem, rustls::DEFAULT_VERSIONS, &[]);
+    let connection = ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();

@@ -13,15 +13,11 @@ use std::{
 
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio_rustls::{
-    TlsConnector,
-    rustls::{
-        self, ClientConfig, RootCertStore, pki_types::CertificateDer,
-        pki_types::pem::PemObject as _,
-    },
-};
+use tokio_rustls::{TlsConnector, rustls};
 
-use crate::common::{Server, TempDir, client, localhost_certs, mount_secret, swap_secret};
+use crate::common::{
+    Server, TempDir, client, localhost_certs, mount_secret, swap_secret, tls_config,
+};
 
 #[test]
 fn serves_health_and_readiness_to_a_client_trusting_only_the_ca() {
@@ -93,25 +89,6 @@ fn plain_http_to_the_tls_port_gets_no_http_answer() {
     );
 }
 
-fn tls_client(
-    ca_pem: &str,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-    alpn: &[&[u8]],
-) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
-}
-
 #[test]
 fn speaks_http2_and_http1_over_tls_1_2_and_1_3() {
     let dir = TempDir::new();
@@ -133,7 +110,7 @@ fn speaks_http2_and_http1_over_tls_1_2_and_1_3() {
                 rustls::ProtocolVersion::TLSv1_2,
             ),
         ] {
-            let connector = TlsConnector::from(tls_client(&certs.ca_pem, versions, &[b"h2"]));
+            let connector = TlsConnector::from(tls_config(&certs.ca_pem, versions, &[b"h2"]));
             let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
                 .await
                 .unwrap();
@@ -161,7 +138,7 @@ fn speaks_http2_and_http1_over_tls_1_2_and_1_3() {
         }
         // Without ALPN the server speaks HTTP/1.1.
         let connector =
-            TlsConnector::from(tls_client(&certs.ca_pem, &[&rustls::version::TLS13], &[]));
+            TlsConnector::from(tls_config(&certs.ca_pem, &[&rustls::version::TLS13], &[]));
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
             .await
             .unwrap();
