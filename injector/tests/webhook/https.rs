@@ -279,3 +279,84 @@ fn broken_new_pair_keeps_the_old_certificate() {
         200
     );
 }
+
+#[test]
+fn deleted_certificate_files_keep_the_loaded_certificate() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let server = Server::start(&dir.0, &[]);
+    std::fs::remove_file(dir.0.join("tls.crt")).unwrap();
+    std::fs::remove_file(dir.0.join("tls.key")).unwrap();
+    let error = server.wait_for_log("still serving the previous one");
+    assert!(
+        error["error"].as_str().unwrap().contains("tls.crt"),
+        "{error}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            client(&[&certs.ca_pem])
+                .get(&server.url("/healthz"))
+                .call()
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    // When the files come back, they are used again.
+    let renewed = localhost_certs();
+    std::fs::write(dir.0.join("tls.crt"), &renewed.cert_pem).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &renewed.key_pem).unwrap();
+    server.wait_for_log("TLS certificate reloaded");
+    assert_eq!(
+        client(&[&renewed.ca_pem])
+            .get(&server.url("/healthz"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn two_hundred_stalled_clients_do_not_starve_health_checks() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let server = Server::start(&dir.0, &[]);
+    let config = tls_config(&certs.ca_pem, rustls::DEFAULT_VERSIONS, &[]);
+    // Kept open and idle until the end of the test.
+    let (mut idle_tcp, mut idle_tls) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        if i % 2 == 0 {
+            // Half never even finish the TLS handshake.
+            idle_tcp.push(tcp);
+            continue;
+        }
+        // The others send half a request, or a whole one whose answer they never read.
+        let connection =
+            rustls::ClientConnection::new(Arc::clone(&config), "localhost".try_into().unwrap())
+                .unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        let request: &[u8] = if i % 4 == 1 {
+            b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n{"
+        } else {
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        };
+        tls.write_all(request).unwrap();
+        idle_tls.push(tls);
+    }
+    let agent = client(&[&certs.ca_pem]);
+    for _ in 0..10 {
+        let start = Instant::now();
+        let response = agent.get(&server.url("/healthz")).call().unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "/healthz took {:?} with 200 stalled clients",
+            start.elapsed()
+        );
+    }
+    drop((idle_tcp, idle_tls));
+}

@@ -395,3 +395,131 @@ fn sigterm_delivers_everything_queued_before_exit() {
     assert_eq!(total(&batches, "records"), matched);
     assert_eq!(stopped_count(&finished, "delivered"), matched);
 }
+
+/// A collector that misbehaves in a different way on each of its first connections, then
+/// answers properly: silence, a reset in the middle of the request, a non-HTTP answer.
+fn faulty_collector(listener: TcpListener) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for fault in 0..3 {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut head = [0u8; 64];
+            let _ = stream.read(&mut head);
+            match fault {
+                // Accept the request and never answer: the client's timeout must fire.
+                0 => held.push(stream),
+                // Reset the connection mid-request (SO_LINGER 0 turns close into RST).
+                1 => {
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    // SAFETY: setsockopt on a socket we own, with a valid linger struct.
+                    unsafe {
+                        libc::setsockopt(
+                            std::os::fd::AsRawFd::as_raw_fd(&stream),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&raw const linger).cast(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        );
+                    }
+                }
+                // Answer garbage.
+                _ => {
+                    let _ = stream.write_all(b"HELLO THERE\r\n\r\n");
+                }
+            }
+        }
+        // From now on a real collector serves the same listener.
+        let collector = Collector::start(listener, accept_all);
+        collector.wait_until(Duration::from_secs(20), |r| !r.is_empty());
+        // Keep serving until the test is done with it.
+        thread::sleep(Duration::from_secs(3));
+        drop(held);
+    })
+}
+
+#[test]
+fn silent_resetting_and_garbage_collectors_are_retried_until_delivery() {
+    if !privileged("silent_resetting_and_garbage_collectors_are_retried_until_delivery") {
+        return;
+    }
+    let topology = Topology::new();
+    let listener = listen(&topology);
+    let addr = listener.local_addr().unwrap();
+    let faults = faulty_collector(listener.try_clone().unwrap());
+    let agent = start_sniffer(
+        &topology,
+        addr,
+        &[
+            ("BATCH_MAX_WAIT_MS", "100".into()),
+            ("OUTPUT_TIMEOUT_MS", "500".into()),
+            ("OUTPUT_CONCURRENCY", "1".into()),
+            ("RETRY_INITIAL_MS", "50".into()),
+        ],
+    );
+    traffic(&topology, 1, 100);
+    faults.join().unwrap();
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    let failures: Vec<&Value> = finished
+        .logs
+        .iter()
+        .filter(|l| l["msg"] == "cannot reach the collector; will retry")
+        .collect();
+    assert!(failures.len() >= 3, "{:#?}", finished.logs);
+    let errors: Vec<String> = failures
+        .iter()
+        .map(|l| l["error"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.to_lowercase().contains("timeout") || e.contains("timed out")),
+        "{errors:?}"
+    );
+    assert_eq!(stopped_count(&finished, "dropped"), 0);
+    assert_eq!(
+        stopped_count(&finished, "delivered"),
+        stopped_count(&finished, "matched")
+    );
+    assert_token_never_logged(&finished);
+}
+
+#[test]
+fn unresolvable_collector_gives_up_at_shutdown_and_counts_everything() {
+    if !privileged("unresolvable_collector_gives_up_at_shutdown_and_counts_everything") {
+        return;
+    }
+    let topology = Topology::new();
+    let mut cmd = topology.server.command(SNIFFER);
+    cmd.env("PORTS", MATCHED.to_string())
+        .env("INTERFACE", "eth0")
+        .env(
+            "OUTPUT_URL",
+            "http://collector.does-not-exist.invalid:9000/v1/batches",
+        )
+        .env("BATCH_MAX_WAIT_MS", "100")
+        .env("RETRY_INITIAL_MS", "100")
+        .env("SHUTDOWN_GRACE_MS", "1000");
+    let mut agent = Agent::spawn(cmd);
+    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    traffic(&topology, 1, 100);
+    agent.wait_for_log(
+        "cannot reach the collector; will retry",
+        Duration::from_secs(10),
+    );
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    assert!(
+        finished.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        finished.elapsed
+    );
+    let matched = stopped_count(&finished, "matched");
+    assert!(matched > 0);
+    assert_eq!(stopped_count(&finished, "delivered"), 0);
+    assert_eq!(stopped_count(&finished, "dropped_undeliverable"), matched);
+    assert_eq!(stopped_count(&finished, "dropped"), matched);
+}
