@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::deliver::DeliveryConfig;
 
-/// Default ring buffer size: about 58,000 records, 0.17 s at 350,000 packets/s.
+/// Default ring buffer size: 52,428 records of 80 bytes, 0.15 s at 350,000 packets/s.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 
 /// Command line and environment, as given. [`Args::validate`] turns it into a [`Config`].
