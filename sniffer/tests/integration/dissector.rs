@@ -41,7 +41,14 @@ impl RawCapture {
         let reader = thread::spawn(move || {
             let mut frames = Vec::new();
             let mut buf = vec![0u8; 256 * 1024];
-            while !flag.load(Ordering::Relaxed) {
+            loop {
+                // Once stopped, take what is still queued without waiting, then finish.
+                let stopping = flag.load(Ordering::Relaxed);
+                let flags = if stopping {
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT
+                } else {
+                    libc::MSG_TRUNC
+                };
                 // SAFETY: all-zero is a valid `sockaddr_ll`.
                 let mut addr: libc::sockaddr_ll = unsafe { zeroed() };
                 let mut addr_len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -51,12 +58,15 @@ impl RawCapture {
                         fd.as_raw_fd(),
                         buf.as_mut_ptr().cast(),
                         buf.len(),
-                        libc::MSG_TRUNC,
+                        flags,
                         (&raw mut addr).cast(),
                         &mut addr_len,
                     )
                 };
                 if n < 0 {
+                    if stopping {
+                        break;
+                    }
                     continue; // SO_RCVTIMEO expired: look at the stop flag again.
                 }
                 let len = n as usize;
@@ -66,6 +76,11 @@ impl RawCapture {
                     len,
                 });
             }
+            assert_eq!(
+                dropped(&fd),
+                0,
+                "the reference capture itself dropped packets"
+            );
             frames
         });
         Self { stop, reader }
@@ -76,6 +91,36 @@ impl RawCapture {
         self.stop.store(true, Ordering::Relaxed);
         self.reader.join().expect("capture thread")
     }
+}
+
+/// Packets the kernel dropped on this socket since the last call (`PACKET_STATISTICS`).
+fn dropped(fd: &OwnedFd) -> u32 {
+    const PACKET_STATISTICS: libc::c_int = 6;
+    #[repr(C)]
+    #[derive(Default)]
+    struct TpacketStats {
+        packets: u32,
+        drops: u32,
+    }
+    let mut stats = TpacketStats::default();
+    let mut len = size_of::<TpacketStats>() as libc::socklen_t;
+    // SAFETY: `stats` is writable for `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_STATISTICS,
+            (&raw mut stats).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "PACKET_STATISTICS: {}",
+        std::io::Error::last_os_error()
+    );
+    stats.drops
 }
 
 fn open(interface: &str) -> OwnedFd {

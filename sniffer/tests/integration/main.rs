@@ -9,5 +9,6 @@ mod collector;
 mod delivery;
 mod dissector;
 mod netns;
+mod overload;
 mod process;
 mod traffic;
