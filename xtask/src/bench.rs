@@ -79,14 +79,14 @@ struct Trial {
 }
 
 /// A child whose stderr is collected line by line.
-struct Watched {
+pub struct Watched {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
     reader: thread::JoinHandle<()>,
 }
 
 impl Watched {
-    fn spawn(mut cmd: Command) -> Result<Self> {
+    pub fn spawn(mut cmd: Command) -> Result<Self> {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -108,7 +108,7 @@ impl Watched {
         })
     }
 
-    fn wait_for(&mut self, needle: &str) -> Result<()> {
+    pub fn wait_for(&mut self, needle: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self
             .stderr
@@ -129,8 +129,13 @@ impl Watched {
         Ok(())
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then reap with `wait4` for CPU time and peak RSS; returns them and stderr.
-    fn stop(self) -> Result<(f64, u64, Vec<String>)> {
+    pub fn stop(self) -> Result<(f64, u64, Vec<String>)> {
         let pid = i32::try_from(self.child.id())?;
         // SAFETY: signalling and reaping our own child; `rusage` and `status` are out-pointers.
         let (status, usage) = unsafe {

@@ -43,11 +43,23 @@ pub struct BenchCollector {
     pub addr: SocketAddr,
     seen: Arc<Mutex<(HashSet<u64>, Tally)>>,
     stop: Arc<AtomicBool>,
+    /// Open connections, shut down when the collector is dropped (a restart, as clients see it).
+    connections: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl BenchCollector {
-    /// Listens on 127.0.0.1 inside network namespace `netns`.
+    /// Listens on 127.0.0.1 inside network namespace `netns`, on a free port.
     pub fn start(netns: &str) -> Result<Self> {
+        Self::start_on(netns, 0, Arc::default())
+    }
+
+    /// Listens on 127.0.0.1:`port` inside `netns`, adding to the counts in `seen` (so a restarted
+    /// collector keeps the tally of the one before).
+    pub fn start_on(
+        netns: &str,
+        port: u16,
+        seen: Arc<Mutex<(HashSet<u64>, Tally)>>,
+    ) -> Result<Self> {
         let path = format!("/run/netns/{netns}");
         let listener = thread::spawn(move || -> Result<TcpListener> {
             let ns = File::open(&path).with_context(|| format!("cannot open {path}"))?;
@@ -56,21 +68,26 @@ impl BenchCollector {
                 unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
                 "setns failed"
             );
-            Ok(TcpListener::bind("127.0.0.1:0")?)
+            Ok(TcpListener::bind(("127.0.0.1", port))?)
         })
         .join()
         .map_err(|_| anyhow::anyhow!("netns thread panicked"))??;
         listener.set_nonblocking(true)?;
         let collector = Self {
             addr: listener.local_addr()?,
-            seen: Arc::default(),
+            seen,
             stop: Arc::default(),
+            connections: Arc::default(),
         };
         let (seen, stop) = (Arc::clone(&collector.seen), Arc::clone(&collector.stop));
+        let connections = Arc::clone(&collector.connections);
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        if let Ok(clone) = stream.try_clone() {
+                            connections.lock().expect("lock").push(clone);
+                        }
                         let seen = Arc::clone(&seen);
                         thread::spawn(move || serve(stream, &seen));
                     }
@@ -85,11 +102,19 @@ impl BenchCollector {
     pub fn tally(&self) -> Tally {
         self.seen.lock().expect("lock").1
     }
+
+    /// The shared counts, to hand to a restarted collector.
+    pub fn shared(&self) -> Arc<Mutex<(HashSet<u64>, Tally)>> {
+        Arc::clone(&self.seen)
+    }
 }
 
 impl Drop for BenchCollector {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for connection in self.connections.lock().expect("lock").drain(..) {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod fuzz;
 mod image;
 mod manifests;
 mod run;
+mod soak;
 mod test;
 mod testbed;
 
@@ -43,6 +44,8 @@ enum Task {
     Image,
     /// Build the images, then run them with least privilege and check their behaviour.
     ImageTest,
+    /// Run the sniffer for minutes under traffic with collector restarts; report memory over time.
+    Soak(soak::SoakArgs),
     /// Fuzz the parsers (admission review, packets, records, ports and options) for a bounded time.
     Fuzz(fuzz::FuzzArgs),
     /// Render and validate the Kubernetes manifests; send the example pod through the injector.
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::CheckManifests => manifests::check(),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Soak(args) => soak::run(&args),
         Task::Image => image::build(),
         Task::ImageTest => image::verify(),
         Task::BenchInjector(args) => bench_injector::run(&args),
