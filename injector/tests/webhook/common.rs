@@ -77,6 +77,16 @@ pub fn swap_secret(dir: &Path, certs: &GeneratedCerts, version: &str) {
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
 }
 
+/// A server with fresh `localhost` certificates mounted like a Secret, default options. The
+/// directory must outlive the server.
+pub fn start_default() -> (TempDir, GeneratedCerts, Server) {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let server = Server::start(&dir.0, &[]);
+    (dir, certs, server)
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

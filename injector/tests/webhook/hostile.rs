@@ -8,14 +8,11 @@ use std::{
 
 use tokio_rustls::rustls::{self, ClientConnection, StreamOwned};
 
-use crate::common::{Server, TempDir, client, localhost_certs, mount_secret, post, tls_config};
+use crate::common::{Server, client, post, start_default, tls_config};
 
 #[test]
 fn hostile_bodies_get_clear_errors_and_the_server_stays_up() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (_dir, certs, server) = start_default();
     let agent = client(&[&certs.ca_pem]);
     let nested = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
     // Nested where the review keeps arbitrary JSON (the object's fields), so the parser recurses.
@@ -132,10 +129,7 @@ fn answer(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> String {
 
 #[test]
 fn oversized_body_gets_413_before_it_is_read() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (_dir, certs, server) = start_default();
     let mut tls = raw_tls(&server, &certs.ca_pem);
     let length = 10 << 20;
     write!(tls, "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n").unwrap();
@@ -155,10 +149,7 @@ fn oversized_body_gets_413_before_it_is_read() {
 
 #[test]
 fn body_without_content_length_is_refused() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (_dir, certs, server) = start_default();
     let mut tls = raw_tls(&server, &certs.ca_pem);
     tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n").unwrap();
     let text = answer(&mut tls);

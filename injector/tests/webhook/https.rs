@@ -16,15 +16,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_rustls::{TlsConnector, rustls};
 
 use crate::common::{
-    Server, TempDir, client, localhost_certs, mount_secret, swap_secret, tls_config,
+    Server, TempDir, client, localhost_certs, mount_secret, start_default, swap_secret, tls_config,
 };
 
 #[test]
 fn serves_health_and_readiness_to_a_client_trusting_only_the_ca() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (_dir, certs, server) = start_default();
     let agent = client(&[&certs.ca_pem]);
     for (path, expected) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
         let mut response = agent.get(&server.url(path)).call().unwrap();
@@ -60,10 +57,7 @@ fn serves_health_and_readiness_to_a_client_trusting_only_the_ca() {
 
 #[test]
 fn plain_http_to_the_tls_port_gets_no_http_answer() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (_dir, certs, server) = start_default();
     let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -91,10 +85,7 @@ fn plain_http_to_the_tls_port_gets_no_http_answer() {
 
 #[test]
 fn speaks_http2_and_http1_over_tls_1_2_and_1_3() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (_dir, certs, server) = start_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -223,10 +214,7 @@ fn rotated_certificate_is_served_without_restart_or_failed_handshakes() {
 
 #[test]
 fn broken_new_pair_keeps_the_old_certificate() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (dir, certs, server) = start_default();
     // A key that belongs to another certificate.
     let other = localhost_certs();
     let mismatched = injector::certs::GeneratedCerts {
@@ -282,10 +270,7 @@ fn broken_new_pair_keeps_the_old_certificate() {
 
 #[test]
 fn deleted_certificate_files_keep_the_loaded_certificate() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (dir, certs, server) = start_default();
     std::fs::remove_file(dir.0.join("tls.crt")).unwrap();
     std::fs::remove_file(dir.0.join("tls.key")).unwrap();
     let error = server.wait_for_log("still serving the previous one");
@@ -320,10 +305,7 @@ fn deleted_certificate_files_keep_the_loaded_certificate() {
 
 #[test]
 fn two_hundred_stalled_clients_do_not_starve_health_checks() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let server = Server::start(&dir.0, &[]);
+    let (_dir, certs, server) = start_default();
     let config = tls_config(&certs.ca_pem, rustls::DEFAULT_VERSIONS, &[]);
     // Kept open and idle until the end of the test.
     let (mut idle_tcp, mut idle_tls) = (Vec::new(), Vec::new());

@@ -7,7 +7,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{INJECTOR, Server, TempDir, localhost_certs, mount_secret};
+use crate::common::{INJECTOR, TempDir, localhost_certs, mount_secret, start_default};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(INJECTOR);
@@ -109,10 +109,7 @@ fn unusable_certificate_exits_1() {
 
 #[test]
 fn sigterm_stops_cleanly() {
-    let dir = TempDir::new();
-    let certs = localhost_certs();
-    mount_secret(&dir.0, &certs);
-    let mut server = Server::start(&dir.0, &[]);
+    let (_dir, _certs, mut server) = start_default();
     let pid = i32::try_from(server.child.id()).unwrap();
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
