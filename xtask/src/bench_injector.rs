@@ -96,19 +96,7 @@ pub fn run(args: &BenchInjectorArgs) -> Result<()> {
     let binary = cmd::build_binary("injector", true)?;
     let dir = ebpf::target_dir().join("bench");
     let certs = dir.join("injector-certs");
-    cmd::run(
-        Command::new(&binary)
-            .args([
-                "gen-certs",
-                "--service",
-                "localhost",
-                "--days",
-                "1",
-                "--out-dir",
-            ])
-            .arg(&certs)
-            .stdout(Stdio::null()),
-    )?;
+    cmd::localhost_certs(&binary, &certs)?;
     let fixture = root.join("injector/tests/fixtures/deployment-pod.json");
     let script = dir.join("mutate.lua");
     fs::write(

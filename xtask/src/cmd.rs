@@ -75,6 +75,23 @@ pub fn build_binary(package: &str, release: bool) -> Result<PathBuf> {
     Ok(ebpf::target_dir().join(profile).join(package))
 }
 
+/// Has `injector` write a CA and a `localhost` serving pair (valid a day) into `dir`.
+pub fn localhost_certs(injector: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    output(
+        Command::new(injector)
+            .args([
+                "gen-certs",
+                "--service",
+                "localhost",
+                "--days",
+                "1",
+                "--out-dir",
+            ])
+            .arg(dir),
+    )
+    .map(drop)
+}
+
 /// A child process killed (and reaped) when this guard is dropped, however the task ends.
 pub struct KillOnDrop(pub Child);
 

@@ -345,20 +345,9 @@ fn verify_injector(containers: &Containers) -> Result<()> {
         ])
         .output()?;
     ensure!(out.status.success(), "gen-certs in the image failed");
-    // The image's own gen-certs prints the Secret; the files for the run come from the host build.
+    // The files for the server run come from the host build of the same source.
     let host = ebpf::target_dir().join(MUSL).join("release/injector");
-    cmd::output(
-        Command::new(&host)
-            .args([
-                "gen-certs",
-                "--service",
-                "localhost",
-                "--days",
-                "1",
-                "--out-dir",
-            ])
-            .arg(&certs),
-    )?;
+    cmd::localhost_certs(&host, &certs)?;
     make_readable(&certs.join("tls.key"))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

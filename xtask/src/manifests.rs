@@ -101,18 +101,7 @@ pub fn check() -> Result<()> {
 /// Serves the injector on loopback and sends it the example pod.
 fn roundtrip(injector: &Path, scratch: &Path, venv: &Path, root: &Path) -> Result<()> {
     let certs = scratch.join("roundtrip-certs");
-    cmd::output(
-        Command::new(injector)
-            .args([
-                "gen-certs",
-                "--service",
-                "localhost",
-                "--days",
-                "1",
-                "--out-dir",
-            ])
-            .arg(&certs),
-    )?;
+    cmd::localhost_certs(injector, &certs)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

@@ -185,6 +185,16 @@ impl Server {
             .collect()
     }
 
+    /// `GET /healthz` from a fresh client trusting only `cas`: the status, or `None` when the
+    /// TLS handshake (or the request) fails.
+    pub fn health(&self, cas: &[&str]) -> Option<u16> {
+        client(cas)
+            .get(&self.url("/healthz"))
+            .call()
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
     /// `https://localhost:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)

@@ -137,14 +137,7 @@ fn oversized_body_gets_413_before_it_is_read() {
     let text = answer(&mut tls);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("larger than the 4 MiB limit"), "{text}");
-    assert_eq!(
-        client(&[&certs.ca_pem])
-            .get(&server.url("/healthz"))
-            .call()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.health(&[&certs.ca_pem]).unwrap(), 200);
 }
 
 #[test]

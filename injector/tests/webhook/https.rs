@@ -47,12 +47,7 @@ fn serves_health_and_readiness_to_a_client_trusting_only_the_ca() {
 
     // Another CA's client must refuse the server.
     let stranger = localhost_certs();
-    assert!(
-        client(&[&stranger.ca_pem])
-            .get(&server.url("/healthz"))
-            .call()
-            .is_err()
-    );
+    assert!(server.health(&[&stranger.ca_pem]).is_none());
 }
 
 #[test]
@@ -73,14 +68,7 @@ fn plain_http_to_the_tls_port_gets_no_http_answer() {
         String::from_utf8_lossy(&answer)
     );
     // The server is unharmed.
-    assert_eq!(
-        client(&[&certs.ca_pem])
-            .get(&server.url("/healthz"))
-            .call()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.health(&[&certs.ca_pem]).unwrap(), 200);
 }
 
 #[test]
@@ -204,12 +192,7 @@ fn rotated_certificate_is_served_without_restart_or_failed_handshakes() {
     assert!(successes.load(Ordering::Relaxed) > 10);
     server.wait_for_log("TLS certificate reloaded");
     // The old CA no longer verifies the server.
-    assert!(
-        client(&[&old.ca_pem])
-            .get(&server.url("/healthz"))
-            .call()
-            .is_err()
-    );
+    assert!(server.health(&[&old.ca_pem]).is_none());
 }
 
 #[test]
@@ -229,14 +212,7 @@ fn broken_new_pair_keeps_the_old_certificate() {
         error["error"].as_str().unwrap().contains("does not match"),
         "{error}"
     );
-    assert_eq!(
-        client(&[&certs.ca_pem])
-            .get(&server.url("/healthz"))
-            .call()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.health(&[&certs.ca_pem]).unwrap(), 200);
     // Garbage is refused the same way, and reported once, not on every poll.
     swap_secret(
         &dir.0,
@@ -258,14 +234,7 @@ fn broken_new_pair_keeps_the_old_certificate() {
         })
         .count();
     assert_eq!(reports, 2);
-    assert_eq!(
-        client(&[&certs.ca_pem])
-            .get(&server.url("/healthz"))
-            .call()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.health(&[&certs.ca_pem]).unwrap(), 200);
 }
 
 #[test]
@@ -279,28 +248,14 @@ fn deleted_certificate_files_keep_the_loaded_certificate() {
         "{error}"
     );
     for _ in 0..5 {
-        assert_eq!(
-            client(&[&certs.ca_pem])
-                .get(&server.url("/healthz"))
-                .call()
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(server.health(&[&certs.ca_pem]).unwrap(), 200);
     }
     // When the files come back, they are used again.
     let renewed = localhost_certs();
     std::fs::write(dir.0.join("tls.crt"), &renewed.cert_pem).unwrap();
     std::fs::write(dir.0.join("tls.key"), &renewed.key_pem).unwrap();
     server.wait_for_log("TLS certificate reloaded");
-    assert_eq!(
-        client(&[&renewed.ca_pem])
-            .get(&server.url("/healthz"))
-            .call()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.health(&[&renewed.ca_pem]).unwrap(), 200);
 }
 
 #[test]

@@ -78,6 +78,13 @@ impl Agent {
         }
     }
 
+    /// Starts `cmd` and waits until its capture is attached.
+    pub fn attached(cmd: Command) -> Self {
+        let mut agent = Self::spawn(cmd);
+        agent.wait_for_log("capture attached", Duration::from_secs(20));
+        agent
+    }
+
     /// Waits for a log line with this `msg`; panics with the logs so far after `timeout`.
     pub fn wait_for_log(&mut self, msg: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;

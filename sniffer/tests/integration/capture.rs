@@ -16,6 +16,18 @@ use crate::{
     traffic::{MATCHED, REQUEST_SIZES, UNMATCHED, check_flow, exchange, serve},
 };
 
+/// The sniffer on the server's `eth0` for the matched port, with extra variables; attached.
+fn start(topology: &Topology, extra: &[(&str, &str)]) -> Agent {
+    let mut sniffer = topology.server.command(SNIFFER);
+    sniffer
+        .env("PORTS", MATCHED.to_string())
+        .env("INTERFACE", "eth0");
+    for (key, value) in extra {
+        sniffer.env(key, value);
+    }
+    Agent::attached(sniffer)
+}
+
 #[test]
 fn records_every_packet_of_matched_flows_ipv4_and_ipv6() {
     if !privileged("records_every_packet_of_matched_flows_ipv4_and_ipv6") {
@@ -30,12 +42,7 @@ fn records_every_packet_of_matched_flows_ipv4_and_ipv6() {
         .run(move || [v4, v6, other].map(|addr| TcpListener::bind(addr).expect("bind")));
 
     let raw = RawCapture::start(&topology.server, "eth0");
-    let mut sniffer = topology.server.command(SNIFFER);
-    sniffer
-        .env("PORTS", MATCHED.to_string())
-        .env("INTERFACE", "eth0");
-    let mut agent = Agent::spawn(sniffer);
-    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    let agent = start(&topology, &[]);
 
     let [l4, l6, lo] = listeners;
     let servers = [
@@ -145,12 +152,7 @@ fn timestamps_are_wall_clock_time_of_capture() {
     let listener = topology
         .server
         .run(move || TcpListener::bind(addr).expect("bind"));
-    let mut sniffer = topology.server.command(SNIFFER);
-    sniffer
-        .env("PORTS", MATCHED.to_string())
-        .env("INTERFACE", "eth0");
-    let mut agent = Agent::spawn(sniffer);
-    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    let agent = start(&topology, &[]);
     let before = std::time::SystemTime::now();
     let server = serve(listener, 1);
     topology.client.run(move || exchange(addr, 10));
@@ -196,8 +198,7 @@ fn captures_with_only_net_raw_and_bpf_capabilities() {
         ])
         .env("PORTS", MATCHED.to_string())
         .env("INTERFACE", "eth0");
-    let mut agent = Agent::spawn(sniffer);
-    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    let agent = Agent::attached(sniffer);
     let server = serve(listener, 1);
     let client_port = topology.client.run(move || exchange(addr, 100));
     server.join().unwrap();
@@ -222,14 +223,10 @@ fn ring_overflow_is_counted_exactly() {
     let listener = topology
         .server
         .run(move || TcpListener::bind(addr).expect("bind"));
-    let mut sniffer = topology.server.command(SNIFFER);
-    sniffer
-        .env("PORTS", MATCHED.to_string())
-        .env("INTERFACE", "eth0")
-        .env("RING_BUFFER_BYTES", "4096")
-        .env("RING_WAKEUP_BYTES", "2048");
-    let mut agent = Agent::spawn(sniffer);
-    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    let mut agent = start(
+        &topology,
+        &[("RING_BUFFER_BYTES", "4096"), ("RING_WAKEUP_BYTES", "2048")],
+    );
     // A stopped reader cannot drain: a one-page ring (51 records) overflows during the
     // connections (about 10 packets each).
     agent.pause();

@@ -40,9 +40,7 @@ fn start_sniffer(topology: &Topology, collector: SocketAddr, env: &[(&str, Strin
     for (key, value) in env {
         cmd.env(key, value);
     }
-    let mut agent = Agent::spawn(cmd);
-    agent.wait_for_log("capture attached", Duration::from_secs(20));
-    agent
+    Agent::attached(cmd)
 }
 
 /// Runs `connections` exchanges of `size` bytes to the matched port; returns the client ports.
@@ -503,8 +501,7 @@ fn unresolvable_collector_gives_up_at_shutdown_and_counts_everything() {
         .env("BATCH_MAX_WAIT_MS", "100")
         .env("RETRY_INITIAL_MS", "100")
         .env("SHUTDOWN_GRACE_MS", "1000");
-    let mut agent = Agent::spawn(cmd);
-    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    let mut agent = Agent::attached(cmd);
     traffic(&topology, 1, 100);
     agent.wait_for_log(
         "cannot reach the collector; will retry",

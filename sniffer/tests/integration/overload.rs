@@ -105,8 +105,7 @@ fn flood_is_accounted_exactly_and_the_process_stays_responsive() {
         .env("OUTPUT_CONCURRENCY", "1")
         .env("SHUTDOWN_GRACE_MS", "1000")
         .env("METRICS_ADDR", metrics_addr.to_string());
-    let mut agent = Agent::spawn(cmd);
-    agent.wait_for_log("capture attached", Duration::from_secs(20));
+    let agent = Agent::attached(cmd);
 
     let during = thread::scope(|scope| {
         let probe = scope.spawn(|| {

@@ -162,9 +162,7 @@ fn start_in_netns(topology: &Topology) -> Agent {
         .env("POD_NAME", "web-7d9c")
         .env("POD_NAMESPACE", "shop")
         .env("NODE_NAME", "node-3");
-    let mut agent = Agent::spawn(cmd);
-    agent.wait_for_log("capture attached", Duration::from_secs(20));
-    agent
+    Agent::attached(cmd)
 }
 
 #[test]
