@@ -65,15 +65,21 @@ fn json_string(text: &str) -> String {
 }
 
 /// A UTC instant with nanosecond precision that displays as RFC 3339 (`…T…Z`).
+///
+/// Nanoseconds since the Unix epoch in an `i64`, like most nanosecond clocks: it spans
+/// 1677-09-21 to 2262-04-11, so the year always has four digits and the text a fixed length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp {
-    unix_nanos: i128,
+    unix_nanos: i64,
 }
 
 impl Timestamp {
+    /// Length of [`Timestamp::rfc3339`]: `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+    pub const RFC3339_LEN: usize = 30;
+
     /// The instant `unix_nanos` nanoseconds after 1970-01-01T00:00:00Z.
     #[must_use]
-    pub const fn from_unix_nanos(unix_nanos: i128) -> Self {
+    pub const fn from_unix_nanos(unix_nanos: i64) -> Self {
         Self { unix_nanos }
     }
 
@@ -86,41 +92,68 @@ impl Timestamp {
         };
         // SAFETY: `ts` is a valid out-pointer; CLOCK_REALTIME exists on every Linux.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-        Self::from_unix_nanos(i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec))
+        Self::from_unix_nanos(
+            ts.tv_sec
+                .saturating_mul(1_000_000_000)
+                .saturating_add(ts.tv_nsec),
+        )
     }
 
     /// Nanoseconds since the Unix epoch.
     #[must_use]
-    pub const fn unix_nanos(&self) -> i128 {
+    pub const fn unix_nanos(&self) -> i64 {
         self.unix_nanos
+    }
+
+    /// The RFC 3339 text as ASCII bytes, e.g. `2026-11-27T18:44:56.123456789Z`.
+    ///
+    /// Written digit by digit because the sniffer formats one per captured packet, where
+    /// `core::fmt` costs several times more.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use json_log::Timestamp;
+    ///
+    /// let ts = Timestamp::from_unix_nanos(1_795_805_096_123_456_789);
+    /// assert_eq!(&ts.rfc3339(), b"2026-11-27T18:44:56.123456789Z");
+    /// ```
+    #[must_use]
+    pub fn rfc3339(&self) -> [u8; Self::RFC3339_LEN] {
+        let secs = self.unix_nanos.div_euclid(1_000_000_000);
+        let nanos = self.unix_nanos.rem_euclid(1_000_000_000);
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let of_day = secs.rem_euclid(86_400);
+        let mut text = *b"0000-00-00T00:00:00.000000000Z";
+        digits(&mut text[0..4], year);
+        digits(&mut text[5..7], i64::from(month));
+        digits(&mut text[8..10], i64::from(day));
+        digits(&mut text[11..13], of_day / 3600);
+        digits(&mut text[14..16], of_day % 3600 / 60);
+        digits(&mut text[17..19], of_day % 60);
+        digits(&mut text[20..29], nanos);
+        text
+    }
+}
+
+/// Writes `value` (non-negative) as decimal into all of `out`, zero-padded on the left.
+fn digits(out: &mut [u8], mut value: i64) {
+    for digit in out.iter_mut().rev() {
+        // In 0..10 by construction.
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.unix_nanos.div_euclid(1_000_000_000);
-        let nanos = self.unix_nanos.rem_euclid(1_000_000_000);
-        let days = secs.div_euclid(86_400);
-        let of_day = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-            of_day / 3600,
-            of_day % 3600 / 60,
-            of_day % 60
-        )
-    }
-}
-
-impl serde::Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        let text = self.rfc3339();
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
 /// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i128) -> (i128, u32, u32) {
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -129,7 +162,7 @@ fn civil_from_days(days: i128) -> (i128, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i128::from(month <= 2);
+    let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
 
@@ -137,7 +170,7 @@ fn civil_from_days(days: i128) -> (i128, u32, u32) {
 mod tests {
     use super::*;
 
-    fn at(unix_nanos: i128) -> String {
+    fn at(unix_nanos: i64) -> String {
         Timestamp::from_unix_nanos(unix_nanos).to_string()
     }
 
@@ -150,6 +183,12 @@ mod tests {
             "2026-11-27T18:44:56.123456789Z"
         );
         assert_eq!(at(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn whole_range_has_four_digit_years() {
+        assert_eq!(at(i64::MIN), "1677-09-21T00:12:43.145224192Z");
+        assert_eq!(at(i64::MAX), "2262-04-11T23:47:16.854775807Z");
     }
 
     #[test]
@@ -175,7 +214,7 @@ mod tests {
     #[test]
     fn every_day_of_four_centuries_round_trips() {
         // Compare with an independent day-by-day walk of the calendar from 1970.
-        let mut expected = (1970i128, 1u32, 1u32);
+        let mut expected = (1970i64, 1u32, 1u32);
         for days in 0..146_097 {
             assert_eq!(civil_from_days(days), expected, "day {days}");
             let (y, m, d) = expected;

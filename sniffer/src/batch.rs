@@ -45,15 +45,6 @@ impl AgentInfo {
     }
 }
 
-/// The body of one POST.
-#[derive(Debug, Serialize)]
-struct Body<'a> {
-    agent: &'a AgentInfo,
-    seq: u64,
-    dropped: u64,
-    records: &'a [Record],
-}
-
 /// Encodes a batch body as JSON, optionally gzip-compressed.
 ///
 /// # Examples
@@ -82,15 +73,23 @@ pub fn encode(
     records: &[Record],
     gzip: bool,
 ) -> io::Result<Vec<u8>> {
-    let body = Body {
-        agent,
-        seq,
-        dropped,
-        records,
-    };
-    // About 230 bytes of JSON per record.
-    let mut json = Vec::with_capacity(256 + records.len() * 240);
-    serde_json::to_writer(&mut json, &body)?;
+    // About 250 bytes of JSON per record.
+    let mut json = Vec::with_capacity(512 + records.len() * 256);
+    json.extend_from_slice(b"{\"agent\":");
+    serde_json::to_writer(&mut json, agent)?;
+    let mut number = itoa::Buffer::new();
+    json.extend_from_slice(b",\"seq\":");
+    json.extend_from_slice(number.format(seq).as_bytes());
+    json.extend_from_slice(b",\"dropped\":");
+    json.extend_from_slice(number.format(dropped).as_bytes());
+    json.extend_from_slice(b",\"records\":[");
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            json.push(b',');
+        }
+        record.write_json(&mut json);
+    }
+    json.extend_from_slice(b"]}");
     if !gzip {
         return Ok(json);
     }

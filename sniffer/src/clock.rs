@@ -9,7 +9,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WallClock {
     /// `realtime − monotonic`, in nanoseconds.
-    offset_ns: i128,
+    offset_ns: i64,
 }
 
 impl WallClock {
@@ -27,11 +27,11 @@ impl WallClock {
 
     /// A clock with a known `realtime − monotonic` offset in nanoseconds.
     #[must_use]
-    pub const fn from_offset(offset_ns: i128) -> Self {
+    pub const fn from_offset(offset_ns: i64) -> Self {
         Self { offset_ns }
     }
 
-    /// Wall-clock time of a `CLOCK_MONOTONIC` reading.
+    /// Wall-clock time of a `CLOCK_MONOTONIC` reading, saturating at [`Timestamp`]'s range.
     ///
     /// # Examples
     ///
@@ -43,18 +43,19 @@ impl WallClock {
     /// ```
     #[must_use]
     pub fn wall(&self, monotonic_ns: u64) -> Timestamp {
-        Timestamp::from_unix_nanos(i128::from(monotonic_ns) + self.offset_ns)
+        let monotonic = i64::try_from(monotonic_ns).unwrap_or(i64::MAX);
+        Timestamp::from_unix_nanos(monotonic.saturating_add(self.offset_ns))
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
+fn clock_ns(clock: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-pointer; both clocks exist on every Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 pub use json_log::Timestamp;
@@ -70,6 +71,13 @@ mod tests {
             clock.wall(96_123_456_789).to_string(),
             "2026-11-27T18:44:56.123456789Z"
         );
+    }
+
+    #[test]
+    fn far_future_saturates_instead_of_wrapping() {
+        let clock = WallClock::from_offset(1_795_805_000_000_000_000);
+        assert_eq!(clock.wall(u64::MAX).unix_nanos(), i64::MAX);
+        assert_eq!(clock.wall(i64::MAX as u64).unix_nanos(), i64::MAX);
     }
 
     #[test]

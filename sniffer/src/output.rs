@@ -34,16 +34,22 @@ pub trait Sink {
 /// ```
 #[derive(Debug)]
 pub struct Ndjson<W: Write> {
-    out: io::BufWriter<W>,
+    out: W,
+    /// Lines not yet written to `out`.
+    pending: Vec<u8>,
     written: u64,
 }
+
+/// Lines are handed to the writer in chunks of about this many bytes.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 impl<W: Write> Ndjson<W> {
     /// Buffers writes to `out`; lines reach it on [`Sink::flush`] or when the buffer fills.
     #[must_use]
     pub fn new(out: W) -> Self {
         Self {
-            out: io::BufWriter::with_capacity(64 * 1024, out),
+            out,
+            pending: Vec::with_capacity(CHUNK_BYTES + 1024),
             written: 0,
         }
     }
@@ -55,22 +61,31 @@ impl<W: Write> Ndjson<W> {
     }
 
     /// Flushes and returns the writer.
-    pub fn into_inner(self) -> io::Result<W> {
-        self.out
-            .into_inner()
-            .map_err(io::IntoInnerError::into_error)
+    pub fn into_inner(mut self) -> io::Result<W> {
+        self.flush()?;
+        Ok(self.out)
     }
 }
 
 impl<W: Write> Sink for Ndjson<W> {
     fn accept(&mut self, record: Record) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &record)?;
-        self.out.write_all(b"\n")?;
+        record.write_json(&mut self.pending);
+        self.pending.push(b'\n');
         self.written += 1;
+        if self.pending.len() >= CHUNK_BYTES {
+            // Cleared even when the write fails: the error ends the process, and a retry would
+            // repeat lines that were partly written.
+            let result = self.out.write_all(&self.pending);
+            self.pending.clear();
+            result?;
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        let result = self.out.write_all(&self.pending);
+        self.pending.clear();
+        result?;
         self.out.flush()
     }
 }
