@@ -1,6 +1,6 @@
-//! `cargo xtask bench-injector`: admission reviews per second and latency of the injector over
-//! TLS with keep-alive on loopback, driven by `wrk` with the reference 2.5 KB Deployment-created
-//! pod (`injector/tests/fixtures/deployment-pod.json`).
+//! The injector part of `cargo xtask bench`: admission reviews per second and latency of the
+//! injector over TLS with keep-alive on loopback, driven by `wrk` with the reference
+//! Deployment-created pod (`injector/tests/fixtures/deployment-pod.json`).
 
 use std::{
     fmt::Write as _,
@@ -11,14 +11,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{bootstrap, cmd, ebpf, workspace_root};
-
-/// Options of `cargo xtask bench-injector`.
-#[derive(clap::Args)]
-pub struct BenchInjectorArgs {
-    /// Seconds per wrk run.
-    #[arg(long, default_value_t = 10)]
-    seconds: u32,
-}
 
 /// One wrk run's figures.
 struct Run {
@@ -89,8 +81,8 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// Runs the benchmark and prints a Markdown report (also `target/bench/injector.md`).
-pub fn run(args: &BenchInjectorArgs) -> Result<()> {
+/// Runs wrk for `seconds` at 4 and then 32 connections; returns the Markdown section.
+pub fn run(seconds: u32) -> Result<String> {
     bootstrap::ensure_debian_packages(&[("wrk", "wrk")])?;
     let root = workspace_root();
     let binary = cmd::build_binary("injector", true)?;
@@ -129,14 +121,14 @@ pub fn run(args: &BenchInjectorArgs) -> Result<()> {
     wrk(&url, script, 4, 2)?;
     let mut runs = Vec::new();
     for connections in [4, 32] {
-        eprintln!("bench-injector: {connections} connections …");
-        runs.push(wrk(&url, script, connections, args.seconds)?);
+        eprintln!("bench: injector, {connections} connections …");
+        runs.push(wrk(&url, script, connections, seconds)?);
     }
     let rss = peak_rss_mib(injector.0.id())?;
     let mut text = format!(
         "wrk -t2 -d{}s --latency, POST /mutate over TLS with keep-alive on loopback, body {} ({} bytes), RUST_LOG=warn.\n\n\
          | connections | reviews/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|\n",
-        args.seconds,
+        seconds,
         "injector/tests/fixtures/deployment-pod.json",
         fs::metadata(&fixture)?.len()
     );
@@ -156,12 +148,10 @@ pub fn run(args: &BenchInjectorArgs) -> Result<()> {
         );
     }
     let _ = writeln!(text, "\nInjector peak RSS: {rss:.1} MiB.");
-    fs::write(dir.join("injector.md"), &text)?;
-    println!("{text}");
     if runs.iter().any(|r| !r.errors.is_empty()) {
-        bail!("some requests failed");
+        bail!("some requests failed:\n{text}");
     }
-    Ok(())
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ mod ebpf;
 mod fuzz;
 mod image;
 mod manifests;
+mod perf;
+mod report;
 mod run;
 mod soak;
 mod test;
@@ -36,10 +38,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure capture completeness and cost against tcpdump at this machine's highest packet rate.
+    /// Measure everything in docs/benchmarks.md (capture vs tcpdump, throughput, encoder,
+    /// injector) and rewrite its tables.
     Bench(bench::BenchArgs),
-    /// Measure the injector's admission reviews per second and latency with wrk.
-    BenchInjector(bench_injector::BenchInjectorArgs),
     /// Build the sniffer and injector images with buildah (static binaries built here).
     Image,
     /// Build the images, then run them with least privilege and check their behaviour.
@@ -77,6 +78,5 @@ fn main() -> Result<()> {
         Task::Soak(args) => soak::run(&args),
         Task::Image => image::build(),
         Task::ImageTest => image::verify(),
-        Task::BenchInjector(args) => bench_injector::run(&args),
     }
 }

@@ -12,7 +12,9 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
-use crate::{bench::Watched, bootstrap, cmd, collector::BenchCollector, ebpf, testbed::Testbed};
+use crate::{
+    bench::Watched, bootstrap, cmd, collector::BenchCollector, ebpf, report, testbed::Testbed,
+};
 
 /// Options of `cargo xtask soak`.
 #[derive(clap::Args)]
@@ -168,6 +170,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("soak.md"), &text)?;
     println!("{text}");
+    report::update("soak", &text)?;
     ensure!(
         field("delivered") + field("dropped") == field("matched"),
         "accounting does not add up"
