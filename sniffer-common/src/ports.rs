@@ -2,12 +2,12 @@
 //! annotation accept exactly the same thing, through this one parser.
 
 use alloc::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     string::{String, ToString as _},
     vec::Vec,
 };
 
-use crate::MAX_PORTS;
+use crate::{MAX_PORTS, port_bit};
 
 /// Why a port list was refused; the caller names the variable or annotation.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,6 +119,27 @@ pub fn format_ports(ports: &[u16]) -> String {
         out.push_str(&port.to_string());
     }
     out
+}
+
+/// The non-zero words of the `PORTS` bitmap for `ports`, by word index (see [`port_bit`]).
+///
+/// # Examples
+///
+/// ```
+/// use sniffer_common::ports::port_bitmap;
+///
+/// let words = port_bitmap(&[80, 81, 8080]);
+/// assert_eq!(words.get(&1), Some(&(0b11 << 16)));
+/// assert_eq!(words.len(), 2);
+/// ```
+#[must_use]
+pub fn port_bitmap(ports: &[u16]) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for &port in ports {
+        let (word, bit) = port_bit(port);
+        *words.entry(word).or_insert(0) |= bit;
+    }
+    words
 }
 
 #[cfg(test)]
@@ -233,5 +254,18 @@ mod tests {
             parse_ports(&format_ports(&[1, 2, 65535])),
             Ok(alloc::vec![1, 2, 65535])
         );
+    }
+
+    /// Every port number, looked up the way the kernel program does, against the list.
+    #[test]
+    fn bitmap_holds_exactly_the_listed_ports() {
+        let listed = [1u16, 63, 64, 80, 443, 8080, 8443, 65_472, 65_535];
+        let words = port_bitmap(&listed);
+        for port in 0..=u16::MAX {
+            let (word, bit) = port_bit(port);
+            let found = words.get(&word).is_some_and(|w| w & bit != 0);
+            assert_eq!(found, listed.contains(&port), "port {port}");
+        }
+        assert!(words.keys().all(|&w| w < crate::PORT_BITMAP_WORDS));
     }
 }

@@ -10,18 +10,19 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::{map, socket_filter},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::SkBuffContext,
 };
 use sniffer_common::{
-    Counter, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, LinkLayer, MAX_PORTS, PacketRecord,
+    Counter, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, LinkLayer, PORT_BITMAP_WORDS, PacketRecord,
     RING_ENTRY_BYTES,
     parse::{PacketBytes, parse_tcp},
+    port_bit,
 };
 
-/// Ports to capture; the value is unused (a set).
+/// Ports to capture, as a bitmap ([`port_bit`]); set by the loader.
 #[map]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 
 /// One record per matched packet, read by userspace.
 #[map]
@@ -53,6 +54,12 @@ impl PacketBytes for Skb<'_> {
     fn packet_len(&self) -> u32 {
         self.0.len()
     }
+}
+
+#[inline(always)]
+fn port_listed(port: u16) -> bool {
+    let (word, bit) = port_bit(port);
+    PORTS.get(word).is_some_and(|w| w & bit != 0)
 }
 
 #[inline(always)]
@@ -90,7 +97,7 @@ pub fn tcp_sniffer(ctx: SkBuffContext) -> i64 {
     let Some(mut record) = parse_tcp(&Skb(&ctx), link) else {
         return 0;
     };
-    if PORTS.get_ptr(record.src_port).is_none() && PORTS.get_ptr(record.dst_port).is_none() {
+    if !port_listed(record.src_port) && !port_listed(record.dst_port) {
         return 0;
     }
     bump(Counter::Matched);

@@ -123,10 +123,11 @@ impl Batcher {
         }
     }
 
-    /// Adds a record; returns the batch it completed, if it did.
-    pub fn push(&mut self, record: Record, now: Instant) -> Option<Vec<Record>> {
+    /// Adds a record; returns the batch it completed, if it did. `now` is called only when the
+    /// record opens a batch (reading the clock for every record was 5 % of the sniffer's CPU).
+    pub fn push(&mut self, record: Record, now: impl FnOnce() -> Instant) -> Option<Vec<Record>> {
         if self.current.is_empty() {
-            self.opened = Some(now);
+            self.opened = Some(now());
             self.current.reserve(self.max_records);
         }
         self.current.push(record);
@@ -188,9 +189,10 @@ mod tests {
     fn closes_at_max_records() {
         let now = Instant::now();
         let mut batcher = Batcher::new(3, Duration::from_secs(1));
-        assert!(batcher.push(record(1), now).is_none());
-        assert!(batcher.push(record(2), now).is_none());
-        let batch = batcher.push(record(3), now).expect("full");
+        assert!(batcher.push(record(1), || now).is_none());
+        let not_called = || -> Instant { panic!("the clock is read only when a batch opens") };
+        assert!(batcher.push(record(2), not_called).is_none());
+        let batch = batcher.push(record(3), not_called).expect("full");
         assert_eq!(
             batch.iter().map(|r| r.dst_port).collect::<Vec<_>>(),
             [1, 2, 3]
@@ -205,14 +207,14 @@ mod tests {
         let wait = Duration::from_millis(500);
         let mut batcher = Batcher::new(100, wait);
         assert_eq!(batcher.poll(start), None);
-        batcher.push(record(1), start);
-        batcher.push(record(2), start + Duration::from_millis(400));
+        batcher.push(record(1), || start);
+        batcher.push(record(2), || start + Duration::from_millis(400));
         assert_eq!(batcher.deadline(), Some(start + wait));
         assert!(batcher.poll(start + Duration::from_millis(499)).is_none());
         assert_eq!(batcher.poll(start + wait).map(|b| b.len()), Some(2));
         assert_eq!(batcher.deadline(), None);
         // The next batch's clock starts at its own first record.
-        batcher.push(record(3), start + Duration::from_secs(2));
+        batcher.push(record(3), || start + Duration::from_secs(2));
         assert_eq!(
             batcher.deadline(),
             Some(start + Duration::from_secs(2) + wait)
@@ -223,7 +225,7 @@ mod tests {
     fn flush_closes_a_partial_batch_only() {
         let mut batcher = Batcher::new(10, Duration::from_secs(1));
         assert_eq!(batcher.flush(), None);
-        batcher.push(record(1), Instant::now());
+        batcher.push(record(1), Instant::now);
         assert_eq!(batcher.len(), 1);
         assert_eq!(batcher.flush().map(|b| b.len()), Some(1));
         assert_eq!(batcher.flush(), None);

@@ -4,12 +4,12 @@ use std::{io, time::Duration};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, SocketFilter, socket_filter::SocketFilterError},
 };
 use sniffer_common::{
     COUNTERS_MAP, Counter, EVENTS_MAP, LINK_LAYER_GLOBAL, PORTS_MAP, PROGRAM_NAME, PacketRecord,
-    RECORD_SIZE, WAKEUP_BYTES_GLOBAL,
+    RECORD_SIZE, WAKEUP_BYTES_GLOBAL, ports::port_bitmap,
 };
 use thiserror::Error;
 use tokio::{
@@ -130,7 +130,7 @@ impl Capture {
             .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
             .load(OBJECT)?;
 
-        let mut port_map: HashMap<_, u16, u8> = HashMap::try_from(
+        let mut port_map: Array<_, u64> = Array::try_from(
             ebpf.map_mut(PORTS_MAP)
                 .ok_or(CaptureError::Missing(PORTS_MAP))?,
         )
@@ -138,9 +138,9 @@ impl Capture {
             name: PORTS_MAP,
             source,
         })?;
-        for &port in ports {
+        for (word, bits) in port_bitmap(ports) {
             port_map
-                .insert(port, 1, 0)
+                .set(word, bits, 0)
                 .map_err(|source| CaptureError::Map {
                     name: PORTS_MAP,
                     source,

@@ -167,7 +167,7 @@ impl Sink for HttpOutput {
             return Ok(());
         }
         add(&stats.records_queued, 1);
-        if let Some(batch) = self.batcher.push(record, Instant::now()) {
+        if let Some(batch) = self.batcher.push(record, Instant::now) {
             self.enqueue(batch);
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! `core::fmt`) cost 640 ns per record against about 100 ns here (`cargo bench -p sniffer`).
 
 use std::{
-    io::Write as _,
+    fmt::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -30,15 +30,6 @@ impl Direction {
             Self::Egress
         } else {
             Self::Ingress
-        }
-    }
-
-    /// The contract's name: `ingress` or `egress`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Ingress => "ingress",
-            Self::Egress => "egress",
         }
     }
 }
@@ -173,63 +164,113 @@ impl Record {
             payload_len,
             len,
         } = self;
-        // One allocation check for the whole record rather than one per field.
-        out.reserve(Self::MAX_JSON_LEN);
-        let mut number = itoa::Buffer::new();
-        out.extend_from_slice(b"{\"ts\":\"");
-        out.extend_from_slice(&ts.rfc3339());
-        out.extend_from_slice(b"\",\"direction\":\"");
-        out.extend_from_slice(direction.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"ip_version\":");
-        out.extend_from_slice(number.format(*ip_version).as_bytes());
-        out.extend_from_slice(b",\"src_ip\":\"");
-        write_ip(out, src_ip);
-        out.extend_from_slice(b"\",\"src_port\":");
-        out.extend_from_slice(number.format(*src_port).as_bytes());
-        out.extend_from_slice(b",\"dst_ip\":\"");
-        write_ip(out, dst_ip);
-        out.extend_from_slice(b"\",\"dst_port\":");
-        out.extend_from_slice(number.format(*dst_port).as_bytes());
-        out.extend_from_slice(b",\"flags\":[");
+        // Built on the stack and appended with one copy: appending field by field made a
+        // `memmove` call per field, a fifth of the encoder's time.
+        let mut line = Line::new();
+        line.put(b"{\"ts\":\"");
+        line.put(&ts.rfc3339());
+        line.put(match direction {
+            Direction::Ingress => b"\",\"direction\":\"ingress\",\"ip_version\":",
+            Direction::Egress => b"\",\"direction\":\"egress\",\"ip_version\":",
+        });
+        line.number(u32::from(*ip_version));
+        line.put(b",\"src_ip\":\"");
+        line.ip(src_ip);
+        line.put(b"\",\"src_port\":");
+        line.number(u32::from(*src_port));
+        line.put(b",\"dst_ip\":\"");
+        line.ip(dst_ip);
+        line.put(b"\",\"dst_port\":");
+        line.number(u32::from(*dst_port));
+        line.put(b",\"flags\":[");
         for (i, name) in flags.names().enumerate() {
             if i > 0 {
-                out.push(b',');
+                line.put(b",");
             }
-            out.push(b'"');
-            out.extend_from_slice(name.as_bytes());
-            out.push(b'"');
+            line.put(b"\"");
+            line.put(name.as_bytes());
+            line.put(b"\"");
         }
-        out.extend_from_slice(b"],\"seq\":");
-        out.extend_from_slice(number.format(*seq).as_bytes());
-        out.extend_from_slice(b",\"ack\":");
-        out.extend_from_slice(number.format(*ack).as_bytes());
-        out.extend_from_slice(b",\"window\":");
-        out.extend_from_slice(number.format(*window).as_bytes());
-        out.extend_from_slice(b",\"payload_len\":");
-        out.extend_from_slice(number.format(*payload_len).as_bytes());
-        out.extend_from_slice(b",\"len\":");
-        out.extend_from_slice(number.format(*len).as_bytes());
-        out.push(b'}');
+        line.put(b"],\"seq\":");
+        line.number(*seq);
+        line.put(b",\"ack\":");
+        line.number(*ack);
+        line.put(b",\"window\":");
+        line.number(u32::from(*window));
+        line.put(b",\"payload_len\":");
+        line.number(*payload_len);
+        line.put(b",\"len\":");
+        line.number(*len);
+        line.put(b"}");
+        out.extend_from_slice(line.as_bytes());
     }
 }
 
-/// Writes an address without quotes; neither form contains a character JSON must escape.
-fn write_ip(out: &mut Vec<u8>, ip: &IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut number = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(number.format(octet).as_bytes());
+/// One record's JSON on the stack; [`Record::MAX_JSON_LEN`] bounds what is put in it.
+struct Line {
+    bytes: [u8; Record::MAX_JSON_LEN],
+    len: usize,
+}
+
+impl Line {
+    const fn new() -> Self {
+        Self {
+            bytes: [0; Record::MAX_JSON_LEN],
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn put(&mut self, text: &[u8]) {
+        self.bytes[self.len..self.len + text.len()].copy_from_slice(text);
+        self.len += text.len();
+    }
+
+    /// Decimal digits of `value`, written in place.
+    #[inline(always)]
+    fn number(&mut self, mut value: u32) {
+        let digits = value.checked_ilog10().unwrap_or(0) as usize + 1;
+        for slot in self.bytes[self.len..self.len + digits].iter_mut().rev() {
+            // In 0..10 by construction.
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        self.len += digits;
+    }
+
+    /// An address without quotes; neither form contains a character JSON must escape.
+    fn ip(&mut self, ip: &IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                self.number(u32::from(a));
+                self.put(b".");
+                self.number(u32::from(b));
+                self.put(b".");
+                self.number(u32::from(c));
+                self.put(b".");
+                self.number(u32::from(d));
+            }
+            // IPv6 text (zero compression, embedded IPv4) follows RFC 5952 through std; the
+            // longest form fits (see `MAX_JSON_LEN`), so the write cannot fail.
+            IpAddr::V6(v6) => {
+                let _ = write!(self, "{v6}");
             }
         }
-        // IPv6 text (zero compression, embedded IPv4) follows RFC 5952 through std; writing into a
-        // `Vec` cannot fail.
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl fmt::Write for Line {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        if self.len + text.len() > self.bytes.len() {
+            return Err(fmt::Error);
         }
+        self.put(text.as_bytes());
+        Ok(())
     }
 }
 
