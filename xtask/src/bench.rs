@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// iperf3 write size in bytes for the capture runs; small writes make many packets.
     #[arg(long, default_value_t = 64)]
     write_size: u32,
+    /// Runs per capturer; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -327,7 +330,7 @@ fn trial(
     Ok(result)
 }
 
-/// µs per packet, or a dash when nothing was captured.
+/// µs per packet, if anything was captured.
 fn per_packet(seconds: f64, packets: u64) -> Option<f64> {
     (packets > 0).then(|| seconds * 1e6 / packets as f64)
 }
@@ -336,42 +339,97 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**not met**" }
 }
 
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+/// The runs of one capturer, in the order they ran.
+struct Runs<'a> {
+    capturer: Capturer,
+    runs: Vec<&'a Trial>,
+}
+
+impl<'a> Runs<'a> {
+    /// Groups trials by capturer, capturers in order of first appearance.
+    fn group(trials: &'a [Trial]) -> Vec<Self> {
+        let mut groups: Vec<Self> = Vec::new();
+        for t in trials {
+            match groups.iter_mut().find(|g| g.capturer == t.capturer) {
+                Some(group) => group.runs.push(t),
+                None => groups.push(Self {
+                    capturer: t.capturer,
+                    runs: vec![t],
+                }),
+            }
+        }
+        groups
+    }
+
+    fn sum(&self, field: impl Fn(&Trial) -> u64) -> u64 {
+        self.runs.iter().map(|t| field(t)).sum()
+    }
+
+    fn median(&self, field: impl Fn(&Trial) -> f64) -> f64 {
+        median(self.runs.iter().map(|t| field(t)).collect()).unwrap_or(f64::NAN)
+    }
+
+    /// The run with the median CPU per packet (kernel + process), and every run's value.
+    fn cost(&self) -> Option<(&'a Trial, Vec<f64>)> {
+        let mut costed: Vec<(&Trial, f64)> = self
+            .runs
+            .iter()
+            .filter_map(|t| Some((*t, per_packet(t.cpu.process + t.cpu.hook, t.captured)?)))
+            .collect();
+        let all = costed.iter().map(|(_, c)| *c).collect();
+        costed.sort_by(|a, b| a.1.total_cmp(&b.1));
+        costed.get(costed.len() / 2).map(|(t, _)| (*t, all))
+    }
+}
+
 fn capture_report(trials: &[Trial], args: &BenchArgs) -> String {
+    let groups = Runs::group(trials);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "`iperf3 -N -l {} -t {}` per run, veth between two network namespaces, capture on the server side.\n",
-        args.write_size, args.seconds
+        "`iperf3 -N -l {} -t {}`, {} runs per capturer taken in turn; veth between two network \
+         namespaces, capture on the server side. Counts are summed over the runs, rates are medians.\n",
+        args.write_size, args.seconds, args.repeat
     );
     let _ = writeln!(
         out,
-        "| capturer | iperf3 Mbit/s | packets on the wire | packets/s | seen by capturer | captured | captured / wire | kernel drops | peak RSS MiB |"
+        "| capturer | iperf3 Mbit/s | packets/s on the wire | packets on the wire | seen by capturer | captured | captured / wire | kernel drops | peak RSS MiB |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
-    for t in trials {
-        let none = t.capturer == Capturer::Nobody;
+    for g in &groups {
+        let none = g.capturer == Capturer::Nobody;
         let dash = |s: String| if none { "–".to_owned() } else { s };
+        let wire = g.sum(|t| t.wire_packets);
+        let captured = g.sum(|t| t.captured);
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {} | {:.0} | {} | {} | {} | {} | {} |",
-            t.capturer.name(),
-            t.gbits * 1000.0,
-            t.wire_packets,
-            t.wire_packets as f64 / t.seconds,
-            dash(t.seen.to_string()),
-            dash(t.captured.to_string()),
+            "| {} | {:.1} | {:.0} | {wire} | {} | {} | {} | {} | {} |",
+            g.capturer.name(),
+            g.median(|t| t.gbits * 1000.0),
+            g.median(|t| t.wire_packets as f64 / t.seconds),
+            dash(g.sum(|t| t.seen).to_string()),
+            dash(captured.to_string()),
             dash(format!(
                 "{:.4} %",
-                t.captured as f64 * 100.0 / t.wire_packets.max(1) as f64
+                captured as f64 * 100.0 / wire.max(1) as f64
             )),
-            dash(t.dropped.to_string()),
-            dash(format!("{:.1}", t.peak_rss_kib as f64 / 1024.0)),
+            dash(g.sum(|t| t.dropped).to_string()),
+            dash(format!(
+                "{:.1}",
+                g.runs.iter().map(|t| t.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0
+            )),
         );
     }
-    let tcpdump = trials
+    let tcpdump = groups
         .iter()
-        .find(|t| t.capturer == Capturer::Tcpdump)
-        .and_then(|t| per_packet(t.cpu.process + t.cpu.hook, t.captured));
+        .find(|g| g.capturer == Capturer::Tcpdump)
+        .and_then(Runs::cost)
+        .and_then(|(t, _)| per_packet(t.cpu.process + t.cpu.hook, t.captured));
     let _ = writeln!(
         out,
         "\nCPU while iperf3 ran, from `perf` samples of every CPU (one per 0.25 ms of CPU time): \
@@ -379,80 +437,90 @@ fn capture_report(trials: &[Trial], args: &BenchArgs) -> String {
          or mmap buffer, JSON, HTTP); *kernel hook* is every other sample whose kernel call chain \
          passes through the packet tap (`dev_queue_xmit_nit`, `packet_rcv`, `tpacket_rcv`, the \
          ring's wakeup): the clone, the filter or eBPF program and the copy, in whichever context \
-         they ran. *busy* is every non-idle sample on both CPUs.\n"
+         they ran. *busy* is every non-idle sample on both CPUs. The row is the run with the \
+         median total; the last column lists every run's total.\n"
     );
     let _ = writeln!(
         out,
-        "| capturer | busy CPU s | process CPU s | kernel hook CPU s | µs / packet: process | kernel hook | total | total vs tcpdump |"
+        "| capturer | busy CPU s | process CPU s | kernel hook CPU s | µs / packet: process | kernel hook | total | total vs tcpdump | totals of all runs |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    for t in trials {
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for g in &groups {
+        let Some((t, all)) = g.cost() else {
+            let _ = writeln!(
+                out,
+                "| {} | {:.2} | – | – | – | – | – | – | – |",
+                g.capturer.name(),
+                g.median(|t| t.cpu.busy)
+            );
+            continue;
+        };
         let CpuShares {
             process,
             hook,
             busy,
         } = t.cpu;
         let micro = |s: f64| per_packet(s, t.captured).map_or("–".into(), |v| format!("{v:.3}"));
-        let total = per_packet(process + hook, t.captured);
-        let ratio = match (total, tcpdump) {
+        let ratio = match (per_packet(process + hook, t.captured), tcpdump) {
             (Some(total), Some(reference)) => format!("{:.2} ×", total / reference),
             _ => "–".into(),
         };
+        let all: Vec<String> = all.iter().map(|v| format!("{v:.3}")).collect();
         let _ = writeln!(
             out,
-            "| {} | {busy:.2} | {process:.2} | {hook:.2} | {} | {} | {} | {ratio} |",
-            t.capturer.name(),
+            "| {} | {busy:.2} | {process:.2} | {hook:.2} | {} | {} | {} | {ratio} | {} |",
+            g.capturer.name(),
             micro(process),
             micro(hook),
             micro(process + hook),
+            all.join(", "),
         );
     }
-    for t in trials {
-        if let Some(Tally {
-            batches,
-            records,
-            dropped,
-        }) = t.delivered
-        {
-            let _ = writeln!(
-                out,
-                "\nDelivery: the collector received {records} records in {batches} batches ({:.0} records/s) \
-                 and {dropped} reported as dropped; the kernel matched {}: {}. Sniffer CPU (whole run, `wait4`) \
-                 {:.2} s = {:.0} % of one core; peak RSS {:.1} MiB.",
-                records as f64 / t.seconds,
-                t.seen,
-                if records + dropped == t.seen {
-                    "every record accounted for"
-                } else {
-                    "MISMATCH"
-                },
-                t.cpu_seconds,
-                t.cpu_seconds * 100.0 / t.seconds,
-                t.peak_rss_kib as f64 / 1024.0,
-            );
-        }
-    }
-    let delivering = trials
+    if let Some(g) = groups
         .iter()
-        .find(|t| t.capturer == Capturer::SnifferToCollector);
-    if let (Some(t), Some(reference)) = (delivering, tcpdump)
-        && let Some(total) = per_packet(t.cpu.process + t.cpu.hook, t.captured)
+        .find(|g| g.capturer == Capturer::SnifferToCollector)
     {
-        let ratio = total / reference;
+        let records = g.sum(|t| t.delivered.map_or(0, |d| d.records));
+        let dropped = g.sum(|t| t.delivered.map_or(0, |d| d.dropped));
+        let batches = g.sum(|t| t.delivered.map_or(0, |d| d.batches));
+        let matched = g.sum(|t| t.seen);
+        let cpu: f64 = g.runs.iter().map(|t| t.cpu_seconds).sum();
+        let seconds: f64 = g.runs.iter().map(|t| t.seconds).sum();
         let _ = writeln!(
             out,
-            "\nGoal, CPU: the sniffer delivering JSON batches spent {total:.3} µs per captured packet \
-             (kernel + process) against tcpdump's {reference:.3}: {ratio:.2} × (goal ≤ 1.5 ×: {}).",
-            verdict(ratio <= 1.5)
+            "\nDelivery (all runs): the collector received {records} records in {batches} batches \
+             ({:.0} records/s) and {dropped} reported as dropped; the kernel matched {matched}: {}. \
+             Sniffer CPU (whole process lifetimes, `wait4`) {cpu:.2} s = {:.0} % of one core.",
+            records as f64 / seconds,
+            if records + dropped == matched {
+                "every record accounted for"
+            } else {
+                "MISMATCH"
+            },
+            cpu * 100.0 / seconds,
         );
     }
-    let sniffers: Vec<&Trial> = trials
+    let ratio_of = |capturer: Capturer| {
+        let g = groups.iter().find(|g| g.capturer == capturer)?;
+        let (t, _) = g.cost()?;
+        Some(per_packet(t.cpu.process + t.cpu.hook, t.captured)? / tcpdump?)
+    };
+    if let (Some(delivering), Some(stdout)) = (
+        ratio_of(Capturer::SnifferToCollector),
+        ratio_of(Capturer::Sniffer),
+    ) {
+        let _ = writeln!(
+            out,
+            "\nGoal, CPU: per captured packet, kernel + process, the sniffer delivering JSON batches \
+             to the collector used {delivering:.2} × tcpdump's CPU (goal ≤ 1.5 ×: {}); writing NDJSON \
+             to stdout, {stdout:.2} ×.",
+            verdict(delivering <= 1.5)
+        );
+    }
+    let lost: u64 = groups
         .iter()
-        .filter(|t| matches!(t.capturer, Capturer::Sniffer | Capturer::SnifferToCollector))
-        .collect();
-    let lost: u64 = sniffers
-        .iter()
-        .map(|t| t.dropped + t.delivered.map_or(0, |d| d.dropped))
+        .filter(|g| matches!(g.capturer, Capturer::Sniffer | Capturer::SnifferToCollector))
+        .map(|g| g.sum(|t| t.dropped + t.delivered.map_or(0, |d| d.dropped)))
         .sum();
     let _ = writeln!(
         out,
@@ -464,51 +532,55 @@ fn capture_report(trials: &[Trial], args: &BenchArgs) -> String {
 }
 
 fn throughput_report(trials: &[Trial], small: &[Trial], args: &BenchArgs) -> String {
+    let groups = Runs::group(trials);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "`iperf3 -t {}` with its defaults (128 KiB writes; the veth's segmentation offloads make \
-         packets of up to 64 KiB), same namespaces.\n",
-        args.seconds
+         packets of up to 64 KiB), {} runs per capturer taken in turn; medians.\n",
+        args.seconds, args.repeat
     );
     let _ = writeln!(
         out,
-        "| capturer | iperf3 Gbit/s | vs no capture | packets on the wire | captured | kernel drops |"
+        "| capturer | iperf3 Gbit/s | vs no capture | every run's Gbit/s | captured | kernel drops |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
-    let baseline = trials
-        .iter()
-        .find(|t| t.capturer == Capturer::Nobody)
-        .map_or(f64::NAN, |t| t.gbits);
-    for t in trials {
-        let none = t.capturer == Capturer::Nobody;
+    let speed = |set: &[Runs<'_>], capturer: Capturer| {
+        set.iter()
+            .find(|g| g.capturer == capturer)
+            .map(|g| g.median(|t| t.gbits))
+    };
+    let baseline = speed(&groups, Capturer::Nobody).unwrap_or(f64::NAN);
+    for g in &groups {
+        let none = g.capturer == Capturer::Nobody;
+        let all: Vec<String> = g.runs.iter().map(|t| format!("{:.2}", t.gbits)).collect();
+        let gbits = g.median(|t| t.gbits);
         let _ = writeln!(
             out,
-            "| {} | {:.2} | {:.1} % | {} | {} | {} |",
-            t.capturer.name(),
-            t.gbits,
-            t.gbits * 100.0 / baseline,
-            t.wire_packets,
+            "| {} | {gbits:.2} | {:.1} % | {} | {} | {} |",
+            g.capturer.name(),
+            gbits * 100.0 / baseline,
+            all.join(", "),
             if none {
                 "–".into()
             } else {
-                t.captured.to_string()
+                g.sum(|t| t.captured).to_string()
             },
             if none {
                 "–".into()
             } else {
-                t.dropped.to_string()
+                g.sum(|t| t.dropped).to_string()
             },
         );
     }
-    let ratio = |set: &[Trial]| {
-        let of = |c: Capturer| set.iter().find(|t| t.capturer == c).map(|t| t.gbits);
-        match (of(Capturer::SnifferToCollector), of(Capturer::Nobody)) {
-            (Some(with), Some(without)) => with * 100.0 / without,
-            _ => f64::NAN,
-        }
+    let ratio = |set: &[Runs<'_>]| match (
+        speed(set, Capturer::SnifferToCollector),
+        speed(set, Capturer::Nobody),
+    ) {
+        (Some(with), Some(without)) => with * 100.0 / without,
+        _ => f64::NAN,
     };
-    let (bulk, packets) = (ratio(trials), ratio(small));
+    let (bulk, packets) = (ratio(&groups), ratio(&Runs::group(small)));
     let _ = writeln!(
         out,
         "\nGoal, throughput: with the sniffer delivering to a collector, iperf3 ran at {bulk:.1} % of \
@@ -551,36 +623,43 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let _ = fs::write(BPF_STATS, "0");
         let runs = |load: Load, capturers: &[Capturer]| -> Result<Vec<Trial>> {
             let mut trials = Vec::new();
-            for &capturer in capturers {
-                eprintln!("bench: {} …", capturer.name());
-                trials.push(trial(&bed, capturer, load, args, sniffer)?);
+            // In turn rather than all runs of one capturer together, so a slow spell of the
+            // machine does not fall on one capturer only.
+            for round in 1..=args.repeat {
+                for &capturer in capturers {
+                    eprintln!("bench: {} (run {round}) …", capturer.name());
+                    trials.push(trial(&bed, capturer, load, args, sniffer)?);
+                }
             }
             Ok(trials)
         };
-        let small = runs(
-            Load::SmallPackets,
-            &[
-                Capturer::Nobody,
-                Capturer::Sniffer,
-                Capturer::SnifferToCollector,
-                Capturer::Tcpdump,
-            ],
-        );
-        let bulk = if wanted(Part::Throughput) {
-            runs(
-                Load::Bulk,
+        let all = || -> Result<(Vec<Trial>, Option<Vec<Trial>>)> {
+            let small = runs(
+                Load::SmallPackets,
                 &[
                     Capturer::Nobody,
+                    Capturer::Sniffer,
                     Capturer::SnifferToCollector,
                     Capturer::Tcpdump,
                 ],
-            )
-            .map(Some)
-        } else {
-            Ok(None)
+            )?;
+            let bulk = if wanted(Part::Throughput) {
+                Some(runs(
+                    Load::Bulk,
+                    &[
+                        Capturer::Nobody,
+                        Capturer::SnifferToCollector,
+                        Capturer::Tcpdump,
+                    ],
+                )?)
+            } else {
+                None
+            };
+            Ok((small, bulk))
         };
+        let result = all();
         let _ = fs::write(BPF_STATS, previous_stats.trim());
-        let (small, bulk) = (small?, bulk?);
+        let (small, bulk) = result?;
         if wanted(Part::Capture) {
             publish(Part::Capture, &capture_report(&small, args))?;
         }

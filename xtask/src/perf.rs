@@ -115,12 +115,14 @@ struct Counts {
 }
 
 /// Reads `perf script -F pid,ip,sym`: a space-padded line with the pid, then one tab-indented
-/// line per frame, then a blank line. Samples of pid 0 are the idle task.
+/// line per frame, then a blank line. Samples of pid 0 are the idle task; -1 is a pid perf could
+/// not tell (busy, so counted, but nobody's).
 fn attribute(script: impl BufRead, pid: Option<u32>) -> Result<Counts> {
     let mut counts = Counts::default();
     // (pid, whether a frame so far is in the hook) of the sample being read.
-    let mut sample: Option<(u32, bool)> = None;
-    let finish = |sample: Option<(u32, bool)>, counts: &mut Counts| {
+    let mut sample: Option<(i64, bool)> = None;
+    let pid = pid.map(i64::from);
+    let finish = |sample: Option<(i64, bool)>, counts: &mut Counts| {
         if let Some((sample_pid, in_hook)) = sample
             && sample_pid != 0
         {
@@ -177,6 +179,9 @@ mod tests {
         \x20    0 \n\
         \tffffffff81000007 pv_native_safe_halt\n\
         \n\
+        \x20   -1 \n\
+        \tffffffff81000009 tcp_sendmsg\n\
+        \n\
         \x20   42 \n\
         \tffffffff81000008 packet_rcv\n";
 
@@ -188,7 +193,7 @@ mod tests {
             Counts {
                 process: 2,
                 hook: 2,
-                busy: 5
+                busy: 6
             }
         );
         let counts = attribute(SCRIPT.as_bytes(), None).unwrap();
