@@ -26,6 +26,7 @@ use crate::{
     metrics::{Stats, add, get},
     output::Sink,
     record::Record,
+    resolve::CachingResolver,
     retry::{Backoff, Verdict, classify},
 };
 
@@ -225,7 +226,11 @@ fn http_agent(config: &DeliveryConfig) -> Result<ureq::Agent, DeliveryError> {
         .user_agent(concat!("tcp-sniffer/", env!("CARGO_PKG_VERSION")))
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
-    Ok(ureq::Agent::new_with_config(config))
+    Ok(ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        CachingResolver::default(),
+    ))
 }
 
 /// State the sender threads share.

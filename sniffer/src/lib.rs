@@ -12,6 +12,7 @@
 //! | [`batch`] | batching and the batch body |
 //! | [`retry`] | retry decisions and backoff |
 //! | [`deliver`] | batch and send: the sender thread posting to `OUTPUT_URL` |
+//! | [`resolve`] | the collector's address, looked up once per TTL |
 //! | [`metrics`] | counters, Prometheus text, the `METRICS_ADDR` endpoint |
 
 pub mod batch;
@@ -22,5 +23,6 @@ pub mod deliver;
 pub mod metrics;
 pub mod output;
 pub mod record;
+pub mod resolve;
 pub mod retry;
 pub mod socket;
