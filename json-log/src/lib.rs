@@ -5,7 +5,7 @@
 //! the pod's placement, `null` when unknown) and the record's key-values, e.g.
 //! `info!(interface = name; "…")`. Filter with `RUST_LOG` (default `info`).
 
-use std::{fmt, io::Write as _};
+use std::{cell::Cell, fmt, io::Write as _};
 
 use log::kv::{Key, Value, VisitSource};
 
@@ -122,18 +122,36 @@ impl Timestamp {
     pub fn rfc3339(&self) -> [u8; Self::RFC3339_LEN] {
         let secs = self.unix_nanos.div_euclid(1_000_000_000);
         let nanos = self.unix_nanos.rem_euclid(1_000_000_000);
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-        let of_day = secs.rem_euclid(86_400);
         let mut text = *b"0000-00-00T00:00:00.000000000Z";
-        digits(&mut text[0..4], year);
-        digits(&mut text[5..7], i64::from(month));
-        digits(&mut text[8..10], i64::from(day));
-        digits(&mut text[11..13], of_day / 3600);
-        digits(&mut text[14..16], of_day % 3600 / 60);
-        digits(&mut text[17..19], of_day % 60);
+        // Consecutive timestamps (a batch of packets) mostly share their second: its text is
+        // kept per thread, which leaves only the nanoseconds to write.
+        let (cached_secs, date) = LAST_SECOND.get();
+        if cached_secs == secs {
+            text[..DATE_LEN].copy_from_slice(&date);
+        } else {
+            let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+            let of_day = secs.rem_euclid(86_400);
+            digits(&mut text[0..4], year);
+            digits(&mut text[5..7], i64::from(month));
+            digits(&mut text[8..10], i64::from(day));
+            digits(&mut text[11..13], of_day / 3600);
+            digits(&mut text[14..16], of_day % 3600 / 60);
+            digits(&mut text[17..19], of_day % 60);
+            let mut date = [0; DATE_LEN];
+            date.copy_from_slice(&text[..DATE_LEN]);
+            LAST_SECOND.set((secs, date));
+        }
         digits(&mut text[20..29], nanos);
         text
     }
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SS`.
+const DATE_LEN: usize = 19;
+
+thread_local! {
+    /// The last second formatted on this thread and its text.
+    static LAST_SECOND: Cell<(i64, [u8; DATE_LEN])> = const { Cell::new((i64::MIN, [0; DATE_LEN])) };
 }
 
 /// Writes `value` (non-negative) as decimal into all of `out`, zero-padded on the left.
@@ -183,6 +201,18 @@ mod tests {
             "2026-11-27T18:44:56.123456789Z"
         );
         assert_eq!(at(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn cached_second_is_not_reused_for_another_second() {
+        // Same second twice (cache hit), then its neighbours and a distant instant.
+        let base = 1_795_805_096_000_000_000;
+        assert_eq!(at(base + 1), "2026-11-27T18:44:56.000000001Z");
+        assert_eq!(at(base + 999_999_999), "2026-11-27T18:44:56.999999999Z");
+        assert_eq!(at(base + 1_000_000_000), "2026-11-27T18:44:57.000000000Z");
+        assert_eq!(at(base - 1), "2026-11-27T18:44:55.999999999Z");
+        assert_eq!(at(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(at(base + 5), "2026-11-27T18:44:56.000000005Z");
     }
 
     #[test]
