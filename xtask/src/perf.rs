@@ -13,8 +13,6 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::cmd;
-
 /// Sampling period in nanoseconds of CPU time (4 kHz per CPU).
 const PERIOD_NS: u64 = 250_000;
 
@@ -92,11 +90,7 @@ impl Sampler {
         let out = BufReader::new(script.stdout.take().context("perf script stdout")?);
         let counts = attribute(out, pid)?;
         let status = script.wait()?;
-        ensure!(
-            status.success(),
-            "{} failed: {status}",
-            cmd::display(&Command::new("perf"))
-        );
+        ensure!(status.success(), "perf script failed: {status}");
         let seconds = |samples: u64| samples as f64 * PERIOD_NS as f64 / 1e9;
         Ok(CpuShares {
             process: seconds(counts.process),
