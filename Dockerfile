@@ -1,5 +1,6 @@
-# Two images from source, both static (musl) binaries on an empty base:
-#   docker build --target sniffer  -t <registry>/tcp-sniffer:0.1.0 .
+# Two images from source, both static (musl) binaries on an empty base. The sniffer image is
+# the last stage, so a build without --target makes it:
+#   docker build -t <registry>/tcp-sniffer:0.1.0 .                      (or --target sniffer)
 #   docker build --target injector -t <registry>/tcp-sniffer-injector:0.1.0 .
 #
 # BUILDER_IMAGE: a Debian-based image with rustup and a C compiler (the eBPF build bootstraps
@@ -30,17 +31,6 @@ COPY target/image/sniffer target/image/injector target/image/ca-certificates.crt
 
 FROM ${BINARIES} AS binaries
 
-# The sniffer runs as root inside the container with only NET_RAW and BPF: Kubernetes grants
-# added capabilities to UID 0 only (docs/specs/INJECTOR.md).
-FROM scratch AS sniffer
-LABEL org.opencontainers.image.title="tcp-sniffer" \
-      org.opencontainers.image.description="eBPF agent capturing TCP packet metadata of a pod" \
-      org.opencontainers.image.version="0.1.0" \
-      org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=binaries /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=binaries /out/sniffer /sniffer
-ENTRYPOINT ["/sniffer"]
-
 FROM scratch AS injector
 LABEL org.opencontainers.image.title="tcp-sniffer-injector" \
       org.opencontainers.image.description="Mutating admission webhook adding the tcp-sniffer container" \
@@ -51,3 +41,14 @@ USER 65532:65532
 EXPOSE 8443
 ENTRYPOINT ["/injector"]
 CMD ["serve"]
+
+# The sniffer runs as root inside the container with only NET_RAW and BPF: Kubernetes grants
+# added capabilities to UID 0 only (docs/specs/INJECTOR.md).
+FROM scratch AS sniffer
+LABEL org.opencontainers.image.title="tcp-sniffer" \
+      org.opencontainers.image.description="eBPF agent capturing TCP packet metadata of a pod" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=binaries /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=binaries /out/sniffer /sniffer
+ENTRYPOINT ["/sniffer"]

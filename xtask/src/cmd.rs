@@ -63,16 +63,25 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// Builds `package` (release or debug profile) and returns the path of its binary.
-pub fn build_binary(package: &str, release: bool) -> Result<PathBuf> {
+/// The build of the workspace's binaries: exactly the build contract's `cargo build [--release]`.
+///
+/// Never `--package`: cargo unifies dependency features over the packages selected, so building
+/// one binary alone compiles its dependencies with other features and rebuilds everything a
+/// plain `cargo build --release` already built (minutes on a fresh machine).
+fn build_command(release: bool) -> Command {
     let mut build = cargo();
-    build.args(["build", "--package", package]);
+    build.arg("build");
     if release {
         build.arg("--release");
     }
-    run(&mut build)?;
+    build
+}
+
+/// Builds the workspace's binaries (release or debug profile) and returns the path of `binary`.
+pub fn build_binary(binary: &str, release: bool) -> Result<PathBuf> {
+    run(&mut build_command(release))?;
     let profile = if release { "release" } else { "debug" };
-    Ok(ebpf::target_dir().join(profile).join(package))
+    Ok(ebpf::target_dir().join(profile).join(binary))
 }
 
 /// Has `injector` write a CA and a `localhost` serving pair (valid a day) into `dir`.
@@ -113,4 +122,20 @@ pub fn wait_for_port(port: u16, what: &str) -> Result<()> {
         thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The artifacts of `cargo build --release` (the build contract) are reused, not rebuilt with
+    /// other features.
+    #[test]
+    fn binaries_are_built_as_the_build_contract_builds_them() {
+        for (release, args) in [(true, vec!["build", "--release"]), (false, vec!["build"])] {
+            let command = build_command(release);
+            let got: Vec<_> = command.get_args().map(|a| a.to_str().unwrap()).collect();
+            assert_eq!(got, args);
+        }
+    }
 }

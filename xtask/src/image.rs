@@ -84,24 +84,19 @@ fn build_images() -> Result<Containers> {
     .context(
         "no /etc/ssl/certs/ca-certificates.crt (Debian's ca-certificates) to put in the image",
     )?;
-    for (target, tag) in [("sniffer", SNIFFER_IMAGE), ("injector", INJECTOR_IMAGE)] {
-        cmd::run(
-            containers
-                .command("buildah")
-                .args([
-                    "build",
-                    "--build-arg",
-                    "BINARIES=prebuilt",
-                    "--target",
-                    target,
-                    "-t",
-                    tag,
-                    "-f",
-                ])
-                .arg(root.join("Dockerfile"))
-                .arg(&root),
-        )
-        .with_context(|| format!("building the {target} image failed"))?;
+    // The sniffer image is built without `--target`, as the deployment guide's plain
+    // `docker build .` does: the Dockerfile's last stage must be it.
+    for (target, tag) in [(None, SNIFFER_IMAGE), (Some("injector"), INJECTOR_IMAGE)] {
+        let mut build = containers.command("buildah");
+        build.args(["build", "--build-arg", "BINARIES=prebuilt"]);
+        if let Some(target) = target {
+            build.args(["--target", target]);
+        }
+        build
+            .args(["-t", tag, "-f"])
+            .arg(root.join("Dockerfile"))
+            .arg(&root);
+        cmd::run(&mut build).with_context(|| format!("building {tag} failed"))?;
     }
     cmd::run(containers.command("podman").args(["images"]))?;
     Ok(containers)

@@ -7,6 +7,7 @@ mod cmd;
 mod collector;
 mod ebpf;
 mod fuzz;
+mod hygiene;
 mod image;
 mod manifests;
 mod perf;

@@ -2,14 +2,17 @@
 
 use anyhow::Result;
 
-use crate::{bootstrap, cmd, ebpf, manifests, workspace_root};
+use crate::{bootstrap, cmd, ebpf, hygiene, manifests, workspace_root};
 
 /// Commands the tests run, and the Debian packages that provide them.
 const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
 
-/// Installs what is missing, builds the kernel object, checks formatting and lints, runs the tests,
+/// Checks the repository (no tracked private key, the Dockerfile's default target), installs what
+/// is missing, builds the kernel object, checks formatting and lints, runs the tests,
 /// then checks the Kubernetes manifests.
 pub fn run(test_args: &[String]) -> Result<()> {
+    hygiene::no_private_keys()?;
+    hygiene::dockerfile_default_is_sniffer()?;
     bootstrap::ensure_debian_packages(TEST_PACKAGES)?;
     ebpf::build()?;
     let cargo = cmd::cargo;
