@@ -9,7 +9,7 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use serde::{Deserialize, Serialize};
-use sniffer_common::ports::PortsError;
+use sniffer_common::{echo::Echo, ports::PortsError, url::parse_http_url};
 use thiserror::Error;
 
 /// Where the sniffer reads the token from: a key of a Secret in the pod's namespace.
@@ -174,8 +174,9 @@ impl InjectorOptions {
                 .map_err(|err: PortsError| invalid("defaultPorts", err.to_string()))?;
         }
         if let Some(url) = output_url {
-            validate_url(url)
-                .map_err(|problem| invalid("outputUrl", format!("{url:?} {problem}")))?;
+            // The sniffer's own rule, so a URL accepted here never makes a sidecar exit 1.
+            parse_http_url(url)
+                .map_err(|problem| invalid("outputUrl", format!("{:?} {problem}", Echo(url))))?;
         }
         if let Some(SecretKeyRef { name, key }) = output_url_auth_token_secret {
             if !is_dns_subdomain(name) {
@@ -256,21 +257,6 @@ impl InjectorOptions {
     }
 }
 
-/// Accepts absolute `http://` and `https://` URLs with a host; says what is wrong otherwise.
-pub fn validate_url(url: &str) -> Result<(), &'static str> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or("is not an absolute http(s) URL")?;
-    if scheme != "http" && scheme != "https" {
-        return Err("must use http or https");
-    }
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if host.is_empty() || host.starts_with(':') || url.chars().any(char::is_whitespace) {
-        return Err("has no valid host");
-    }
-    Ok(())
-}
-
 /// RFC 1123 subdomain, as Kubernetes requires of object names.
 fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty()
@@ -323,6 +309,8 @@ fn is_quantity(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use sniffer_common::url::url_cases;
+
     use super::*;
 
     fn with(json: &str) -> Result<InjectorOptions, String> {
@@ -385,8 +373,8 @@ mod tests {
                 "option outputUrl: \"ftp://x\" must use http or https",
             ),
             (
-                r#"{"outputUrl":"not a url"}"#,
-                "option outputUrl: \"not a url\" is not an absolute",
+                r#"{"outputUrl":"collector:9000"}"#,
+                "option outputUrl: \"collector:9000\" is not an absolute",
             ),
             (
                 r#"{"outputUrlAuthTokenSecret":{"name":"Bad_Name","key":"t"}}"#,
@@ -435,13 +423,23 @@ mod tests {
     }
 
     #[test]
-    fn urls() {
-        assert!(validate_url("http://collector:9000/x").is_ok());
-        assert!(validate_url("https://[fd00::1]:8443").is_ok());
-        assert_eq!(validate_url("http:///path"), Err("has no valid host"));
-        assert_eq!(
-            validate_url("collector"),
-            Err("is not an absolute http(s) URL")
-        );
+    fn output_urls_follow_the_shared_table() {
+        for (url, expected) in url_cases() {
+            let options = InjectorOptions {
+                output_url: Some(url.to_owned()),
+                ..InjectorOptions::default()
+            };
+            match (options.validate(), expected) {
+                (Ok(()), None) => {}
+                (Err(err), Some(reason)) => {
+                    assert!(err.to_string().starts_with("option outputUrl: "), "{err}");
+                    assert!(
+                        err.to_string().ends_with(&reason.to_string()),
+                        "{url:?}: {err}"
+                    );
+                }
+                (got, want) => panic!("{url:?}: got {got:?}, expected {want:?}"),
+            }
+        }
     }
 }

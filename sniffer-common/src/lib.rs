@@ -8,9 +8,11 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod echo;
 pub mod parse;
 #[cfg(feature = "alloc")]
 pub mod ports;
+pub mod url;
 
 /// Name of the socket filter program in the kernel object.
 pub const PROGRAM_NAME: &str = "tcp_sniffer";

@@ -5,7 +5,9 @@ use std::{ffi::CString, net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{ArgAction, Parser, builder::BoolishValueParser};
 use sniffer_common::{
     DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES,
+    echo::Echo,
     ports::{PortsError, parse_ports},
+    url::{UrlError, parse_http_url},
 };
 use thiserror::Error;
 
@@ -166,13 +168,13 @@ pub enum ConfigError {
         /// The value given.
         value: u64,
     },
-    /// `OUTPUT_URL` is not an absolute http(s) URL.
-    #[error("OUTPUT_URL {value:?} {problem}")]
+    /// `OUTPUT_URL` breaks the URL rule shared with the injector ([`sniffer_common::url`]).
+    #[error("OUTPUT_URL {:?} {problem}", Echo(value))]
     OutputUrl {
         /// The value given.
         value: String,
         /// What is wrong with it.
-        problem: &'static str,
+        problem: UrlError,
     },
     /// A number outside its range.
     #[error("{name}={value} is out of range: it must be from {min} to {max}")]
@@ -349,7 +351,8 @@ fn range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), Confi
     }
 }
 
-/// Accepts absolute `http://` and `https://` URLs with a host.
+/// Checks `OUTPUT_URL` with the rule the injector applies to `outputUrl`
+/// ([`sniffer_common::url`]).
 ///
 /// # Examples
 ///
@@ -361,20 +364,12 @@ fn range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), Confi
 /// assert!(validate_url("not a url").is_err());
 /// ```
 pub fn validate_url(value: &str) -> Result<(), ConfigError> {
-    let problem = |problem| ConfigError::OutputUrl {
-        value: value.to_owned(),
-        problem,
-    };
-    let uri: ureq::http::Uri = value.parse().map_err(|_| problem("is not a valid URL"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        Some(_) => return Err(problem("must use http or https")),
-        None => return Err(problem("is not an absolute http(s) URL")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(problem("has no host"));
-    }
-    Ok(())
+    parse_http_url(value)
+        .map(drop)
+        .map_err(|problem| ConfigError::OutputUrl {
+            value: value.to_owned(),
+            problem,
+        })
 }
 
 /// The index of interface `name` in this network namespace, if it exists.
@@ -394,6 +389,8 @@ fn page_size() -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use sniffer_common::url::url_cases;
+
     use super::*;
 
     #[test]
@@ -452,27 +449,29 @@ mod tests {
         }
     }
 
+    /// Every URL of the shared table that the rule accepts is one the HTTP client takes as it is,
+    /// with the same host and port; every other one is refused with the table's reason.
     #[test]
-    fn output_urls() {
-        for good in [
-            "http://collector:9000/",
-            "https://10.0.0.5/v1/batches?x=1",
-            "http://[fd00::5]:80",
-        ] {
-            assert!(validate_url(good).is_ok(), "{good}");
-        }
-        for (bad, problem) in [
-            ("ftp://collector/", "must use http or https"),
-            ("not a url", "is not a valid URL"),
-            ("collector:9000", "is not an absolute http(s) URL"),
-            ("/v1/batches", "is not an absolute http(s) URL"),
-            ("", "is not a valid URL"),
-        ] {
-            match validate_url(bad) {
-                Err(ConfigError::OutputUrl { value, problem: p }) => {
-                    assert_eq!((value.as_str(), p), (bad, problem));
+    fn output_urls_follow_the_shared_table_and_suit_the_http_client() {
+        for (url, expected) in url_cases() {
+            match (validate_url(url), expected) {
+                (Ok(()), None) => {
+                    let parts = parse_http_url(url).unwrap();
+                    let uri: ureq::http::Uri = url.parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+                    let scheme = uri.scheme_str().unwrap().to_ascii_lowercase();
+                    assert!(scheme == "http" || scheme == "https", "{url}");
+                    let host = uri.host().unwrap();
+                    assert_eq!(
+                        host.trim_start_matches('[').trim_end_matches(']'),
+                        parts.host,
+                        "{url}"
+                    );
+                    assert_eq!(uri.port_u16(), parts.port, "{url}");
                 }
-                other => panic!("{bad:?}: {other:?}"),
+                (Err(ConfigError::OutputUrl { value, problem }), Some(reason)) => {
+                    assert_eq!((value.as_str(), problem), (url, reason));
+                }
+                (got, want) => panic!("{url:?}: got {got:?}, expected {want:?}"),
             }
         }
     }

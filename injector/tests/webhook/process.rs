@@ -6,6 +6,7 @@ use std::{
 };
 
 use serde_json::Value;
+use sniffer_common::url::url_cases;
 
 use crate::common::{INJECTOR, TempDir, localhost_certs, mount_secret, start_default};
 
@@ -210,4 +211,49 @@ fn inject_previews_the_mutation_of_a_pod_file() {
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert!(yaml.contains("initContainers:\n  - env:"), "{yaml}");
     assert!(yaml.contains("restartPolicy: Always"));
+}
+
+/// `inject` on the URL table the sniffer's tests also use: what the injector accepts reaches the
+/// container's `OUTPUT_URL` unchanged, and what it refuses names the option and the reason.
+#[test]
+fn output_urls_follow_the_table_shared_with_the_sniffer() {
+    let dir = TempDir::new();
+    let pod = dir.0.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: app\n    ports:\n    - containerPort: 8080\n",
+    )
+    .unwrap();
+    for (url, expected) in url_cases() {
+        let out = run(
+            &["inject", "-f", pod.to_str().unwrap(), "-o", "json"],
+            &[("SNIFFER_OUTPUT_URL", url)],
+        );
+        match expected {
+            None => {
+                assert!(
+                    out.status.success(),
+                    "{url:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let mutated: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let env = mutated["spec"]["containers"][1]["env"]
+                    .as_array()
+                    .unwrap()
+                    .clone();
+                let output_url = env
+                    .iter()
+                    .find(|e| e["name"] == "OUTPUT_URL")
+                    .expect("OUTPUT_URL");
+                assert_eq!(output_url["value"], url);
+            }
+            Some(reason) => {
+                assert_eq!(out.status.code(), Some(1), "{url:?}");
+                assert_eq!(
+                    error_of(&out),
+                    format!("option outputUrl: {url:?} {reason}")
+                );
+            }
+        }
+    }
 }
