@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Pod;
-use sniffer_common::{MAX_PORTS, ports::parse_ports};
+use sniffer_common::{MAX_PORTS, echo::Echo, ports::parse_ports};
 
 use crate::{
     options::InjectorOptions,
@@ -154,7 +154,8 @@ pub fn decide(request: &Request<'_>, pod: Option<&Pod>, options: &InjectorOption
         Some(other) => {
             return Decision::Deny {
                 reason: format!(
-                    "annotation {INJECT_ANNOTATION} is {other:?}; it must be \"true\" or \"false\""
+                    "annotation {INJECT_ANNOTATION} is {:?}; it must be \"true\" or \"false\"",
+                    Echo(other)
                 ),
             };
         }
@@ -180,7 +181,10 @@ pub fn decide(request: &Request<'_>, pod: Option<&Pod>, options: &InjectorOption
             Ok(ports) => (ports, PortSource::Annotation),
             Err(err) => {
                 return Decision::Deny {
-                    reason: format!("annotation {PORTS_ANNOTATION} {value:?} is invalid: {err}"),
+                    reason: format!(
+                        "annotation {PORTS_ANNOTATION} {:?} is invalid: {err}",
+                        Echo(value)
+                    ),
                 };
             }
         }

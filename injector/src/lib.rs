@@ -9,12 +9,14 @@
 //! | [`review`] | AdmissionReview body in, response body out |
 //! | [`tls`] | serve TLS: the certificate store and its reloading |
 //! | [`server`] | the HTTPS server: routes, connections, shutdown |
+//! | [`limits`] | bounds on connections, request-body memory and time |
 //! | [`metrics`] | counters and the latency histogram |
 //! | [`certs`] | `injector gen-certs` |
 //! | [`preview`] | `injector inject -f` |
 
 pub mod certs;
 pub mod decide;
+pub mod limits;
 pub mod metrics;
 pub mod options;
 pub mod patch;

@@ -2,19 +2,22 @@
 //!
 //! Exit codes: 0 clean stop, 1 bad options or unusable certificate at start, 2 runtime error.
 
-use std::{io::Read as _, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::Read as _, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use clap::{ArgAction, Args, Parser, Subcommand, builder::BoolishValueParser, error::ErrorKind};
 use injector::{
     certs,
+    limits::{DEFAULT_MAX_CONNECTIONS, Limits},
     options::{InjectorOptions, OptionsError},
     preview,
     server::{self, App},
     tls::{CertPaths, CertStore},
 };
 use log::{error, info};
-use sniffer_common::ports::parse_ports;
+use sniffer_common::{echo::Echo, ports::parse_ports};
 
 #[derive(Parser)]
 #[command(
@@ -94,7 +97,7 @@ impl OptionArgs {
         if let Some(ports) = default_ports {
             options.default_ports = parse_ports(&ports).map_err(|err| OptionsError::Invalid {
                 field: "defaultPorts".to_owned(),
-                problem: format!("{ports:?} is invalid: {err}"),
+                problem: format!("{:?} is invalid: {err}", Echo(&ports)),
             })?;
         }
         if let Some(url) = output_url {
@@ -130,6 +133,14 @@ struct ServeArgs {
     /// How often the certificate files are checked for changes (seconds).
     #[arg(long, env = "TLS_RELOAD_INTERVAL_SECS", default_value_t = 2)]
     tls_reload_interval_secs: u64,
+    /// Plain-HTTP address for `/metrics`, `/healthz` and `/readyz` (the kubelet's probes and
+    /// Prometheus), so the webhook port can be opened to the API server alone; `off` disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_listen: String,
+    /// Webhook connections open at once (1-4096); more are closed at accept.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    max_connections: u16,
     #[command(flatten)]
     options: OptionArgs,
 }
@@ -243,14 +254,36 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .build()
         .context("cannot start the async runtime")
         .map_err(Failure::Runtime)?;
+    let metrics_addr = match args.metrics_listen.as_str() {
+        "off" => None,
+        addr => Some(addr.parse::<SocketAddr>().map_err(|_| {
+            Failure::Config(anyhow::anyhow!(
+                "METRICS_ADDR {:?} is not an address like 0.0.0.0:9090 (or off)",
+                Echo(addr)
+            ))
+        })?),
+    };
+    let limits = Limits {
+        max_connections: usize::from(args.max_connections),
+        ..Limits::default()
+    };
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))
             .map_err(Failure::Runtime)?;
+        let app = App::new(options, limits);
+        if let Some(addr) = metrics_addr {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))
+                .map_err(Failure::Runtime)?;
+            tokio::spawn(server::serve_metrics(metrics, Arc::clone(&app)));
+            info!(address = addr.to_string().as_str(); "metrics endpoint listening");
+        }
         tokio::spawn(store.watch(Duration::from_secs(args.tls_reload_interval_secs.max(1))));
-        info!(listen = args.listen.to_string().as_str(); "serving HTTPS");
-        server::serve(listener, tls, App::new(options), shutdown_signal()).await;
+        info!(listen = args.listen.to_string().as_str(), max_connections = limits.max_connections; "serving HTTPS");
+        server::serve(listener, tls, app, shutdown_signal()).await;
         info!("stopped");
         Ok(())
     })

@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use crate::decide::{Decision, Skip};
+use crate::{
+    decide::{Decision, Skip},
+    limits::{Cut, Cuts},
+};
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const BUCKETS: [f64; 10] = [
@@ -33,6 +36,8 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
+    /// Connections and requests cut short by the limits, by reason.
+    pub cuts: Cuts,
 }
 
 impl Metrics {
@@ -127,6 +132,19 @@ impl Metrics {
              tcp_sniffer_injector_admission_duration_seconds_count {count}",
             get(&self.latency_sum_ns) as f64 / 1e9
         );
+        let _ = writeln!(
+            out,
+            "# HELP tcp_sniffer_injector_cuts_total Connections and requests cut short by the server's limits, by reason.\n\
+             # TYPE tcp_sniffer_injector_cuts_total counter"
+        );
+        for cut in Cut::ALL {
+            let _ = writeln!(
+                out,
+                "tcp_sniffer_injector_cuts_total{{reason=\"{}\"}} {}",
+                cut.label(),
+                self.cuts.count(cut)
+            );
+        }
         out
     }
 }

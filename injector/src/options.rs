@@ -149,13 +149,16 @@ impl InjectorOptions {
         if image.is_empty() || image.chars().any(char::is_whitespace) {
             return Err(invalid(
                 "image",
-                format!("{image:?} is not an image reference"),
+                format!("{:?} is not an image reference", Echo(image)),
             ));
         }
         if !["Always", "IfNotPresent", "Never"].contains(&image_pull_policy.as_str()) {
             return Err(invalid(
                 "imagePullPolicy",
-                format!("{image_pull_policy:?} is not one of Always, IfNotPresent, Never"),
+                format!(
+                    "{:?} is not one of Always, IfNotPresent, Never",
+                    Echo(image_pull_policy)
+                ),
             ));
         }
         if interface.is_empty()
@@ -165,7 +168,7 @@ impl InjectorOptions {
         {
             return Err(invalid(
                 "interface",
-                format!("{interface:?} is not an interface name"),
+                format!("{:?} is not an interface name", Echo(interface)),
             ));
         }
         if !default_ports.is_empty() {
@@ -182,7 +185,10 @@ impl InjectorOptions {
             if !is_dns_subdomain(name) {
                 return Err(invalid(
                     "outputUrlAuthTokenSecret.name",
-                    format!("{name:?} is not a valid Secret name (a DNS subdomain)"),
+                    format!(
+                        "{:?} is not a valid Secret name (a DNS subdomain)",
+                        Echo(name)
+                    ),
                 ));
             }
             if key.is_empty()
@@ -193,7 +199,7 @@ impl InjectorOptions {
             {
                 return Err(invalid(
                     "outputUrlAuthTokenSecret.key",
-                    format!("{key:?} is not a valid Secret key"),
+                    format!("{:?} is not a valid Secret key", Echo(key)),
                 ));
             }
         }
@@ -207,7 +213,8 @@ impl InjectorOptions {
                 return Err(invalid(
                     format!("capabilities[{index}]"),
                     format!(
-                        "{capability:?} is not a capability name like NET_RAW (no CAP_ prefix)"
+                        "{:?} is not a capability name like NET_RAW (no CAP_ prefix)",
+                        Echo(capability)
                     ),
                 ));
             }
@@ -235,7 +242,10 @@ impl InjectorOptions {
                 (other, _) => {
                     return Err(invalid(
                         "seccompProfile.type",
-                        format!("{other:?} is not one of Unconfined, RuntimeDefault, Localhost"),
+                        format!(
+                            "{:?} is not one of Unconfined, RuntimeDefault, Localhost",
+                            Echo(other)
+                        ),
                     ));
                 }
             }
@@ -248,7 +258,7 @@ impl InjectorOptions {
                 if !is_quantity(value) {
                     return Err(invalid(
                         format!("resources.{kind}.{name}"),
-                        format!("{value:?} is not a Kubernetes quantity"),
+                        format!("{:?} is not a Kubernetes quantity", Echo(value)),
                     ));
                 }
             }

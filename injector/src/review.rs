@@ -12,6 +12,7 @@ use kube::core::{
 };
 use serde::Serialize;
 use serde_json::Value;
+use sniffer_common::echo::Echo;
 use thiserror::Error;
 
 use crate::{
@@ -25,20 +26,33 @@ const API_VERSION: &str = "admission.k8s.io/v1";
 #[derive(Debug, Error)]
 pub enum ReviewError {
     /// Not JSON, or not shaped like an AdmissionReview.
-    #[error("the body is not an AdmissionReview: {0}")]
+    #[error("the body is not an AdmissionReview: {}", Echo(&.0.to_string()))]
     Json(#[from] serde_json::Error),
     /// Another API version.
     #[error(
-        "apiVersion {0:?} is not supported: send admission.k8s.io/v1 (admissionReviewVersions: [\"v1\"])"
+        "apiVersion {:?} is not supported: send admission.k8s.io/v1 (admissionReviewVersions: [\"v1\"])",
+        Echo(.0)
     )]
     ApiVersion(String),
     /// Another kind.
-    #[error("kind {0:?} is not AdmissionReview")]
+    #[error("kind {:?} is not AdmissionReview", Echo(.0))]
     Kind(String),
     /// No `request`.
     #[error("the AdmissionReview has no request")]
     MissingRequest,
+    /// A `request.uid` far longer than the UIDs an API server sends, which the response would
+    /// have to repeat whole.
+    #[error(
+        "request.uid is {bytes} bytes long; an API server sends a UID of 36 characters (at most {MAX_UID_BYTES} accepted)"
+    )]
+    Uid {
+        /// Its length.
+        bytes: usize,
+    },
 }
+
+/// Longest accepted `request.uid` (the API server's are 36-character UUIDs).
+pub const MAX_UID_BYTES: usize = 128;
 
 /// What was decided about one review, for the answer, the log and the metrics.
 #[derive(Debug)]
@@ -49,9 +63,10 @@ pub struct Outcome {
     pub decision: Decision,
     /// Request uid.
     pub uid: String,
-    /// Namespace of the request.
+    /// Namespace of the request (cut at 256 bytes, for the log).
     pub namespace: String,
-    /// Pod name, or its `generateName` followed by `*` when the name is not set yet.
+    /// Pod name, or its `generateName` followed by `*` when the name is not set yet (cut at
+    /// 256 bytes, for the log).
     pub pod: String,
     /// `CREATE`, `UPDATE` …
     pub operation: &'static str,
@@ -167,6 +182,9 @@ fn answer<T: Resource>(
         dry_run,
         ..
     } = request;
+    if uid.len() > MAX_UID_BYTES {
+        return Err(ReviewError::Uid { bytes: uid.len() });
+    }
     let operation = operation_name(&operation);
     let target = Request {
         group: &kind.group,
@@ -180,15 +198,18 @@ fn answer<T: Resource>(
     let (decision, pod_label) = match object.map(to_pod) {
         Some(Ok(pod)) => {
             let label = match (&pod.metadata.name, &pod.metadata.generate_name) {
-                (Some(name), _) if !name.is_empty() => name.clone(),
-                (_, Some(prefix)) => format!("{prefix}*"),
+                (Some(name), _) if !name.is_empty() => Echo(name).to_string(),
+                (_, Some(prefix)) => format!("{}*", Echo(prefix)),
                 _ => String::new(),
             };
             (decide(&target, Some(&pod), options), label)
         }
         Some(Err(err)) if is_pod_create => (
             Decision::Deny {
-                reason: format!("the Pod in the request cannot be read: {err}"),
+                reason: format!(
+                    "the Pod in the request cannot be read: {}",
+                    Echo(&err.to_string())
+                ),
             },
             String::new(),
         ),
@@ -199,7 +220,10 @@ fn answer<T: Resource>(
         body,
         decision,
         uid,
-        namespace: namespace.unwrap_or_default(),
+        namespace: namespace
+            .as_deref()
+            .map(|ns| Echo(ns).to_string())
+            .unwrap_or_default(),
         pod: pod_label,
         operation,
         dry_run,

@@ -7,7 +7,7 @@ use alloc::{
     vec::Vec,
 };
 
-use crate::{MAX_PORTS, port_bit};
+use crate::{MAX_PORTS, echo::Echo, port_bit};
 
 /// Why a port list was refused; the caller names the variable or annotation.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,9 +46,13 @@ impl core::fmt::Display for PortsError {
         match self {
             Self::Empty => write!(f, "no port is listed: give at least one, e.g. 8080,8443"),
             Self::EmptyEntry { position } => write!(f, "entry {position} is empty"),
-            Self::NotANumber { token } => write!(f, "entry {token:?} is not a port number"),
+            Self::NotANumber { token } => write!(f, "entry {:?} is not a port number", Echo(token)),
             Self::OutOfRange { token } => {
-                write!(f, "entry {token:?} is out of range: TCP ports are 1-65535")
+                write!(
+                    f,
+                    "entry {:?} is out of range: TCP ports are 1-65535",
+                    Echo(token)
+                )
             }
             Self::Duplicate { port } => write!(f, "port {port} is listed more than once"),
             Self::TooMany { count } => {

@@ -128,7 +128,7 @@ pub struct Config {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// `PORTS` is invalid.
-    #[error("PORTS {value:?} is invalid: {source}")]
+    #[error("PORTS {:?} is invalid: {source}", Echo(value))]
     Ports {
         /// The value given.
         value: String,
@@ -137,7 +137,7 @@ pub enum ConfigError {
         source: PortsError,
     },
     /// `INTERFACE` does not exist in this network namespace.
-    #[error("INTERFACE {name:?} does not exist in this network namespace")]
+    #[error("INTERFACE {:?} does not exist in this network namespace", Echo(name))]
     UnknownInterface {
         /// The name given.
         name: String,

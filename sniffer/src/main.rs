@@ -23,7 +23,7 @@ use sniffer::{
     output::{Ndjson, Sink},
     record::Record,
 };
-use sniffer_common::PacketRecord;
+use sniffer_common::{PacketRecord, echo::Echo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How often the kernel's counters are read (and new ring losses reported).
@@ -65,8 +65,8 @@ fn main() -> ExitCode {
     let placement = args.placement();
     json_log::init(&placement.log_fields());
     info!(
-        interface = args.interface.as_str(),
-        ports = args.ports.as_str(),
+        interface = Echo(&args.interface).to_string().as_str(),
+        ports = Echo(&args.ports).to_string().as_str(),
         version = env!("CARGO_PKG_VERSION");
         "Sniffer entrypoint starting"
     );

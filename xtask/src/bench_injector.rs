@@ -103,6 +103,7 @@ pub fn run(seconds: u32) -> Result<String> {
     let injector = cmd::KillOnDrop(
         Command::new(&binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", "off"])
             .arg("--tls-cert")
             .arg(certs.join("tls.crt"))
             .arg("--tls-key")

@@ -1,6 +1,7 @@
 //! `cargo xtask check-manifests`: every kustomization renders and validates against the
-//! Kubernetes schemas, and the example pod goes through the real injector over HTTPS and comes
-//! back as a valid pod with the sniffer.
+//! Kubernetes schemas, the base's NetworkPolicy admits only the webhook and metrics ports, and
+//! the example pod goes through the real injector over HTTPS and comes back as a valid pod with
+//! the sniffer.
 
 use std::{
     fs,
@@ -95,6 +96,12 @@ pub fn check() -> Result<()> {
             );
         }
     }
+    cmd::run(
+        Command::new(venv.join("python"))
+            .arg(root.join("xtask/python/network_policy.py"))
+            .arg(scratch.join("base.yaml")),
+    )
+    .context("the base manifests' NetworkPolicy check failed")?;
     roundtrip(&injector, &scratch, &venv, &root)
 }
 
@@ -108,6 +115,7 @@ fn roundtrip(injector: &Path, scratch: &Path, venv: &Path, root: &Path) -> Resul
     let _server = cmd::KillOnDrop(
         Command::new(injector)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", "off"])
             .arg("--tls-cert")
             .arg(certs.join("tls.crt"))
             .arg("--tls-key")

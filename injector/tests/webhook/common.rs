@@ -100,8 +100,10 @@ pub fn free_port() -> u16 {
 pub struct Server {
     /// The child.
     pub child: Child,
-    /// Its port on 127.0.0.1.
+    /// Its webhook (HTTPS) port on 127.0.0.1.
     pub port: u16,
+    /// Its plain-HTTP metrics port on 127.0.0.1.
+    pub metrics_port: u16,
     /// Its stderr lines so far.
     pub logs: Arc<Mutex<Vec<String>>>,
 }
@@ -110,10 +112,13 @@ impl Server {
     /// Starts `injector serve` with the mounted Secret in `secret_dir` and extra arguments.
     pub fn start(secret_dir: &Path, extra: &[&str]) -> Self {
         let port = free_port();
+        let metrics_port = free_port();
         let mut child = Command::new(INJECTOR)
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .arg("--tls-cert")
             .arg(secret_dir.join("tls.crt"))
             .arg("--tls-key")
@@ -133,7 +138,12 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let server = Self { child, port, logs };
+        let server = Self {
+            child,
+            port,
+            metrics_port,
+            logs,
+        };
         server.wait_for_log("serving HTTPS");
         server
     }
@@ -255,7 +265,7 @@ pub fn post(agent: &ureq::Agent, server: &Server, body: &[u8]) -> (u16, String) 
         .post(&server.url("/mutate"))
         .header("Content-Type", "application/json")
         .send(body)
-        .expect("request");
+        .unwrap_or_else(|e| panic!("request: {e}"));
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_string().unwrap())
 }

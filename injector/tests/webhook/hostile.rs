@@ -148,3 +148,113 @@ fn body_without_content_length_is_refused() {
     let text = answer(&mut tls);
     assert!(text.starts_with("HTTP/1.1 411"), "{text}");
 }
+
+/// A 2 MiB annotation, uid, name, namespace or enum value comes back cut to 256 bytes with a
+/// marker, in the response and in the log line, never whole.
+#[test]
+fn huge_values_are_never_echoed_whole() {
+    let (_dir, certs, server) = start_default();
+    let agent = client(&[&certs.ca_pem]);
+    let huge = "9".repeat(2 << 20);
+    // Two fields of 1 MiB: the body stays under the 4 MiB limit.
+    let large = "9".repeat(1 << 20);
+    let review = |uid: &str,
+                  namespace: &str,
+                  operation: &str,
+                  name: &str,
+                  annotations: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace, "operation": operation, "userInfo": {},
+                "object": {"metadata": {"name": name, "annotations": annotations},
+                           "spec": {"containers": [{"name": "app"}]}}
+            }
+        }))
+        .unwrap()
+    };
+    let cases = [
+        (
+            "ports annotation",
+            review(
+                "u1",
+                "shop",
+                "CREATE",
+                "web",
+                serde_json::json!({"tcp-sniffer/ports": huge}),
+            ),
+            200,
+        ),
+        (
+            "inject annotation",
+            review(
+                "u2",
+                "shop",
+                "CREATE",
+                "web",
+                serde_json::json!({"tcp-sniffer/inject": huge}),
+            ),
+            200,
+        ),
+        (
+            "uid",
+            review(
+                &huge,
+                "shop",
+                "CREATE",
+                "web",
+                serde_json::json!({"tcp-sniffer/ports": "x"}),
+            ),
+            400,
+        ),
+        (
+            "operation",
+            review("u3", "shop", &huge, "web", serde_json::json!({})),
+            400,
+        ),
+        (
+            "name and namespace",
+            review(
+                "u4",
+                &large,
+                "CREATE",
+                &large,
+                serde_json::json!({"tcp-sniffer/ports": "0"}),
+            ),
+            200,
+        ),
+    ];
+    for (what, body, status) in cases {
+        let (got, text) = post(&agent, &server, &body);
+        assert_eq!(got, status, "{what}: {}", &text[..text.len().min(500)]);
+        assert!(text.len() < 2048, "{what}: a {} byte answer", text.len());
+        // The name and namespace are only logged.
+        assert!(
+            text.contains("truncated")
+                || text.contains("bytes long")
+                || what == "name and namespace",
+            "{what}: {text}"
+        );
+    }
+    let lines = server.wait_for_lines("admission decision", 3);
+    let bad = server.wait_for_lines("bad admission request", 2);
+    for line in lines.iter().chain(&bad) {
+        let text = line.to_string();
+        assert!(text.len() < 4096, "a {} byte log line", text.len());
+    }
+    let denied = lines.iter().find(|l| l["uid"] == "u4").expect("u4 logged");
+    assert!(
+        denied["namespace"]
+            .as_str()
+            .unwrap()
+            .ends_with("bytes, truncated)")
+    );
+    assert!(
+        denied["pod"]
+            .as_str()
+            .unwrap()
+            .ends_with("bytes, truncated)")
+    );
+}

@@ -48,6 +48,50 @@ fn serves_health_and_readiness_to_a_client_trusting_only_the_ca() {
     // Another CA's client must refuse the server.
     let stranger = localhost_certs();
     assert!(server.health(&[&stranger.ca_pem]).is_none());
+
+    // The probes and metrics, and nothing else, on the plain-HTTP metrics port.
+    let plain = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", server.metrics_port);
+    for (path, status, expected) in [
+        ("/healthz", 200, "ok\n"),
+        ("/readyz", 200, "ready\n"),
+        ("/mutate", 404, "not found"),
+    ] {
+        let mut response = plain.get(&url(path)).call().unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert!(
+            response
+                .body_mut()
+                .read_to_string()
+                .unwrap()
+                .starts_with(expected),
+            "{path}"
+        );
+    }
+    let mut metrics = plain.get(&url("/metrics")).call().unwrap();
+    let text = metrics.body_mut().read_to_string().unwrap();
+    assert!(
+        text.contains("tcp_sniffer_injector_cuts_total{reason=\"idle_timeout\"}"),
+        "{text}"
+    );
+    let review = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deployment-pod.json"),
+    )
+    .unwrap();
+    let response = plain
+        .post(&url("/mutate"))
+        .header("Content-Type", "application/json")
+        .send(&review[..])
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        404,
+        "the metrics port must not admit pods"
+    );
 }
 
 #[test]
@@ -258,8 +302,11 @@ fn deleted_certificate_files_keep_the_loaded_certificate() {
     assert_eq!(server.health(&[&renewed.ca_pem]).unwrap(), 200);
 }
 
+/// 200 stalled clients against a cap of 128 connections: the ones over the cap are closed at
+/// once, the probes on the metrics port keep answering fast, and the stalled ones are cut by the
+/// header and idle deadlines, after which the webhook port serves again.
 #[test]
-fn two_hundred_stalled_clients_do_not_starve_health_checks() {
+fn stalled_clients_beyond_the_cap_are_refused_and_the_probes_still_answer() {
     let (_dir, certs, server) = start_default();
     let config = tls_config(&certs.ca_pem, rustls::DEFAULT_VERSIONS, &[]);
     // Kept open and idle until the end of the test.
@@ -267,7 +314,7 @@ fn two_hundred_stalled_clients_do_not_starve_health_checks() {
     for i in 0..200 {
         let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
         if i % 2 == 0 {
-            // Half never even finish the TLS handshake.
+            // Half never even start the TLS handshake.
             idle_tcp.push(tcp);
             continue;
         }
@@ -281,13 +328,17 @@ fn two_hundred_stalled_clients_do_not_starve_health_checks() {
         } else {
             b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
         };
-        tls.write_all(request).unwrap();
+        // Over the cap the server has closed the connection: the write may fail.
+        let _ = tls.write_all(request);
         idle_tls.push(tls);
     }
-    let agent = client(&[&certs.ca_pem]);
+    let plain = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
     for _ in 0..10 {
         let start = Instant::now();
-        let response = agent.get(&server.url("/healthz")).call().unwrap();
+        let response = plain
+            .get(&format!("http://127.0.0.1:{}/healthz", server.metrics_port))
+            .call()
+            .unwrap();
         assert_eq!(response.status(), 200);
         assert!(
             start.elapsed() < Duration::from_millis(500),
@@ -295,5 +346,34 @@ fn two_hundred_stalled_clients_do_not_starve_health_checks() {
             start.elapsed()
         );
     }
+    let refused = server.wait_for_log("connection refused: the connection limit is reached");
+    assert_eq!(refused["reason"], "connection_cap");
+    // Handshake (5 s), header (5 s) and idle (10 s) deadlines free the slots.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.health(&[&certs.ca_pem]) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook port never recovered"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = plain
+        .get(&format!("http://127.0.0.1:{}/metrics", server.metrics_port))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let cut = |reason: &str| -> u64 {
+        let prefix = format!("tcp_sniffer_injector_cuts_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(cut("connection_cap") >= 72, "{metrics}");
+    assert!(cut("handshake_timeout") > 0, "{metrics}");
     drop((idle_tcp, idle_tls));
 }

@@ -5,4 +5,5 @@ mod admission;
 mod common;
 mod hostile;
 mod https;
+mod limits;
 mod process;

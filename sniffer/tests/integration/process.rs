@@ -258,3 +258,29 @@ fn deleted_interface_is_a_runtime_error() {
         "{error}"
     );
 }
+
+/// A huge bad value is quoted cut to 256 bytes, in the first line and in the error, never whole.
+#[test]
+fn huge_values_are_never_echoed_whole() {
+    // An environment string is at most 128 KiB on Linux.
+    let huge = "9".repeat(100_000);
+    for (name, env) in [
+        ("PORTS", [("PORTS", huge.as_str()), ("INTERFACE", "lo")]),
+        (
+            "INTERFACE",
+            [("PORTS", "8080"), ("INTERFACE", huge.as_str())],
+        ),
+    ] {
+        let finished = run_with_env(&env);
+        assert_eq!(finished.status.code(), Some(1), "{name}");
+        for line in &finished.logs {
+            let text = line.to_string();
+            assert!(text.len() < 2048, "{name}: a {} byte log line", text.len());
+        }
+        let error = error_line(&finished)["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains("(100000 bytes, truncated)"),
+            "{name}: {error}"
+        );
+    }
+}
