@@ -9,7 +9,8 @@ use std::{cell::Cell, fmt, io::Write as _};
 
 use log::kv::{Key, Value, VisitSource};
 
-/// Installs the JSON logger. `fixed` fields appear on every line, `null` when `None`.
+/// Installs the JSON logger, and a panic hook that logs panics as JSON lines too. `fixed` fields
+/// appear on every line, `null` when `None`.
 pub fn init(fixed: &[(&'static str, Option<String>)]) {
     let fixed: Vec<(&'static str, String)> = fixed
         .iter()
@@ -40,6 +41,23 @@ pub fn init(fixed: &[(&'static str, Option<String>)]) {
             writeln!(buf, "{line}")
         })
         .init();
+    // A panic's default message is plain text on stderr, which would break one-JSON-object-per-line.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let message = panic_message(info.payload());
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        log::error!(thread = thread.name().unwrap_or("unnamed"), location = location.as_str(), error = message; "panic");
+    }));
+}
+
+/// The text of a panic's payload (`panic!("…")` gives a `&str` or a `String`).
+#[must_use]
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 struct Fields<'a>(&'a mut String);

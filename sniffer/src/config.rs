@@ -7,11 +7,9 @@ use sniffer_common::{
     DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES,
     echo::Echo,
     ports::{PortsError, parse_ports},
-    url::{UrlError, parse_http_url},
+    url::{Scheme, UrlError, parse_http_url},
 };
 use thiserror::Error;
-
-use crate::deliver::DeliveryConfig;
 
 /// Default ring buffer size: 52,428 records of 80 bytes, 0.15 s at 350,000 packets/s.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
@@ -35,8 +33,14 @@ pub struct Args {
     #[arg(long, env = "OUTPUT_URL")]
     pub output_url: Option<String>,
     /// Sent as `Authorization: Bearer <token>`; prefer the variable to the flag (visible in `ps`).
+    /// One trailing newline is removed (with a warning); other control characters are refused.
     #[arg(long, env = "OUTPUT_URL_AUTH_TOKEN", hide_env_values = true)]
     pub output_url_auth_token: Option<String>,
+    /// Allow sending the token over `http://` (plaintext), e.g. when a service mesh already
+    /// encrypts the connection with mTLS; without it such a configuration is refused.
+    #[arg(long, env = "OUTPUT_ALLOW_PLAINTEXT_TOKEN", default_value = "false", action = ArgAction::Set,
+          value_parser = BoolishValueParser::new())]
+    pub output_allow_plaintext_token: bool,
     /// A batch is sent when it holds this many records.
     #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1000)]
     pub batch_max_records: usize,
@@ -46,7 +50,7 @@ pub struct Args {
     /// Records that may wait for delivery; beyond it new records are dropped and counted.
     #[arg(long, env = "BUFFER_MAX_RECORDS", default_value_t = 50_000)]
     pub buffer_max_records: usize,
-    /// Delivery requests in flight at once (sender threads).
+    /// Delivery requests in flight at once (sender threads), 1-64.
     #[arg(long, env = "OUTPUT_CONCURRENCY", default_value_t = 4)]
     pub output_concurrency: usize,
     /// Compress batch bodies with gzip (`Content-Encoding: gzip`).
@@ -99,9 +103,71 @@ pub struct Args {
     pub node_name: Option<String>,
 }
 
+/// How to reach the collector.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// `OUTPUT_URL`, checked by the URL rule.
+    pub url: String,
+    /// `OUTPUT_URL_AUTH_TOKEN`, free of control characters; never logged.
+    pub token: Option<String>,
+    /// Compress bodies with gzip (`Content-Encoding: gzip`).
+    pub gzip: bool,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of a whole request (connect, send, response).
+    pub request_timeout: Duration,
+    /// First retry delay.
+    pub backoff_initial: Duration,
+    /// Longest retry delay, and longest wait of any kind (a `Retry-After` too).
+    pub backoff_max: Duration,
+    /// PEM file of CA certificates to trust instead of the platform's.
+    pub ca_file: Option<PathBuf>,
+    /// Records per batch.
+    pub batch_max_records: usize,
+    /// Age of a batch's oldest record that closes it.
+    pub batch_max_wait: Duration,
+    /// Records that may wait for delivery.
+    pub buffer_max_records: usize,
+    /// Requests in flight at once (sender threads), 1–64.
+    pub concurrency: usize,
+}
+
+/// Something the operator should know about an accepted configuration, logged as a warning at
+/// start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Warning {
+    /// The token ended with a newline (`kubectl create secret --from-file` of a file written by
+    /// `echo`), which was removed.
+    TokenNewlineTrimmed,
+    /// The token goes over `http://` because `OUTPUT_ALLOW_PLAINTEXT_TOKEN` says so.
+    PlaintextToken,
+    /// The token is set but empty: no `Authorization` header is sent.
+    EmptyToken,
+}
+
+impl Warning {
+    /// The log message.
+    #[must_use]
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::TokenNewlineTrimmed => {
+                "OUTPUT_URL_AUTH_TOKEN ended with a newline, which was removed (a Secret made with --from-file of a file that ends in a newline)"
+            }
+            Self::PlaintextToken => {
+                "OUTPUT_URL_AUTH_TOKEN is sent over http:// in plaintext, as OUTPUT_ALLOW_PLAINTEXT_TOKEN allows"
+            }
+            Self::EmptyToken => {
+                "OUTPUT_URL_AUTH_TOKEN is empty: batches are sent without an Authorization header"
+            }
+        }
+    }
+}
+
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Things to warn about at start.
+    pub warnings: Vec<Warning>,
     /// Delivery to a collector; `None` writes NDJSON to stdout.
     pub output: Option<DeliveryConfig>,
     /// Metrics endpoint address.
@@ -176,6 +242,21 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: UrlError,
     },
+    /// `OUTPUT_URL_AUTH_TOKEN` holds a character no HTTP header can carry.
+    #[error(
+        "OUTPUT_URL_AUTH_TOKEN contains a control character (byte {byte:#04x} at position {position}); only one trailing newline is removed: fix the Secret"
+    )]
+    TokenCharacter {
+        /// The character's byte value (the token itself is never shown).
+        byte: u8,
+        /// Its 0-based byte position.
+        position: usize,
+    },
+    /// A token would travel over plain HTTP.
+    #[error(
+        "OUTPUT_URL_AUTH_TOKEN would be sent in plaintext to an http:// OUTPUT_URL: use https://, or set OUTPUT_ALLOW_PLAINTEXT_TOKEN=true if the network already encrypts it (e.g. a service mesh with mTLS)"
+    )]
+    PlaintextToken,
     /// A number outside its range.
     #[error("{name}={value} is out of range: it must be from {min} to {max}")]
     OutOfRange {
@@ -197,10 +278,11 @@ impl Args {
             value: self.ports.clone(),
             source,
         })?;
+        let mut warnings = Vec::new();
         let output = self
             .output_url
             .as_deref()
-            .map(|url| self.delivery(url))
+            .map(|url| self.delivery(url, &mut warnings))
             .transpose()?;
         range("SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 0, 600_000)?;
         range("STATS_INTERVAL_SECS", self.stats_interval_secs, 0, 86_400)?;
@@ -231,6 +313,7 @@ impl Args {
                 name: self.interface.clone(),
             })?;
         Ok(Config {
+            warnings,
             output,
             metrics_addr: self.metrics_addr,
             stats_interval: (self.stats_interval_secs > 0)
@@ -245,8 +328,12 @@ impl Args {
         })
     }
 
-    fn delivery(&self, url: &str) -> Result<DeliveryConfig, ConfigError> {
-        validate_url(url)?;
+    fn delivery(
+        &self,
+        url: &str,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<DeliveryConfig, ConfigError> {
+        let scheme = validate_url(url)?;
         range(
             "BATCH_MAX_RECORDS",
             self.batch_max_records as u64,
@@ -274,9 +361,36 @@ impl Args {
             self.retry_initial_ms,
             3_600_000,
         )?;
+        range(
+            "OUTPUT_CONCURRENCY",
+            self.output_concurrency as u64,
+            1,
+            MAX_OUTPUT_CONCURRENCY,
+        )?;
+        let token = match self.output_url_auth_token.as_deref() {
+            None => None,
+            Some(raw) => {
+                let (token, trimmed) = clean_token(raw)?;
+                if trimmed {
+                    warnings.push(Warning::TokenNewlineTrimmed);
+                }
+                if token.is_empty() {
+                    warnings.push(Warning::EmptyToken);
+                    None
+                } else {
+                    if scheme == Scheme::Http {
+                        if !self.output_allow_plaintext_token {
+                            return Err(ConfigError::PlaintextToken);
+                        }
+                        warnings.push(Warning::PlaintextToken);
+                    }
+                    Some(token.to_owned())
+                }
+            }
+        };
         Ok(DeliveryConfig {
             url: url.to_owned(),
-            token: self.output_url_auth_token.clone().filter(|t| !t.is_empty()),
+            token,
             gzip: self.output_gzip,
             connect_timeout: Duration::from_millis(self.output_connect_timeout_ms),
             request_timeout: Duration::from_millis(self.output_timeout_ms),
@@ -338,6 +452,26 @@ impl Placement {
     }
 }
 
+/// The most sender threads `OUTPUT_CONCURRENCY` may ask for.
+pub const MAX_OUTPUT_CONCURRENCY: u64 = 64;
+
+/// The token without one trailing `\n` or `\r\n` (and whether one was there), or the position of
+/// a control character no HTTP header can carry.
+fn clean_token(raw: &str) -> Result<(&str, bool), ConfigError> {
+    let token = raw
+        .strip_suffix("\r\n")
+        .or_else(|| raw.strip_suffix('\n'))
+        .unwrap_or(raw);
+    if let Some((position, byte)) = token
+        .bytes()
+        .enumerate()
+        .find(|&(_, b)| b.is_ascii_control())
+    {
+        return Err(ConfigError::TokenCharacter { byte, position });
+    }
+    Ok((token, token.len() != raw.len()))
+}
+
 fn range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
@@ -352,7 +486,7 @@ fn range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), Confi
 }
 
 /// Checks `OUTPUT_URL` with the rule the injector applies to `outputUrl`
-/// ([`sniffer_common::url`]).
+/// ([`sniffer_common::url`]); returns its scheme.
 ///
 /// # Examples
 ///
@@ -363,9 +497,9 @@ fn range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), Confi
 /// assert!(validate_url("ftp://collector/").is_err());
 /// assert!(validate_url("not a url").is_err());
 /// ```
-pub fn validate_url(value: &str) -> Result<(), ConfigError> {
+pub fn validate_url(value: &str) -> Result<Scheme, ConfigError> {
     parse_http_url(value)
-        .map(drop)
+        .map(|url| url.scheme)
         .map_err(|problem| ConfigError::OutputUrl {
             value: value.to_owned(),
             problem,
@@ -455,7 +589,7 @@ mod tests {
     fn output_urls_follow_the_shared_table_and_suit_the_http_client() {
         for (url, expected) in url_cases() {
             match (validate_url(url), expected) {
-                (Ok(()), None) => {
+                (Ok(_), None) => {
                     let parts = parse_http_url(url).unwrap();
                     let uri: ureq::http::Uri = url.parse().unwrap_or_else(|e| panic!("{url}: {e}"));
                     let scheme = uri.scheme_str().unwrap().to_ascii_lowercase();
@@ -479,7 +613,7 @@ mod tests {
     #[test]
     fn delivery_settings() {
         let mut with_url = args("8080", "lo");
-        with_url.output_url = Some("http://collector:9000/".into());
+        with_url.output_url = Some("https://collector:9000/".into());
         with_url.output_url_auth_token = Some("s3cret".into());
         let delivery = with_url.validate().unwrap().output.expect("delivery");
         assert_eq!(delivery.token.as_deref(), Some("s3cret"));
@@ -508,6 +642,103 @@ mod tests {
             })
         ));
         assert!(args("8080", "lo").validate().unwrap().output.is_none());
+    }
+
+    fn with_token(url: &str, token: &str) -> Args {
+        let mut args = args("8080", "lo");
+        args.output_url = Some(url.into());
+        args.output_url_auth_token = Some(token.into());
+        args
+    }
+
+    #[test]
+    fn one_trailing_newline_is_trimmed_with_a_warning() {
+        for (raw, expected, warned) in [
+            ("s3cret", "s3cret", false),
+            ("s3cret\n", "s3cret", true),
+            ("s3cret\r\n", "s3cret", true),
+            ("s3 cret ", "s3 cret ", false),
+        ] {
+            let config = with_token("https://collector/", raw).validate().unwrap();
+            assert_eq!(
+                config.output.unwrap().token.as_deref(),
+                Some(expected),
+                "{raw:?}"
+            );
+            assert_eq!(
+                config.warnings.contains(&Warning::TokenNewlineTrimmed),
+                warned,
+                "{raw:?}"
+            );
+        }
+        let empty = with_token("https://collector/", "\n").validate().unwrap();
+        assert_eq!(empty.output.unwrap().token, None);
+        assert!(empty.warnings.contains(&Warning::EmptyToken));
+    }
+
+    #[test]
+    fn other_control_characters_are_refused_without_showing_the_token() {
+        for (raw, byte, position) in [
+            ("s3cret\n\n", 0x0a, 6),
+            ("s3\ncret", 0x0a, 2),
+            ("s3cret\r", 0x0d, 6),
+            ("\ts3cret", 0x09, 0),
+            ("s3cr\u{7f}et", 0x7f, 4),
+            ("s3cret\0", 0x00, 6),
+        ] {
+            let err = with_token("https://collector/", raw)
+                .validate()
+                .unwrap_err();
+            assert!(
+                matches!(err, ConfigError::TokenCharacter { byte: b, position: p } if (b, p) == (byte, position)),
+                "{raw:?}: {err:?}"
+            );
+            assert!(!err.to_string().contains("s3"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_token_over_plain_http_needs_the_opt_in() {
+        let err = with_token("http://collector/", "s3cret")
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::PlaintextToken));
+        assert!(!err.to_string().contains("s3cret"));
+        let mut allowed = with_token("HTTP://collector/", "s3cret");
+        allowed.output_allow_plaintext_token = true;
+        let config = allowed.validate().unwrap();
+        assert_eq!(config.warnings, [Warning::PlaintextToken]);
+        // No token, nothing to protect.
+        let mut no_token = args("8080", "lo");
+        no_token.output_url = Some("http://collector/".into());
+        assert!(no_token.validate().unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn output_concurrency_is_1_to_64() {
+        for (value, ok) in [
+            (0, false),
+            (1, true),
+            (64, true),
+            (65, false),
+            (100_000, false),
+        ] {
+            let mut args = args("8080", "lo");
+            args.output_url = Some("http://collector/".into());
+            args.output_concurrency = value;
+            match args.validate() {
+                Ok(config) => assert!(ok && config.output.unwrap().concurrency == value),
+                Err(ConfigError::OutOfRange {
+                    name,
+                    min: 1,
+                    max: 64,
+                    ..
+                }) => {
+                    assert!(!ok && name == "OUTPUT_CONCURRENCY");
+                }
+                Err(other) => panic!("{value}: {other}"),
+            }
+        }
     }
 
     #[test]

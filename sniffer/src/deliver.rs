@@ -6,9 +6,18 @@
 //! Memory is bounded by `BUFFER_MAX_RECORDS`: when that many records are queued, new ones are
 //! dropped and counted instead of blocking the reader (which would lose kernel records silently).
 //! Every loss reaches the collector in the `dropped` field of the next batch it accepts.
+//!
+//! Every batch handed to a sender holds a [`Ticket`] that settles its records exactly once:
+//! delivered, rejected, or undeliverable. A sender thread that panics settles its batch as
+//! undeliverable on the way out and marks the agent unhealthy (the process then stops with exit
+//! code 2). At shutdown the grace period bounds the exit: whatever is still queued or in flight at
+//! the deadline is settled as undeliverable at once, without waiting for requests in flight.
 
 use std::{
-    path::PathBuf,
+    io::Read as _,
+    os::unix::fs::OpenOptionsExt as _,
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -23,6 +32,7 @@ use thiserror::Error;
 
 use crate::{
     batch::{AgentInfo, Batcher, encode},
+    config::DeliveryConfig,
     metrics::{Stats, add, get},
     output::Sink,
     record::Record,
@@ -30,34 +40,8 @@ use crate::{
     retry::{Backoff, Verdict, classify},
 };
 
-/// How to reach the collector.
-#[derive(Clone, Debug)]
-pub struct DeliveryConfig {
-    /// `OUTPUT_URL`, validated as an absolute http(s) URL.
-    pub url: String,
-    /// `OUTPUT_URL_AUTH_TOKEN`; never logged.
-    pub token: Option<String>,
-    /// Compress bodies with gzip (`Content-Encoding: gzip`).
-    pub gzip: bool,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Timeout of a whole request (connect, send, response).
-    pub request_timeout: Duration,
-    /// First retry delay.
-    pub backoff_initial: Duration,
-    /// Longest retry delay.
-    pub backoff_max: Duration,
-    /// PEM file of CA certificates to trust instead of the platform's.
-    pub ca_file: Option<PathBuf>,
-    /// Records per batch.
-    pub batch_max_records: usize,
-    /// Age of a batch's oldest record that closes it.
-    pub batch_max_wait: Duration,
-    /// Records that may wait for delivery.
-    pub buffer_max_records: usize,
-    /// Requests in flight at once (sender threads).
-    pub concurrency: usize,
-}
+/// Largest accepted `OUTPUT_CA_FILE`: a bundle of every public root is about 220 KiB.
+pub const MAX_CA_FILE_BYTES: u64 = 4 << 20;
 
 /// The sender could not be set up (exit code 1: it is a configuration problem).
 #[derive(Debug, Error)]
@@ -70,6 +54,18 @@ pub enum DeliveryError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// `OUTPUT_CA_FILE` is a device, FIFO, socket or directory.
+    #[error("OUTPUT_CA_FILE {path:?} is not a regular file")]
+    CaFileKind {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `OUTPUT_CA_FILE` is larger than any CA bundle.
+    #[error("OUTPUT_CA_FILE {path:?} is larger than {MAX_CA_FILE_BYTES} bytes")]
+    CaFileSize {
+        /// The file.
+        path: PathBuf,
     },
     /// `OUTPUT_CA_FILE` holds no usable certificate.
     #[error("OUTPUT_CA_FILE {path:?} holds no PEM certificate")]
@@ -109,12 +105,12 @@ impl HttpOutput {
             agent,
             stats,
             seq: AtomicU64::new(0),
-            assigned_dropped: Mutex::new(0),
+            ledger: Mutex::new(Ledger::default()),
             deadline: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
-        let senders = (0..config.concurrency.max(1))
+        let senders = (0..config.concurrency)
             .map(|index| {
                 let (shared, rx) = (Arc::clone(&shared), Arc::clone(&rx));
                 thread::Builder::new()
@@ -134,26 +130,34 @@ impl HttpOutput {
 
     fn enqueue(&mut self, batch: Vec<Record>) {
         // `records_queued` already counts these records (see `accept`).
-        if self.tx.send(batch).is_err() {
-            error!("the sender threads are gone; records are lost");
+        add(&self.shared.stats.batches_queued, 1);
+        if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
+            // Every sender is gone (each one that failed said why): settle the batch here.
+            let ticket = self.shared.ticket(batch.len() as u64);
+            ticket.settle(Fate::Undeliverable);
         }
     }
 
-    /// Closes the open batch and gives the senders until `grace` from now to deliver everything
-    /// queued; then waits for them. Losses not yet reported go in a last batch without records.
-    pub fn finish(mut self, grace: Duration) {
+    /// Closes the open batch and lets the senders deliver what is queued until `deadline` (the
+    /// shutdown grace); then settles whatever is still queued or in flight as undeliverable
+    /// without waiting for requests in flight. Losses not yet reported go in a last batch without
+    /// records, if time remains.
+    pub fn finish(mut self, deadline: Instant) {
         if let Some(batch) = self.batcher.flush() {
             self.enqueue(batch);
         }
-        *lock(&self.shared.deadline) = Some(Instant::now() + grace);
+        *lock(&self.shared.deadline) = Some(deadline);
         drop(self.tx);
-        for sender in self.senders {
-            if sender.join().is_err() {
-                error!("a sender thread panicked");
-            }
+        while !self.senders.iter().all(JoinHandle::is_finished) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
         }
         let shared = &self.shared;
-        if shared.stats.dropped_total() > *lock(&shared.assigned_dropped) && !shared.past_deadline()
+        let (batches, records) = shared.close();
+        if records > 0 || batches > 0 {
+            warn!(batches, records; "shutdown grace ran out with batches queued or in flight; their records are counted as undeliverable");
+        }
+        if shared.stats.dropped_total() > lock(&shared.ledger).assigned_dropped
+            && !shared.past_deadline()
         {
             shared.deliver(Vec::new());
         }
@@ -195,15 +199,48 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Reads `OUTPUT_CA_FILE`, refusing what cannot be a CA bundle before reading it: a device such
+/// as `/dev/zero` would otherwise be read until memory runs out.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, DeliveryError> {
+    let io = |source| DeliveryError::CaFile {
+        path: path.to_owned(),
+        source,
+    };
+    // Non-blocking, so that opening a FIFO does not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let metadata = file.metadata().map_err(io)?;
+    if !metadata.is_file() {
+        return Err(DeliveryError::CaFileKind {
+            path: path.to_owned(),
+        });
+    }
+    let too_large = || DeliveryError::CaFileSize {
+        path: path.to_owned(),
+    };
+    if metadata.len() > MAX_CA_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut pem = Vec::new();
+    // Bounded again while reading, for a file that grows meanwhile.
+    file.take(MAX_CA_FILE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(io)?;
+    if pem.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(pem)
+}
+
 fn http_agent(config: &DeliveryConfig) -> Result<ureq::Agent, DeliveryError> {
     use ureq::tls::{RootCerts, TlsConfig};
     let roots = match &config.ca_file {
         None => RootCerts::PlatformVerifier,
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|source| DeliveryError::CaFile {
-                path: path.clone(),
-                source,
-            })?;
+            let pem = read_ca_file(path)?;
             let certs: Vec<_> = ureq::tls::parse_pem(&pem)
                 .filter_map(|item| match item {
                     Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
@@ -246,19 +283,57 @@ struct Shared {
     stats: Arc<Stats>,
     /// Next batch number.
     seq: AtomicU64,
-    /// Losses already written into the `dropped` of a batch delivered or being attempted.
-    assigned_dropped: Mutex<u64>,
+    ledger: Mutex<Ledger>,
     /// Set at shutdown: give up on whatever is not delivered by then.
     deadline: Mutex<Option<Instant>>,
 }
 
-/// Why a batch was given up.
-#[derive(Clone, Copy)]
-enum Loss {
+/// Who owes what, under one lock so that a settlement and a shutdown never count a record twice.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Losses already written into the `dropped` of a batch delivered or being attempted.
+    assigned_dropped: u64,
+    /// Of those, the ones in batches not settled yet.
+    in_flight_dropped: u64,
+    /// Bumped by [`Shared::close`]: tickets of an earlier generation were settled by it.
+    generation: u64,
+}
+
+/// How a batch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// The collector accepted it.
+    Delivered,
     /// The collector refused it (or it could not be encoded).
     Rejected,
-    /// The shutdown grace ran out.
+    /// The shutdown grace ran out, or its sender thread failed.
     Undeliverable,
+}
+
+/// A batch in a sender's hands: its records and the losses its `dropped` reports. Settled exactly
+/// once; dropped unsettled (a panicking sender), it settles as undeliverable.
+#[derive(Debug)]
+struct Ticket<'a> {
+    shared: &'a Shared,
+    count: u64,
+    dropped: u64,
+    generation: u64,
+    settled: bool,
+}
+
+impl Ticket<'_> {
+    fn settle(mut self, fate: Fate) {
+        self.settled = true;
+        self.shared.settle(&self, fate);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.settle(self, Fate::Undeliverable);
+        }
+    }
 }
 
 /// Result of one POST.
@@ -274,13 +349,27 @@ enum Attempt {
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
 
 impl Shared {
-    /// A sender thread: delivers batches until the channel is closed and empty.
+    /// A sender thread: delivers batches until the channel is closed and empty, or until a
+    /// delivery panics (a bug), which marks the agent failed.
     fn work(&self, rx: &Mutex<Receiver<Vec<Record>>>) {
         loop {
             let next = lock(rx).recv();
-            match next {
-                Ok(records) => self.deliver(records),
-                Err(_) => return,
+            let Ok(records) = next else { return };
+            if !self.supervised(|| self.deliver(records)) {
+                return;
+            }
+        }
+    }
+
+    /// Runs `work`; if it panics, records the failure and returns false. The batch the panic
+    /// interrupted has already been settled as undeliverable by its ticket.
+    fn supervised(&self, work: impl FnOnce()) -> bool {
+        match catch_unwind(AssertUnwindSafe(work)) {
+            Ok(()) => true,
+            Err(payload) => {
+                self.stats.sender_failed.store(true, Relaxed);
+                error!(error = json_log::panic_message(payload.as_ref()); "a sender thread failed; the agent stops with exit code 2");
+                false
             }
         }
     }
@@ -294,13 +383,16 @@ impl Shared {
             .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
-    /// Sleeps until `until`, or until the shutdown deadline if that comes first.
-    fn sleep_until(&self, until: Instant) {
+    /// Sleeps `delay`, or until the shutdown deadline if that comes first.
+    fn sleep(&self, delay: Duration) {
+        let until = Instant::now().checked_add(delay);
         loop {
             let now = Instant::now();
-            let end = self
-                .deadline()
-                .map_or(until, |deadline| until.min(deadline));
+            let end = match (until, self.deadline()) {
+                (Some(until), Some(deadline)) => until.min(deadline),
+                (Some(end), None) | (None, Some(end)) => end,
+                (None, None) => now + SLEEP_SLICE,
+            };
             if now >= end {
                 return;
             }
@@ -308,24 +400,76 @@ impl Shared {
         }
     }
 
+    /// Takes a batch of `count` queued records in hand, fixing the losses its `dropped` reports:
+    /// a retried batch must carry the same `dropped` (the collector deduplicates by seq), so later
+    /// losses go to a later batch.
+    fn ticket(&self, count: u64) -> Ticket<'_> {
+        let mut ledger = lock(&self.ledger);
+        let total = self.stats.dropped_total();
+        let dropped = total - ledger.assigned_dropped;
+        ledger.assigned_dropped = total;
+        ledger.in_flight_dropped += dropped;
+        Ticket {
+            shared: self,
+            count,
+            dropped,
+            generation: ledger.generation,
+            settled: false,
+        }
+    }
+
+    fn settle(&self, ticket: &Ticket<'_>, fate: Fate) {
+        let stats = &self.stats;
+        // Under the lock, so a concurrent batch sees a loss and its release together.
+        let mut ledger = lock(&self.ledger);
+        if ticket.generation != ledger.generation {
+            // Already settled as undeliverable when the shutdown grace ran out.
+            return;
+        }
+        ledger.in_flight_dropped -= ticket.dropped;
+        let (batches, records) = match fate {
+            Fate::Delivered => (&stats.batches_delivered, &stats.records_delivered),
+            Fate::Rejected => (&stats.batches_rejected, &stats.dropped_rejected),
+            Fate::Undeliverable => (&stats.batches_undeliverable, &stats.dropped_undeliverable),
+        };
+        add(batches, 1);
+        add(records, ticket.count);
+        if fate == Fate::Delivered {
+            stats.last_delivery_unix.store(unix_now(), Relaxed);
+        } else {
+            // The losses this batch reported never arrived: a later batch reports them again.
+            ledger.assigned_dropped -= ticket.dropped;
+        }
+        stats.records_queued.fetch_sub(ticket.count, Relaxed);
+        if ticket.count > 0 {
+            stats.batches_queued.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Settles everything queued or in flight as undeliverable, now; senders that finish later
+    /// change nothing. Returns the batches and records it settled.
+    fn close(&self) -> (u64, u64) {
+        let stats = &self.stats;
+        let mut ledger = lock(&self.ledger);
+        ledger.generation += 1;
+        ledger.assigned_dropped -= std::mem::take(&mut ledger.in_flight_dropped);
+        let records = stats.records_queued.swap(0, Relaxed);
+        let batches = stats.batches_queued.swap(0, Relaxed);
+        add(&stats.batches_undeliverable, batches);
+        add(&stats.dropped_undeliverable, records);
+        (batches, records)
+    }
+
     /// Delivers one batch, retrying until it is accepted, refused, or the deadline passes.
     fn deliver(&self, records: Vec<Record>) {
-        let count = records.len() as u64;
+        let ticket = self.ticket(records.len() as u64);
+        let (count, dropped) = (ticket.count, ticket.dropped);
         let seq = self.seq.fetch_add(1, Relaxed);
-        // A retried batch must carry the same `dropped` (the collector deduplicates by seq), so
-        // the losses it reports are fixed now; later losses go to a later batch.
-        let dropped = {
-            let mut assigned = lock(&self.assigned_dropped);
-            let total = self.stats.dropped_total();
-            let dropped = total - *assigned;
-            *assigned = total;
-            dropped
-        };
         let body = match encode(&self.agent, seq, dropped, &records, self.gzip) {
             Ok(body) => body,
             Err(err) => {
                 error!(seq, error = err.to_string().as_str(); "cannot encode batch; dropped");
-                self.give_up(count, dropped, Loss::Rejected);
+                ticket.settle(Fate::Rejected);
                 return;
             }
         };
@@ -334,7 +478,7 @@ impl Shared {
         loop {
             if self.past_deadline() {
                 warn!(seq, records = count; "shutdown grace ran out; batch not delivered");
-                self.give_up(count, dropped, Loss::Undeliverable);
+                ticket.settle(Fate::Undeliverable);
                 return;
             }
             let retry_after = match self.post(&body) {
@@ -345,15 +489,12 @@ impl Shared {
                     self.stats.last_status.store(u64::from(status), Relaxed);
                     match classify(status, retry_after.as_deref(), SystemTime::now()) {
                         Verdict::Delivered => {
-                            add(&self.stats.records_delivered, count);
-                            add(&self.stats.batches_delivered, 1);
-                            self.stats.last_delivery_unix.store(unix_now(), Relaxed);
-                            self.stats.records_queued.fetch_sub(count, Relaxed);
+                            ticket.settle(Fate::Delivered);
                             return;
                         }
                         Verdict::Reject => {
                             error!(seq, status, records = count; "collector refused the batch with HTTP {status}; dropped, not retried");
-                            self.give_up(count, dropped, Loss::Rejected);
+                            ticket.settle(Fate::Rejected);
                             return;
                         }
                         Verdict::Retry { after } => {
@@ -369,26 +510,8 @@ impl Shared {
                 }
             };
             add(&self.stats.batch_retries, 1);
-            let delay = backoff.next_delay(fastrand::f64(), retry_after);
-            self.sleep_until(Instant::now() + delay);
+            self.sleep(backoff.next_delay(fastrand::f64(), retry_after));
         }
-    }
-
-    /// Counts a batch as lost and releases its `dropped` so a later batch reports it again.
-    fn give_up(&self, count: u64, dropped: u64, loss: Loss) {
-        let (batches, records) = match loss {
-            Loss::Rejected => (&self.stats.batches_rejected, &self.stats.dropped_rejected),
-            Loss::Undeliverable => (
-                &self.stats.batches_undeliverable,
-                &self.stats.dropped_undeliverable,
-            ),
-        };
-        // Under the lock, so a concurrent batch sees the loss and the release together.
-        let mut assigned = lock(&self.assigned_dropped);
-        add(batches, 1);
-        add(records, count);
-        *assigned -= dropped;
-        self.stats.records_queued.fetch_sub(count, Relaxed);
     }
 
     fn post(&self, body: &[u8]) -> Attempt {
@@ -441,4 +564,163 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn config() -> DeliveryConfig {
+        DeliveryConfig {
+            url: "http://127.0.0.1:9/".into(),
+            token: None,
+            gzip: false,
+            connect_timeout: Duration::from_millis(100),
+            request_timeout: Duration::from_millis(100),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            ca_file: None,
+            batch_max_records: 10,
+            batch_max_wait: Duration::from_secs(1),
+            buffer_max_records: 100,
+            concurrency: 1,
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            http: http_agent(&config()).unwrap(),
+            url: config().url,
+            authorization: None,
+            gzip: false,
+            request_timeout: Duration::from_millis(100),
+            backoff: (Duration::from_millis(10), Duration::from_millis(20)),
+            agent: AgentInfo {
+                pod: None,
+                namespace: None,
+                node: None,
+                interface: "eth0".into(),
+                version: "0",
+                instance: "i".into(),
+            },
+            stats: Arc::new(Stats::default()),
+            seq: AtomicU64::new(0),
+            ledger: Mutex::new(Ledger::default()),
+            deadline: Mutex::new(None),
+        }
+    }
+
+    /// Queues `count` records in one batch, as `HttpOutput` does.
+    fn queue(shared: &Shared, count: u64) {
+        add(&shared.stats.records_queued, count);
+        add(&shared.stats.batches_queued, 1);
+    }
+
+    #[test]
+    fn a_panicking_sender_settles_its_batch_and_marks_the_agent_failed() {
+        let shared = shared();
+        queue(&shared, 7);
+        add(&shared.stats.dropped_buffer_full, 2);
+        let survived = shared.supervised(|| {
+            let _ticket = shared.ticket(7);
+            panic!("a bug in the sender");
+        });
+        assert!(!survived);
+        let stats = &shared.stats;
+        assert!(!stats.healthy());
+        assert_eq!(get(&stats.dropped_undeliverable), 7);
+        assert_eq!(get(&stats.batches_undeliverable), 1);
+        assert_eq!(get(&stats.records_queued), 0);
+        // The two losses the failed batch would have reported are reported by the next one.
+        assert_eq!(shared.ticket(0).dropped, 2 + 7);
+        assert!(shared.supervised(|| {}));
+    }
+
+    #[test]
+    fn close_settles_what_is_in_flight_once() {
+        let shared = shared();
+        queue(&shared, 5);
+        queue(&shared, 3);
+        add(&shared.stats.dropped_ring_full, 4);
+        let in_flight = shared.ticket(5);
+        assert_eq!(in_flight.dropped, 4);
+        // The grace runs out: both batches (one in flight, one still queued) are undeliverable.
+        assert_eq!(shared.close(), (2, 8));
+        let stats = &shared.stats;
+        assert_eq!(get(&stats.dropped_undeliverable), 8);
+        // The request in flight comes back later: it changes nothing.
+        in_flight.settle(Fate::Delivered);
+        assert_eq!(get(&stats.records_delivered), 0);
+        assert_eq!(get(&stats.batches_delivered), 0);
+        assert_eq!(
+            (get(&stats.records_queued), get(&stats.batches_queued)),
+            (0, 0)
+        );
+        // Everything lost is still to be reported: ring losses and the undeliverable records.
+        assert_eq!(shared.ticket(0).dropped, 4 + 8);
+        assert_eq!(
+            stats.dropped_total(),
+            get(&stats.dropped_ring_full) + get(&stats.dropped_undeliverable)
+        );
+    }
+
+    #[test]
+    fn settled_batches_release_their_losses_unless_delivered() {
+        let shared = shared();
+        queue(&shared, 1);
+        queue(&shared, 1);
+        add(&shared.stats.dropped_buffer_full, 3);
+        let first = shared.ticket(1);
+        let second = shared.ticket(1);
+        assert_eq!((first.dropped, second.dropped), (3, 0));
+        first.settle(Fate::Rejected);
+        second.settle(Fate::Delivered);
+        // 3 buffer losses + the rejected record, none delivered yet.
+        assert_eq!(shared.ticket(0).dropped, 4);
+    }
+
+    #[test]
+    fn a_sleep_ends_at_the_shutdown_deadline() {
+        let shared = shared();
+        *lock(&shared.deadline) = Some(Instant::now() + Duration::from_millis(50));
+        let start = Instant::now();
+        shared.sleep(Duration::MAX);
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn ca_files_that_cannot_be_bundles_are_refused_before_reading() {
+        assert!(matches!(
+            read_ca_file(Path::new("/dev/zero")),
+            Err(DeliveryError::CaFileKind { .. })
+        ));
+        let dir = std::env::temp_dir().join(format!("ca-file-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(
+            read_ca_file(&dir),
+            Err(DeliveryError::CaFileKind { .. })
+        ));
+        let fifo = dir.join("fifo");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        assert!(matches!(
+            read_ca_file(&fifo),
+            Err(DeliveryError::CaFileKind { .. })
+        ));
+        let big = dir.join("big.pem");
+        let mut file = std::fs::File::create(&big).unwrap();
+        file.set_len(MAX_CA_FILE_BYTES + 1).unwrap();
+        file.flush().unwrap();
+        assert!(matches!(
+            read_ca_file(&big),
+            Err(DeliveryError::CaFileSize { .. })
+        ));
+        let small = dir.join("ca.pem");
+        std::fs::write(&small, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        assert_eq!(read_ca_file(&small).unwrap().len(), 28);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

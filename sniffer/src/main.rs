@@ -77,6 +77,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for warning in &config.warnings {
+        warn!("{}", warning.message());
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -185,11 +188,23 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         "capture attached"
     );
 
-    let signal_name = match &mut output {
-        Output::Stdout(sink) => pump(&mut capture, sink, &stats, &mut signals, config).await?,
-        Output::Http(sink) => pump(&mut capture, sink, &stats, &mut signals, config).await?,
+    let stop = match &mut output {
+        Output::Stdout(sink) => pump(&mut capture, sink, &stats, &mut signals, config).await,
+        Output::Http(sink) => pump(&mut capture, sink, &stats, &mut signals, config).await,
     };
-    info!(signal = signal_name; "stopping");
+    let failure = match stop {
+        Stop::Signal(name) => {
+            info!(signal = name; "stopping");
+            None
+        }
+        // Stopped like on a signal, so nothing read is lost unaccounted; the exit code says why.
+        Stop::Failed(err) => {
+            error!(error = format!("{err:#}").as_str(); "stopping: {err:#}");
+            Some(err)
+        }
+    };
+    // The grace period runs from the decision to stop, requests in flight included.
+    let deadline = Instant::now() + config.shutdown_grace;
     capture.stop();
     let mut batch = Vec::new();
     capture.drain_remaining(&mut batch);
@@ -200,7 +215,7 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     read_kernel_counters(&capture, &stats)?;
     match output {
         Output::Stdout(_) => {}
-        Output::Http(sink) => sink.finish(config.shutdown_grace),
+        Output::Http(sink) => sink.finish(deadline),
     }
 
     let ProgramStats {
@@ -224,11 +239,32 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         bpf_run_count = run_count;
         "stopped"
     );
-    Ok(())
+    failure.map_or(Ok(()), |err| Err(Failure::Runtime(err)))
 }
 
-/// Moves records from the ring to `sink` until a signal arrives; returns the signal's name.
+/// Why the pump stopped.
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// Capture or delivery cannot go on.
+    Failed(anyhow::Error),
+}
+
+/// Moves records from the ring to `sink` until a signal arrives or something fails.
 async fn pump<S: Sink>(
+    capture: &mut Capture,
+    sink: &mut S,
+    stats: &Stats,
+    signals: &mut Signals,
+    config: &Config,
+) -> Stop {
+    match pump_until_signal(capture, sink, stats, signals, config).await {
+        Ok(signal) => Stop::Signal(signal),
+        Err(err) => Stop::Failed(err),
+    }
+}
+
+async fn pump_until_signal<S: Sink>(
     capture: &mut Capture,
     sink: &mut S,
     stats: &Stats,
@@ -254,6 +290,7 @@ async fn pump<S: Sink>(
             () = at(deadline) => sink.tick(Instant::now()),
             _ = counters.tick() => {
                 read_kernel_counters(capture, stats)?;
+                anyhow::ensure!(stats.healthy(), "a sender thread failed; delivery cannot continue");
                 // A deleted (or replaced) interface delivers nothing more: say so and stop.
                 let current = sniffer::config::interface_index(&config.interface);
                 anyhow::ensure!(

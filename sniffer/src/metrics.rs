@@ -5,7 +5,7 @@
 
 use std::{
     fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
@@ -30,10 +30,13 @@ pub struct Stats {
     pub dropped_buffer_full: AtomicU64,
     /// Records in batches the collector refused with a non-retryable status.
     pub dropped_rejected: AtomicU64,
-    /// Records still undelivered when the shutdown grace ran out.
+    /// Records still undelivered when the shutdown grace ran out, or held by a sender thread that
+    /// failed.
     pub dropped_undeliverable: AtomicU64,
     /// Records waiting for delivery (closed batches and the one being sent).
     pub records_queued: AtomicU64,
+    /// Closed batches waiting for delivery or being sent.
+    pub batches_queued: AtomicU64,
     /// Batches the collector accepted.
     pub batches_delivered: AtomicU64,
     /// Batches the collector refused for good.
@@ -46,6 +49,8 @@ pub struct Stats {
     pub last_status: AtomicU64,
     /// Unix time (seconds) of the last delivered batch.
     pub last_delivery_unix: AtomicU64,
+    /// A sender thread failed (a bug): `/healthz` fails and the agent stops with exit code 2.
+    pub sender_failed: AtomicBool,
 }
 
 /// Adds `n` to a counter.
@@ -81,12 +86,14 @@ impl Stats {
             dropped_rejected,
             dropped_undeliverable,
             records_queued,
+            batches_queued,
             batches_delivered,
             batches_rejected,
             batches_undeliverable,
             batch_retries,
             last_status,
             last_delivery_unix,
+            sender_failed,
         } = self;
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, &AtomicU64)]| {
@@ -134,6 +141,12 @@ impl Stats {
             &[("", records_queued)],
         );
         metric(
+            "batches_queued",
+            "gauge",
+            "Closed batches waiting for delivery.",
+            &[("", batches_queued)],
+        );
+        metric(
             "batches_total",
             "counter",
             "Batches by final result.",
@@ -161,7 +174,18 @@ impl Stats {
             "Unix time of the last delivered batch.",
             &[("", last_delivery_unix)],
         );
+        let _ = writeln!(
+            out,
+            "# HELP tcp_sniffer_healthy 1 while the agent works; 0 once a sender thread failed.\n# TYPE tcp_sniffer_healthy gauge\ntcp_sniffer_healthy {}",
+            u8::from(!sender_failed.load(Relaxed))
+        );
         out
+    }
+
+    /// Whether the agent works: false once a sender thread failed.
+    #[must_use]
+    pub fn healthy(&self) -> bool {
+        !self.sender_failed.load(Relaxed)
     }
 }
 
@@ -218,7 +242,12 @@ fn route(head: &[u8], stats: &Stats) -> (&'static str, &'static str, String) {
             "text/plain; version=0.0.4; charset=utf-8",
             stats.render(),
         ),
-        (b"GET", b"/healthz") => ("200 OK", text, "ok\n".to_owned()),
+        (b"GET", b"/healthz") if stats.healthy() => ("200 OK", text, "ok\n".to_owned()),
+        (b"GET", b"/healthz") => (
+            "503 Service Unavailable",
+            text,
+            "a sender thread failed; the agent is stopping\n".to_owned(),
+        ),
         (b"GET", _) => (
             "404 Not Found",
             text,
@@ -249,7 +278,8 @@ mod tests {
         assert!(text.contains("tcp_sniffer_last_delivery_status 503\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
-        assert_eq!((samples, helps), (14, 9));
+        assert_eq!((samples, helps), (16, 11));
+        assert!(text.ends_with("tcp_sniffer_healthy 1\n"));
     }
 
     #[test]
@@ -270,6 +300,11 @@ mod tests {
             "200 OK"
         );
         assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n", &stats).2, "ok\n");
+        stats.sender_failed.store(true, Relaxed);
+        assert_eq!(
+            route(b"GET /healthz HTTP/1.1\r\n\r\n", &stats).0,
+            "503 Service Unavailable"
+        );
         assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n", &stats).0, "404 Not Found");
         assert_eq!(
             route(b"POST /metrics HTTP/1.1\r\n\r\n", &stats).0,

@@ -1,7 +1,7 @@
 //! What to do after a delivery attempt, and how long to wait before the next one.
 //!
 //! Connection errors, timeouts, `408`, `429` and `5xx` are retried with capped exponential backoff
-//! and jitter, honouring `Retry-After`; other `4xx` (and `3xx`: redirects are not followed with a
+//! and jitter, honouring `Retry-After` up to the cap; other `4xx` (and `3xx`: redirects are not followed with a
 //! bearer token) reject the batch. Pure logic; the sender does the I/O.
 
 use std::time::{Duration, SystemTime};
@@ -77,7 +77,9 @@ impl Backoff {
         }
     }
 
-    /// The next wait, given `unit` uniformly drawn from `[0, 1)`, and a `Retry-After` floor.
+    /// The next wait, given `unit` uniformly drawn from `[0, 1)`, and a `Retry-After` floor. No
+    /// wait exceeds the cap, whatever the collector asks: a `Retry-After` of years would stop
+    /// delivery for good.
     pub fn next_delay(&mut self, unit: f64, retry_after: Option<Duration>) -> Duration {
         let nominal = self
             .initial
@@ -85,7 +87,9 @@ impl Backoff {
             .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let jittered = nominal.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0));
-        retry_after.map_or(jittered, |floor| jittered.max(floor))
+        retry_after
+            .map_or(jittered, |floor| jittered.max(floor))
+            .min(self.max)
     }
 
     /// Attempts so far.
@@ -174,5 +178,26 @@ mod tests {
             backoff.next_delay(0.0, Some(Duration::from_secs(5))),
             Duration::from_secs(5)
         );
+    }
+
+    /// `Retry-After: 999999999` froze delivery and `18446744073709551615` overflowed the
+    /// sender's clock arithmetic: every wait is capped at the backoff maximum.
+    #[test]
+    fn huge_retry_after_is_capped() {
+        let now = SystemTime::now();
+        let cap = Duration::from_secs(30);
+        for value in [
+            "999999999",
+            "18446744073709551615",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            let Verdict::Retry { after } = classify(503, Some(value), now) else {
+                panic!("{value}: not retried");
+            };
+            let mut backoff = Backoff::new(Duration::from_millis(100), cap);
+            assert_eq!(backoff.next_delay(0.5, after), cap, "{value}");
+        }
+        // Too large for a u64 of seconds: ignored, the backoff alone decides.
+        assert_eq!(parse_retry_after("18446744073709551616", now), None);
     }
 }

@@ -30,6 +30,8 @@ pub struct Received {
 pub enum Reply {
     /// A status line and extra headers, empty body.
     Status(u16, Vec<(&'static str, String)>),
+    /// Nothing: the request stays unanswered until the collector stops.
+    Hang,
 }
 
 type Script = dyn FnMut(usize, &Received) -> Reply + Send;
@@ -127,7 +129,15 @@ fn serve_connection(
             all.push(received.clone());
             (script.lock().unwrap())(index, &received)
         };
-        let Reply::Status(status, headers) = reply;
+        let (status, headers) = match reply {
+            Reply::Status(status, headers) => (status, headers),
+            Reply::Hang => {
+                while !stopping.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                return;
+            }
+        };
         let mut response = format!("HTTP/1.1 {status} Scripted\r\nContent-Length: 0\r\n");
         for (name, value) in headers {
             response.push_str(&format!("{name}: {value}\r\n"));

@@ -33,6 +33,8 @@ fn start_sniffer(topology: &Topology, collector: SocketAddr, env: &[(&str, Strin
         .env("INTERFACE", "eth0")
         .env("OUTPUT_URL", format!("http://{collector}/v1/batches"))
         .env("OUTPUT_URL_AUTH_TOKEN", TOKEN)
+        // The test collector speaks plain HTTP on the namespace's loopback.
+        .env("OUTPUT_ALLOW_PLAINTEXT_TOKEN", "true")
         .env("POD_NAME", "web-7d9c")
         .env("POD_NAMESPACE", "shop")
         .env("NODE_NAME", "node-3")
@@ -186,6 +188,13 @@ fn healthy_collector_gets_every_record_exactly_once() {
     assert_eq!(stopped_count(&finished, "delivered"), delivered);
     assert_eq!(stopped_count(&finished, "dropped"), 0);
     assert_token_never_logged(&finished);
+    assert!(
+        finished
+            .logs
+            .iter()
+            .any(|l| l["level"] == "WARN" && l["msg"].as_str().unwrap().contains("plaintext")),
+        "the plaintext token is not warned about"
+    );
 }
 
 #[test]
@@ -519,4 +528,134 @@ fn unresolvable_collector_gives_up_at_shutdown_and_counts_everything() {
     assert_eq!(stopped_count(&finished, "delivered"), 0);
     assert_eq!(stopped_count(&finished, "dropped_undeliverable"), matched);
     assert_eq!(stopped_count(&finished, "dropped"), matched);
+}
+
+/// `Retry-After: 18446744073709551615` used to panic the sender thread (delivery stopped for good,
+/// `/healthz` stayed ok, the records were lost unaccounted) and `999999999` froze delivery: every
+/// wait is capped at `RETRY_MAX_MS`.
+#[test]
+fn absurd_retry_after_is_capped_at_retry_max() {
+    if !privileged("absurd_retry_after_is_capped_at_retry_max") {
+        return;
+    }
+    for absurd in ["18446744073709551615", "999999999"] {
+        let topology = Topology::new();
+        let collector = Collector::start(listen(&topology), move |index, _| {
+            if index == 0 {
+                Reply::Status(503, vec![("Retry-After", absurd.into())])
+            } else {
+                Reply::Status(200, Vec::new())
+            }
+        });
+        let metrics_addr = listen(&topology).local_addr().unwrap();
+        let agent = start_sniffer(
+            &topology,
+            collector.addr,
+            &[
+                ("BATCH_MAX_WAIT_MS", "100".into()),
+                ("OUTPUT_CONCURRENCY", "1".into()),
+                ("RETRY_MAX_MS", "1000".into()),
+                ("METRICS_ADDR", metrics_addr.to_string()),
+            ],
+        );
+        traffic(&topology, 1, 100);
+        collector.wait_until(Duration::from_secs(5), |r| r.len() >= 2);
+        let received = collector.received();
+        let gap = received[1].at - received[0].at;
+        assert!(
+            gap < Duration::from_secs(3),
+            "{absurd}: retried after {gap:?}"
+        );
+        assert!(http_get(&topology, metrics_addr, "/healthz").ends_with("ok\n"));
+        let finished = agent.terminate();
+        assert_eq!(
+            finished.status.code(),
+            Some(0),
+            "{absurd}: {:#?}",
+            finished.logs
+        );
+        assert!(
+            !finished.logs.iter().any(|l| l["msg"] == "panic"),
+            "{absurd}: {:#?}",
+            finished.logs
+        );
+        let matched = stopped_count(&finished, "matched");
+        assert!(matched > 0);
+        assert_eq!(stopped_count(&finished, "delivered"), matched, "{absurd}");
+        assert_eq!(total(&unique_batches(&received), "records"), matched);
+    }
+}
+
+/// With a collector that never answers and a 30 s request timeout, a 2 s grace used to end
+/// 29 s after SIGTERM: the grace bounds the exit, and the batch in flight is undeliverable.
+#[test]
+fn shutdown_grace_bounds_the_exit_with_requests_in_flight() {
+    if !privileged("shutdown_grace_bounds_the_exit_with_requests_in_flight") {
+        return;
+    }
+    let topology = Topology::new();
+    let collector = Collector::start(listen(&topology), |_, _| Reply::Hang);
+    let agent = start_sniffer(
+        &topology,
+        collector.addr,
+        &[
+            ("BATCH_MAX_WAIT_MS", "100".into()),
+            ("OUTPUT_TIMEOUT_MS", "30000".into()),
+            ("SHUTDOWN_GRACE_MS", "2000".into()),
+        ],
+    );
+    traffic(&topology, 2, 1000);
+    collector.wait_until(Duration::from_secs(5), |r| !r.is_empty());
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    assert!(
+        finished.elapsed < Duration::from_millis(3000),
+        "exit {:?} after SIGTERM with SHUTDOWN_GRACE_MS=2000",
+        finished.elapsed
+    );
+    let matched = stopped_count(&finished, "matched");
+    assert!(matched > 0);
+    assert_eq!(stopped_count(&finished, "delivered"), 0);
+    assert_eq!(stopped_count(&finished, "dropped_undeliverable"), matched);
+    assert_eq!(stopped_count(&finished, "dropped"), matched);
+    assert!(finished.logs.iter().any(|l| {
+        l["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("shutdown grace ran out with batches queued or in flight")
+    }));
+}
+
+/// A token that ends with a newline (a Secret made with `--from-file` of an `echo`ed file) used
+/// to fail every POST forever: it is trimmed, with a warning, and batches arrive.
+#[test]
+fn a_token_with_a_trailing_newline_is_trimmed() {
+    if !privileged("a_token_with_a_trailing_newline_is_trimmed") {
+        return;
+    }
+    let topology = Topology::new();
+    let collector = Collector::start(listen(&topology), accept_all);
+    let agent = start_sniffer(
+        &topology,
+        collector.addr,
+        &[
+            ("OUTPUT_URL_AUTH_TOKEN", format!("{TOKEN}\n")),
+            ("BATCH_MAX_WAIT_MS", "100".into()),
+        ],
+    );
+    traffic(&topology, 1, 100);
+    collector.wait_until(Duration::from_secs(5), |r| !r.is_empty());
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    for request in collector.received() {
+        assert_eq!(request.headers["authorization"], format!("Bearer {TOKEN}"));
+    }
+    assert_eq!(
+        stopped_count(&finished, "delivered"),
+        stopped_count(&finished, "matched")
+    );
+    assert!(finished.logs.iter().any(
+        |l| l["level"] == "WARN" && l["msg"].as_str().unwrap().contains("ended with a newline")
+    ));
+    assert_token_never_logged(&finished);
 }

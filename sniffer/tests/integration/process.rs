@@ -284,3 +284,88 @@ fn huge_values_are_never_echoed_whole() {
         );
     }
 }
+
+/// Refused at start, with exit 1 and a message that names the problem but never the token: a
+/// control character in the token, a token over plain http without the opt-in, an
+/// `OUTPUT_CONCURRENCY` outside 1-64, and an `OUTPUT_CA_FILE` that is a device (`/dev/zero` used
+/// to be read until the OOM killer came) or too large.
+#[test]
+fn unsafe_delivery_settings_exit_1() {
+    let big = std::env::temp_dir().join(format!("big-ca-{}.pem", std::process::id()));
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(5 << 20)
+        .unwrap();
+    let big = big.to_str().unwrap().to_owned();
+    let secret = "tok-S3CRET";
+    let with_newlines = format!("{secret}\n\n");
+    let inner_newline = "tok\nS3CRET";
+    for (env, needle) in [
+        (
+            vec![
+                ("OUTPUT_URL", "https://collector/"),
+                ("OUTPUT_URL_AUTH_TOKEN", with_newlines.as_str()),
+            ],
+            "contains a control character (byte 0x0a at position 10)",
+        ),
+        (
+            vec![
+                ("OUTPUT_URL", "https://collector/"),
+                ("OUTPUT_URL_AUTH_TOKEN", inner_newline),
+            ],
+            "contains a control character (byte 0x0a at position 3)",
+        ),
+        (
+            vec![
+                ("OUTPUT_URL", "http://collector/"),
+                ("OUTPUT_URL_AUTH_TOKEN", secret),
+            ],
+            "would be sent in plaintext",
+        ),
+        (
+            vec![
+                ("OUTPUT_URL", "http://collector/"),
+                ("OUTPUT_CONCURRENCY", "0"),
+            ],
+            "OUTPUT_CONCURRENCY=0 is out of range: it must be from 1 to 64",
+        ),
+        (
+            vec![
+                ("OUTPUT_URL", "http://collector/"),
+                ("OUTPUT_CONCURRENCY", "100000"),
+            ],
+            "OUTPUT_CONCURRENCY=100000 is out of range",
+        ),
+        (
+            vec![
+                ("OUTPUT_URL", "https://collector/"),
+                ("OUTPUT_CA_FILE", "/dev/zero"),
+            ],
+            "is not a regular file",
+        ),
+        (
+            vec![
+                ("OUTPUT_URL", "https://collector/"),
+                ("OUTPUT_CA_FILE", big.as_str()),
+            ],
+            "is larger than 4194304 bytes",
+        ),
+    ] {
+        let mut env = env;
+        env.extend([("PORTS", "8080"), ("INTERFACE", "lo")]);
+        let finished = run_with_env(&env);
+        assert_eq!(
+            finished.status.code(),
+            Some(1),
+            "{env:?}: {:#?}",
+            finished.logs
+        );
+        assert!(finished.elapsed < Duration::from_secs(2), "{env:?}");
+        let error = error_line(&finished)["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(needle), "{env:?}: {error}");
+        for line in &finished.logs {
+            assert!(!line.to_string().contains("S3CRET"), "token logged: {line}");
+        }
+    }
+    std::fs::remove_file(&big).unwrap();
+}
