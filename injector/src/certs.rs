@@ -1,7 +1,12 @@
 //! `injector gen-certs`: a CA and a serving certificate for the webhook Service, for clusters
 //! without cert-manager (the "internal CA" option).
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
 
 use base64::Engine as _;
 use rcgen::{
@@ -17,6 +22,9 @@ pub enum CertsError {
     /// rcgen refused the parameters.
     #[error("cannot generate the certificates")]
     Generate(#[from] rcgen::Error),
+    /// `--days` outside [`DAYS`].
+    #[error("--days {0} is out of range: certificates are valid from 1 to 36500 days")]
+    Days(i64),
     /// A file cannot be written.
     #[error("cannot write {path}")]
     Write {
@@ -50,13 +58,29 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// Generates a CA and a certificate for `names`, valid for `days` days from now.
+/// The validity `gen-certs --days` accepts: a day to a hundred years.
+pub const DAYS: std::ops::RangeInclusive<i64> = 1..=36_500;
+
+/// Generates a CA and a certificate for `names`, valid for `days` days from now (in [`DAYS`]).
 pub fn generate(names: Vec<String>, days: i64) -> Result<GeneratedCerts, CertsError> {
+    if !DAYS.contains(&days) {
+        return Err(CertsError::Days(days));
+    }
     let now = OffsetDateTime::now_utc();
     // A little slack for clocks that are behind.
-    let not_before = now - Duration::minutes(5);
-    let not_after = now + Duration::days(days);
+    generate_between(
+        names,
+        now - Duration::minutes(5),
+        now + Duration::days(days),
+    )
+}
 
+/// Generates a CA and a certificate for `names`, valid from `not_before` to `not_after`.
+pub fn generate_between(
+    names: Vec<String>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<GeneratedCerts, CertsError> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name
@@ -111,30 +135,57 @@ impl GeneratedCerts {
         )
     }
 
-    /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`.
+    /// Writes `ca.crt`, `tls.crt` (mode 0644) and `tls.key` (mode 0600) into `dir`. Each file is
+    /// written to a new temporary file with its final mode and renamed over the old one: an
+    /// existing file keeps neither its old mode nor, when it is a symlink, its target (the link
+    /// itself is replaced; whatever it pointed to is untouched).
     pub fn write(&self, dir: &Path) -> Result<(), CertsError> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let write = |name: &str, contents: &str, mode: u32| {
-            let path = dir.join(name);
-            fs::create_dir_all(dir)
-                .and_then(|()| {
-                    fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(mode)
-                        .open(&path)
-                })
-                .and_then(|mut file| std::io::Write::write_all(&mut file, contents.as_bytes()))
-                .map_err(|source| CertsError::Write {
-                    path: path.display().to_string(),
-                    source,
-                })
-        };
-        write("ca.crt", &self.ca_pem, 0o644)?;
-        write("tls.crt", &self.cert_pem, 0o644)?;
-        write("tls.key", &self.key_pem, 0o600)
+        fs::create_dir_all(dir).map_err(|source| CertsError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        replace(&dir.join("ca.crt"), &self.ca_pem, 0o644)?;
+        replace(&dir.join("tls.crt"), &self.cert_pem, 0o644)?;
+        replace(&dir.join("tls.key"), &self.key_pem, 0o600)
     }
+}
+
+/// Writes `contents` to a new file beside `path` created with `mode` (`O_EXCL`: never an existing
+/// file or link), then renames it over `path`.
+fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), CertsError> {
+    let error = |source| CertsError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut suffix = [0u8; 8];
+    getrandom::getrandom(&mut suffix).map_err(|e| error(std::io::Error::other(e)))?;
+    let temporary: PathBuf = path.with_file_name(format!(
+        ".{name}.{}.tmp",
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)
+        .and_then(|mut file| {
+            // The umask may have narrowed the mode; never widened it: set it exactly.
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            file.write_all(contents.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    written.map_err(error)
 }
 
 #[cfg(test)]
@@ -152,6 +203,52 @@ mod tests {
                 "tcp-sniffer-injector"
             ]
         );
+    }
+
+    #[test]
+    fn days_outside_a_day_to_a_century_are_refused() {
+        for days in [0, -1, 36_501, 3_000_000, i64::MAX] {
+            assert!(
+                matches!(generate(service_names("s", "n"), days), Err(CertsError::Days(d)) if d == days),
+                "{days}"
+            );
+        }
+        assert!(generate(service_names("s", "n"), 36_500).is_ok());
+    }
+
+    #[test]
+    fn keys_replace_files_and_links_with_private_files() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = std::env::temp_dir().join(format!("gen-certs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // A world-readable key from an earlier run, and a tls.crt link to a file elsewhere.
+        fs::write(dir.join("tls.key"), "old").unwrap();
+        fs::set_permissions(dir.join("tls.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        let elsewhere = dir.join("elsewhere");
+        fs::write(&elsewhere, "do not touch").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("tls.crt")).unwrap();
+        let certs = generate(service_names("s", "n"), 1).unwrap();
+        certs.write(&dir).unwrap();
+        let key = fs::symlink_metadata(dir.join("tls.key")).unwrap();
+        assert_eq!(key.mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::read_to_string(dir.join("tls.key")).unwrap(),
+            certs.key_pem
+        );
+        let cert = fs::symlink_metadata(dir.join("tls.crt")).unwrap();
+        assert!(
+            cert.file_type().is_file(),
+            "the link was replaced, not written through"
+        );
+        assert_eq!(fs::read_to_string(&elsewhere).unwrap(), "do not touch");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

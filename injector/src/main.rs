@@ -156,8 +156,8 @@ struct GenCertsArgs {
     /// Name of the Secret to print.
     #[arg(long, default_value = "tcp-sniffer-injector-tls")]
     secret: String,
-    /// Days the certificates are valid.
-    #[arg(long, default_value_t = 365)]
+    /// Days the certificates are valid (1-36500).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(certs::DAYS))]
     days: i64,
     /// Also write ca.crt, tls.crt and tls.key here.
     #[arg(long)]
@@ -327,18 +327,18 @@ fn inject(args: &InjectArgs) -> Result<(), Failure> {
         .options
         .options()
         .map_err(|e| Failure::Config(e.into()))?;
-    let input = if args.file == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read stdin")
-            .map_err(Failure::Config)?;
-        text
+    // Read at most one byte more than the limit, so that a huge file or stream is refused (by
+    // the preview) without being read whole.
+    let limit = preview::MAX_INPUT_BYTES as u64 + 1;
+    let mut text = String::new();
+    let read = if args.file == "-" {
+        std::io::stdin().take(limit).read_to_string(&mut text)
     } else {
-        std::fs::read_to_string(&args.file)
-            .with_context(|| format!("cannot read {}", args.file))
-            .map_err(Failure::Config)?
+        std::fs::File::open(&args.file).and_then(|file| file.take(limit).read_to_string(&mut text))
     };
+    read.with_context(|| format!("cannot read {}", Echo(&args.file)))
+        .map_err(Failure::Config)?;
+    let input = text;
     let preview = preview::preview(&input, &args.namespace, &options)
         .map_err(|e| Failure::Config(e.into()))?;
     info!(summary = preview.summary.as_str(); "preview");

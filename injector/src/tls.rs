@@ -4,6 +4,10 @@
 //! symlink, so the files are polled (content, not mtime: a symlink swap keeps old mtimes) rather
 //! than watched. A new pair is swapped in atomically only once both files parse and match; a
 //! handshake always sees one consistent pair, and a broken pair keeps the old one.
+//!
+//! The serving certificate's validity is checked at start and at every reload: an expired or
+//! not-yet-valid certificate is still served (a renewal may be on its way, and the API server
+//! would refuse a missing one just the same) but logged as an error each time it is loaded.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,6 +17,7 @@ use std::{
 
 use log::{error, info};
 use thiserror::Error;
+use time::OffsetDateTime;
 use tokio_rustls::rustls::{
     self, ServerConfig,
     crypto::CryptoProvider,
@@ -93,6 +98,98 @@ fn certified_key(contents: &Contents, paths: &CertPaths) -> Result<Arc<Certified
     Ok(Arc::new(certified))
 }
 
+/// The period a certificate is valid in (its X.509 `notBefore` and `notAfter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    /// First instant of validity.
+    pub not_before: OffsetDateTime,
+    /// Last instant of validity.
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// Reads the validity of a DER certificate; `None` if it is not shaped like X.509.
+    #[must_use]
+    pub fn of(cert: &CertificateDer<'_>) -> Option<Self> {
+        use yasna::{
+            ASN1Error, ASN1ErrorKind, Tag,
+            models::{GeneralizedTime, UTCTime},
+        };
+        let time = |value: yasna::models::TaggedDerValue| -> Result<OffsetDateTime, ASN1Error> {
+            let parsed = match value.tag() {
+                Tag { tag_number: 23, .. } => UTCTime::parse(value.value()).map(|t| *t.datetime()),
+                Tag { tag_number: 24, .. } => {
+                    GeneralizedTime::parse(value.value()).map(|t| *t.datetime())
+                }
+                _ => None,
+            };
+            parsed.ok_or_else(|| ASN1Error::new(ASN1ErrorKind::Invalid))
+        };
+        // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+        // TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serial, signature, issuer,
+        //                               validity SEQUENCE { notBefore, notAfter }, … }
+        yasna::parse_der(cert.as_ref(), |reader| {
+            reader.read_sequence(|certificate| {
+                let validity = certificate.next().read_sequence(|tbs| {
+                    tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                    for _serial_signature_issuer in 0..3 {
+                        tbs.next().read_der()?;
+                    }
+                    let validity = tbs.next().read_sequence(|validity| {
+                        let not_before = time(validity.next().read_tagged_der()?)?;
+                        let not_after = time(validity.next().read_tagged_der()?)?;
+                        Ok(Self {
+                            not_before,
+                            not_after,
+                        })
+                    })?;
+                    while tbs.read_optional(|r| r.read_der())?.is_some() {}
+                    Ok(validity)
+                })?;
+                while certificate.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(validity)
+            })
+        })
+        .ok()
+    }
+
+    /// What is wrong with using it at `now`, if anything.
+    #[must_use]
+    pub fn problem(&self, now: OffsetDateTime) -> Option<&'static str> {
+        if now < self.not_before {
+            Some("the TLS certificate is not valid yet: the API server will refuse it")
+        } else if now > self.not_after {
+            Some("the TLS certificate has expired: the API server will refuse it")
+        } else {
+            None
+        }
+    }
+}
+
+/// Logs the serving certificate's validity: an error when it cannot be used now.
+fn log_validity(key: &CertifiedKey, paths: &CertPaths) {
+    let Some(validity) = key.end_entity_cert().ok().and_then(Validity::of) else {
+        error!(cert = paths.cert.display().to_string().as_str(); "cannot read the TLS certificate's validity");
+        return;
+    };
+    let rfc3339 = |t: OffsetDateTime| {
+        let nanos = i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        json_log::Timestamp::from_unix_nanos(nanos).to_string()
+    };
+    let (not_before, not_after) = (rfc3339(validity.not_before), rfc3339(validity.not_after));
+    let cert = paths.cert.display().to_string();
+    match validity.problem(OffsetDateTime::now_utc()) {
+        Some(problem) => error!(
+            cert = cert.as_str(), not_before = not_before.as_str(), not_after = not_after.as_str();
+            "{problem}"
+        ),
+        None => info!(
+            cert = cert.as_str(), not_before = not_before.as_str(), not_after = not_after.as_str();
+            "TLS certificate valid"
+        ),
+    }
+}
+
 /// Where the serving certificate and key live.
 #[derive(Clone, Debug)]
 pub struct CertPaths {
@@ -117,6 +214,7 @@ impl CertStore {
             key: read(&paths.key)?,
         };
         let key = certified_key(&contents, &paths)?;
+        log_validity(&key, &paths);
         Ok(Arc::new(Self {
             paths,
             current: RwLock::new((contents, key)),
@@ -133,6 +231,7 @@ impl CertStore {
             return Ok(false);
         }
         let key = certified_key(&contents, &self.paths)?;
+        log_validity(&key, &self.paths);
         *self
             .current
             .write()
@@ -192,5 +291,55 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.read_current().1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+    use crate::certs::{generate_between, service_names};
+
+    fn first_cert(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn validity_is_read_from_the_certificate() {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        // rcgen writes UTCTime before 2050 and GeneralizedTime from 2050 on: both are read.
+        for (before, after) in [
+            (now - Duration::days(3), now - Duration::days(1)),
+            (now + Duration::days(1), now + Duration::days(2)),
+            (now - Duration::minutes(5), now + Duration::days(36_500)),
+        ] {
+            let certs = generate_between(service_names("s", "n"), before, after).unwrap();
+            for pem in [&certs.cert_pem, &certs.ca_pem] {
+                let validity = Validity::of(&first_cert(pem)).expect("X.509 validity");
+                assert_eq!((validity.not_before, validity.not_after), (before, after));
+            }
+        }
+        assert_eq!(Validity::of(&CertificateDer::from(vec![0x30, 0x00])), None);
+    }
+
+    #[test]
+    fn expired_and_future_certificates_are_problems() {
+        let now = OffsetDateTime::now_utc();
+        let validity = |before: i64, after: i64| Validity {
+            not_before: now + Duration::days(before),
+            not_after: now + Duration::days(after),
+        };
+        assert!(validity(-3, -1).problem(now).unwrap().contains("expired"));
+        assert!(
+            validity(1, 2)
+                .problem(now)
+                .unwrap()
+                .contains("not valid yet")
+        );
+        assert_eq!(validity(-1, 1).problem(now), None);
     }
 }

@@ -257,3 +257,116 @@ fn output_urls_follow_the_table_shared_with_the_sniffer() {
         }
     }
 }
+
+/// `--days 0` wrote an expired certificate and `--days 3000000` panicked (exit 101); a world-
+/// readable `tls.key` stayed world-readable and a `tls.key` symlink was written through.
+#[test]
+fn gen_certs_refuses_bad_days_and_replaces_keys_privately() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = TempDir::new();
+    for days in ["0", "3000000", "36501"] {
+        let out = run(
+            &[
+                "gen-certs",
+                "--days",
+                days,
+                "--out-dir",
+                dir.0.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(1), "--days {days}");
+        let error = error_of(&out);
+        assert!(
+            error.contains("--days") && error.contains("1..=36500"),
+            "{error}"
+        );
+    }
+    assert!(
+        !dir.0.join("tls.key").exists(),
+        "nothing is written on a refusal"
+    );
+    std::fs::write(dir.0.join("tls.key"), "old").unwrap();
+    std::fs::set_permissions(
+        dir.0.join("tls.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let target = dir.0.join("shared-file");
+    std::fs::write(&target, "not yours").unwrap();
+    std::os::unix::fs::symlink(&target, dir.0.join("ca.crt")).unwrap();
+    let out = run(&["gen-certs", "--out-dir", dir.0.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = std::fs::symlink_metadata(dir.0.join("tls.key")).unwrap();
+    assert_eq!(key.mode() & 0o777, 0o600);
+    assert!(
+        std::fs::symlink_metadata(dir.0.join("ca.crt"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "not yours");
+}
+
+/// An expired certificate is served but logged as an error at start, and a not-yet-valid one
+/// at its reload.
+#[test]
+fn unusable_certificate_dates_are_logged_at_start_and_reload() {
+    let dir = TempDir::new();
+    let now = time::OffsetDateTime::now_utc();
+    let names = vec!["localhost".to_owned()];
+    let expired = injector::certs::generate_between(
+        names.clone(),
+        now - time::Duration::days(10),
+        now - time::Duration::days(1),
+    )
+    .unwrap();
+    mount_secret(&dir.0, &expired);
+    let server = crate::common::Server::start(&dir.0, &[]);
+    let line = server.wait_for_log("the TLS certificate has expired");
+    assert_eq!(line["level"], "ERROR");
+    assert!(line["not_after"].as_str().unwrap().ends_with('Z'));
+    let future = injector::certs::generate_between(
+        names,
+        now + time::Duration::days(1),
+        now + time::Duration::days(2),
+    )
+    .unwrap();
+    crate::common::swap_secret(&dir.0, &future, "..2026_11_28_00_00_00.000000002");
+    server.wait_for_log("TLS certificate reloaded");
+    let line = server.wait_for_log("the TLS certificate is not valid yet");
+    assert_eq!(line["level"], "ERROR");
+}
+
+/// A 200 KB Pod with `x: [[[…]]]` took 44 s to be refused (the YAML scanner is quadratic in
+/// flow nesting): refused at once, naming the problem.
+#[test]
+fn inject_refuses_deep_nesting_at_once() {
+    let dir = TempDir::new();
+    let pod = dir.0.join("deep.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "kind: Pod\nx: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let out = run(&["inject", "-f", pod.to_str().unwrap()], &[]);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        error_of(&out).contains("more than 64 deep (line 2)"),
+        "{}",
+        error_of(&out)
+    );
+}
