@@ -9,7 +9,11 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use serde::{Deserialize, Serialize};
-use sniffer_common::{echo::Echo, ports::PortsError, url::parse_http_url};
+use sniffer_common::{
+    echo::Echo,
+    ports::PortsError,
+    url::{Scheme, parse_http_url},
+};
 use thiserror::Error;
 
 /// Where the sniffer reads the token from: a key of a Secret in the pod's namespace.
@@ -39,6 +43,10 @@ pub struct InjectorOptions {
     pub output_url: Option<String>,
     /// Secret key holding the collector token (`OUTPUT_URL_AUTH_TOKEN` via `secretKeyRef`).
     pub output_url_auth_token_secret: Option<SecretKeyRef>,
+    /// Allow the token over an `http://` `outputUrl` (`OUTPUT_ALLOW_PLAINTEXT_TOKEN`), e.g. when
+    /// a service mesh encrypts pod traffic; without it that combination is refused, as the
+    /// sniffer would refuse it.
+    pub output_allow_plaintext_token: bool,
     /// Capabilities added after dropping `ALL`.
     pub capabilities: Vec<String>,
     /// The container's seccomp profile; `None` leaves the pod's.
@@ -65,6 +73,7 @@ impl Default for InjectorOptions {
             default_ports: Vec::new(),
             output_url: None,
             output_url_auth_token_secret: None,
+            output_allow_plaintext_token: false,
             capabilities: vec!["NET_RAW".to_owned(), "BPF".to_owned()],
             // The runtimes' default profiles refuse bpf() without CAP_SYS_ADMIN.
             seccomp_profile: Some(SeccompProfile {
@@ -141,6 +150,7 @@ impl InjectorOptions {
             default_ports,
             output_url,
             output_url_auth_token_secret,
+            output_allow_plaintext_token,
             capabilities,
             seccomp_profile,
             resources,
@@ -177,9 +187,19 @@ impl InjectorOptions {
                 .map_err(|err: PortsError| invalid("defaultPorts", err.to_string()))?;
         }
         if let Some(url) = output_url {
-            // The sniffer's own rule, so a URL accepted here never makes a sidecar exit 1.
-            parse_http_url(url)
+            // The sniffer's own rules, so what is accepted here never makes a sidecar exit 1.
+            let parsed = parse_http_url(url)
                 .map_err(|problem| invalid("outputUrl", format!("{:?} {problem}", Echo(url))))?;
+            if parsed.scheme == Scheme::Http
+                && output_url_auth_token_secret.is_some()
+                && !output_allow_plaintext_token
+            {
+                return Err(invalid(
+                    "outputUrlAuthTokenSecret",
+                    "the token would travel in plaintext to an http:// outputUrl: use https://, \
+                     or set outputAllowPlaintextToken if the network already encrypts it",
+                ));
+            }
         }
         if let Some(SecretKeyRef { name, key }) = output_url_auth_token_secret {
             if !is_dns_subdomain(name) {
@@ -418,6 +438,22 @@ mod tests {
             let err = with(json).unwrap_err();
             assert!(err.contains(needle), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn a_token_over_plain_http_needs_the_opt_in() {
+        let secret = r#""outputUrlAuthTokenSecret":{"name":"auth","key":"token"}"#;
+        let err = with(&format!(r#"{{"outputUrl":"http://collector/",{secret}}}"#)).unwrap_err();
+        assert!(
+            err.contains("option outputUrlAuthTokenSecret: the token would travel in plaintext"),
+            "{err}"
+        );
+        with(&format!(
+            r#"{{"outputUrl":"http://collector/",{secret},"outputAllowPlaintextToken":true}}"#
+        ))
+        .unwrap();
+        with(&format!(r#"{{"outputUrl":"https://collector/",{secret}}}"#)).unwrap();
+        with(r#"{"outputUrl":"http://collector/"}"#).unwrap();
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
         default_ports: _,
         output_url,
         output_url_auth_token_secret,
+        output_allow_plaintext_token,
         capabilities,
         seccomp_profile,
         resources,
@@ -80,6 +81,9 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
                 ..EnvVarSource::default()
             }),
         });
+    }
+    if *output_allow_plaintext_token {
+        env.push(value("OUTPUT_ALLOW_PLAINTEXT_TOKEN", "true"));
     }
     env.push(field("POD_NAME", "metadata.name"));
     env.push(field("POD_NAMESPACE", "metadata.namespace"));
