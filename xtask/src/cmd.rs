@@ -56,10 +56,32 @@ pub fn stdout(cmd: &mut Command) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", display(cmd)))
 }
 
-/// The `cargo` that runs xtask, in the workspace root.
+/// Whether `cargo run` set `name` for the xtask binary itself (it describes xtask's package).
+fn set_for_xtask(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
+}
+
+/// The `cargo` that runs xtask, in the workspace root, without the variables `cargo run` set
+/// for xtask: build scripts that watch them (ring's watches `CARGO_MANIFEST_DIR`) would rerun
+/// and rebuild everything a plain `cargo build --release` already built.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_for_xtask) {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 
@@ -128,14 +150,34 @@ pub fn wait_for_port(port: u16, what: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The artifacts of `cargo build --release` (the build contract) are reused, not rebuilt with
-    /// other features.
+    /// The artifacts of `cargo build --release` (the build contract) are reused: the same
+    /// packages, hence the same features, and none of the variables `cargo run` set for xtask
+    /// (which made ring's build script rerun and a first `cargo xtask run` rebuild for minutes).
     #[test]
     fn binaries_are_built_as_the_build_contract_builds_them() {
         for (release, args) in [(true, vec!["build", "--release"]), (false, vec!["build"])] {
             let command = build_command(release);
             let got: Vec<_> = command.get_args().map(|a| a.to_str().unwrap()).collect();
             assert_eq!(got, args);
+            // `cargo test` sets these for the test binary as `cargo run` does for xtask.
+            assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+            let removed: Vec<_> = command
+                .get_envs()
+                .filter(|(_, value)| value.is_none())
+                .map(|(name, _)| name.to_str().unwrap().to_owned())
+                .collect();
+            for name in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PKG_VERSION"] {
+                assert!(
+                    std::env::var_os(name).is_some(),
+                    "{name} is not set for tests"
+                );
+                assert!(removed.iter().any(|r| r == name), "{name} is passed on");
+            }
+            assert!(
+                !removed
+                    .iter()
+                    .any(|r| r == "CARGO_TARGET_DIR" || r == "CARGO_HOME")
+            );
         }
     }
 }
