@@ -10,6 +10,8 @@
 # image can be pulled).
 ARG BUILDER_IMAGE=docker.io/library/rust:1-bookworm
 ARG BINARIES=build
+# The workspace version (`cargo xtask image` passes it); only labels the images.
+ARG VERSION=0.1.0
 
 FROM ${BUILDER_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools ca-certificates \
@@ -32,9 +34,10 @@ COPY target/image/sniffer target/image/injector target/image/ca-certificates.crt
 FROM ${BINARIES} AS binaries
 
 FROM scratch AS injector
+ARG VERSION
 LABEL org.opencontainers.image.title="tcp-sniffer-injector" \
       org.opencontainers.image.description="Mutating admission webhook adding the tcp-sniffer container" \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=binaries /out/injector /injector
 USER 65532:65532
@@ -45,9 +48,10 @@ CMD ["serve"]
 # The sniffer runs as root inside the container with only NET_RAW and BPF: Kubernetes grants
 # added capabilities to UID 0 only (docs/specs/INJECTOR.md).
 FROM scratch AS sniffer
+ARG VERSION
 LABEL org.opencontainers.image.title="tcp-sniffer" \
       org.opencontainers.image.description="eBPF agent capturing TCP packet metadata of a pod" \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=binaries /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=binaries /out/sniffer /sniffer

@@ -8,19 +8,11 @@ use k8s_openapi::api::core::v1::Pod;
 use sniffer_common::{MAX_PORTS, echo::Echo, ports::parse_ports};
 
 use crate::{
+    annotations::{INJECT as INJECT_ANNOTATION, PORTS as PORTS_ANNOTATION},
     options::InjectorOptions,
     patch::{self, Add},
     sidecar::{CONTAINER_NAME, sniffer_container},
 };
-
-/// Pod annotation: `"false"` opts the pod out.
-pub const INJECT_ANNOTATION: &str = "tcp-sniffer/inject";
-/// Pod annotation: the ports to capture (`8080,8443`).
-pub const PORTS_ANNOTATION: &str = "tcp-sniffer/ports";
-/// Pod annotation the injector sets on injected pods.
-pub const INJECTED_ANNOTATION: &str = "tcp-sniffer/injected";
-/// Pod annotation `kubectl logs/exec` use to pick a container.
-pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 
 /// The parts of an admission request the decision depends on.
 #[derive(Clone, Copy, Debug)]

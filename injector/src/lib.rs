@@ -2,6 +2,7 @@
 //!
 //! | module | role |
 //! |---|---|
+//! | [`annotations`] | the pod annotations read and written |
 //! | [`options`] | `InjectorOptions`: the container's settings, validated |
 //! | [`decide`] | decide the mutation: inject, skip (why), or deny (why) |
 //! | [`sidecar`] | the container that is added |
@@ -14,6 +15,7 @@
 //! | [`certs`] | `injector gen-certs` |
 //! | [`preview`] | `injector inject -f` |
 
+pub mod annotations;
 pub mod certs;
 pub mod decide;
 pub mod limits;

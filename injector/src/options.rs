@@ -67,7 +67,7 @@ impl Default for InjectorOptions {
             ])
         };
         Self {
-            image: "tcp-sniffer:0.1.0".to_owned(),
+            image: concat!("tcp-sniffer:", env!("CARGO_PKG_VERSION")).to_owned(),
             image_pull_policy: "IfNotPresent".to_owned(),
             interface: "eth0".to_owned(),
             default_ports: Vec::new(),

@@ -4,7 +4,9 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::decide::{DEFAULT_CONTAINER_ANNOTATION, INJECTED_ANNOTATION};
+use crate::annotations::{
+    DEFAULT_CONTAINER as DEFAULT_CONTAINER_ANNOTATION, INJECTED as INJECTED_ANNOTATION,
+};
 
 /// One `add` operation (the only kind injection needs).
 #[derive(Clone, Debug, Serialize)]

@@ -192,10 +192,13 @@ async fn rejection(
         )
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         app.metrics.bad_request(Duration::ZERO);
-        (
+        return Ok(text(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "the body is larger than the 4 MiB limit",
-        )
+            format!(
+                "the body is larger than the {} MiB limit\n",
+                MAX_BODY_BYTES >> 20
+            ),
+        ));
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         app.metrics.bad_request(Duration::ZERO);
         (

@@ -1,8 +1,8 @@
 //! Types shared by the tcp-sniffer kernel program and its userspace loader.
 //!
 //! Everything here is `#![no_std]` so the kernel program (built for `bpfel-unknown-none`) and the
-//! loader agree on one memory layout. With the `user` feature the types implement [`aya::Pod`], so
-//! the loader can read them from the ring buffer and put ports in the map.
+//! loader agree on one memory layout. With the `user` feature [`PacketRecord`] implements [`aya::Pod`],
+//! so the loader can read it from the ring buffer.
 #![no_std]
 
 #[cfg(feature = "alloc")]
@@ -48,7 +48,8 @@ pub const PORT_BITMAP_WORDS: u32 = 1024;
 pub const fn port_bit(port: u16) -> (u32, u64) {
     ((port >> 6) as u32, 1 << (port & 63))
 }
-/// Ring buffer size compiled into the object; the loader may override it (power of two, page multiple).
+/// Ring buffer size compiled into the object, and the loader's default (`RING_BUFFER_BYTES`; a
+/// power of two and a page multiple): 52,428 records of 80 bytes, 0.15 s at 350,000 packets/s.
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 /// Unread bytes per wakeup compiled into the object (about 800 records).
 pub const DEFAULT_WAKEUP_BYTES: u64 = 64 << 10;
@@ -192,5 +193,6 @@ pub const RING_ENTRY_BYTES: u64 = 8 + RECORD_SIZE as u64;
 const _: () = assert!(RECORD_SIZE.is_multiple_of(8));
 
 #[cfg(feature = "user")]
-// SAFETY: `PacketRecord` is `repr(C)`, made only of integers and byte arrays, with explicit padding.
+// SAFETY: `PacketRecord` is `repr(C)`, made only of integers and arrays of integers, with explicit
+// padding: every bit pattern is a valid value and no byte is uninitialised.
 unsafe impl aya::Pod for PacketRecord {}

@@ -1,7 +1,7 @@
 //! Userspace cost per record: kernel record → JSON, as NDJSON lines and as batch bodies.
 //!
-//! `cargo bench -p sniffer --bench encode` prints nanoseconds per record; `cargo xtask report`
-//! runs it and puts the numbers into docs/benchmarks.md.
+//! `cargo bench -p sniffer --bench encode` prints nanoseconds per record; `cargo xtask bench
+//! --only encode` runs it and puts the numbers into docs/benchmarks.md.
 
 use std::{hint::black_box, io, time::Instant};
 

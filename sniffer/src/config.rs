@@ -4,15 +4,13 @@ use std::{ffi::CString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser, builder::BoolishValueParser};
 use sniffer_common::{
-    DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES,
+    DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES,
     echo::Echo,
     ports::{PortsError, parse_ports},
     url::{Scheme, UrlError, parse_http_url},
 };
 use thiserror::Error;
 
-/// Default ring buffer size: 52,428 records of 80 bytes, 0.15 s at 350,000 packets/s.
-pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 
 /// Command line and environment, as given. [`Args::validate`] turns it into a [`Config`].
 #[derive(Clone, Debug, Parser)]
@@ -82,7 +80,7 @@ pub struct Args {
     #[arg(long, env = "STATS_INTERVAL_SECS", default_value_t = 60)]
     pub stats_interval_secs: u64,
     /// Ring buffer size in bytes (a power of two, at least one page).
-    #[arg(long, env = "RING_BUFFER_BYTES", default_value_t = DEFAULT_RING_BUFFER_BYTES)]
+    #[arg(long, env = "RING_BUFFER_BYTES", default_value_t = DEFAULT_RING_BYTES)]
     pub ring_buffer_bytes: u32,
     /// Unread ring bytes that wake the reader (a power of two, at most half the ring). Larger
     /// values mean fewer wakeups at high packet rates.
@@ -545,7 +543,7 @@ mod tests {
         let config = args("8080", "lo").validate().unwrap();
         assert_eq!(config.ports, vec![8080]);
         assert!(config.ifindex > 0);
-        assert_eq!(config.ring_buffer_bytes, DEFAULT_RING_BUFFER_BYTES);
+        assert_eq!(config.ring_buffer_bytes, DEFAULT_RING_BYTES);
     }
 
     #[test]

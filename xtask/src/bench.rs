@@ -24,7 +24,7 @@ use crate::{
     collector::{BenchCollector, Tally},
     ebpf,
     perf::{CpuShares, Sampler},
-    report,
+    report, target_dir,
     testbed::Testbed,
 };
 
@@ -268,7 +268,7 @@ fn trial(
         }
     };
     thread::sleep(Duration::from_millis(300));
-    let sampler = Sampler::start(&ebpf::target_dir().join("bench/perf.data"))?;
+    let sampler = Sampler::start(&target_dir().join("bench/perf.data"))?;
     let before = bed.server_packets()?;
     let start = Instant::now();
     let mut client = Testbed::exec(&bed.client, "iperf3");
@@ -648,7 +648,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ebpf::build()?;
         let sniffer = cmd::build_binary("sniffer", true)?;
         let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
-        fs::create_dir_all(ebpf::target_dir().join("bench"))?;
+        fs::create_dir_all(target_dir().join("bench"))?;
         let bed = Testbed::new("tsbench")?;
         // Statistics add two clock reads to every eBPF run: off, so both capturers are measured
         // as they run in production.
@@ -704,7 +704,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// Prints a section, keeps a copy in `target/bench/` and writes it into docs/benchmarks.md.
 fn publish(part: Part, text: &str) -> Result<()> {
     println!("{text}");
-    let dir = ebpf::target_dir().join("bench");
+    let dir = target_dir().join("bench");
     fs::create_dir_all(&dir)?;
     fs::write(dir.join(format!("{}.md", part.section())), text)?;
     report::update(part.section(), text)

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bootstrap, cmd, ebpf, workspace_root};
+use crate::{bootstrap, certs, cmd, target_dir, workspace_root};
 
 /// One wrk run's figures.
 struct Run {
@@ -86,9 +86,9 @@ pub fn run(seconds: u32) -> Result<String> {
     bootstrap::ensure_debian_packages(&[("wrk", "wrk")])?;
     let root = workspace_root();
     let binary = cmd::build_binary("injector", true)?;
-    let dir = ebpf::target_dir().join("bench");
+    let dir = target_dir().join("bench");
     let certs = dir.join("injector-certs");
-    cmd::localhost_certs(&binary, &certs)?;
+    certs::localhost(&binary, &certs)?;
     let fixture = root.join("injector/tests/fixtures/deployment-pod.json");
     let script = dir.join("mutate.lua");
     fs::write(

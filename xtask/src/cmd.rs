@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{ebpf, workspace_root};
+use crate::{target_dir, workspace_root};
 
 /// Renders a command line for messages.
 pub fn display(cmd: &Command) -> String {
@@ -103,24 +103,7 @@ fn build_command(release: bool) -> Command {
 pub fn build_binary(binary: &str, release: bool) -> Result<PathBuf> {
     run(&mut build_command(release))?;
     let profile = if release { "release" } else { "debug" };
-    Ok(ebpf::target_dir().join(profile).join(binary))
-}
-
-/// Has `injector` write a CA and a `localhost` serving pair (valid a day) into `dir`.
-pub fn localhost_certs(injector: &std::path::Path, dir: &std::path::Path) -> Result<()> {
-    output(
-        Command::new(injector)
-            .args([
-                "gen-certs",
-                "--service",
-                "localhost",
-                "--days",
-                "1",
-                "--out-dir",
-            ])
-            .arg(dir),
-    )
-    .map(drop)
+    Ok(target_dir().join(profile).join(binary))
 }
 
 /// A child process killed (and reaped) when this guard is dropped, however the task ends.

@@ -4,16 +4,11 @@ use std::{env, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::{bootstrap, cmd, workspace_root};
+use crate::{bootstrap, cmd, target_dir, workspace_root};
 
 /// Where the kernel object lands; `sniffer/build.rs` looks in the same place.
 pub fn object_path() -> PathBuf {
     target_dir().join("bpfel-unknown-none/release/sniffer-ebpf")
-}
-
-/// The workspace's target directory (`CARGO_TARGET_DIR` or `target/`), shared by all builds.
-pub fn target_dir() -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
 /// Bootstraps the toolchain pieces and builds the kernel object; returns its path.

@@ -1,5 +1,6 @@
-//! Repository checks that need no build: no private key is tracked outside test fixtures, and the
-//! Dockerfile's default target is the sniffer image.
+//! Repository checks that need no build: no private key is tracked outside test fixtures, the
+//! Dockerfile's default target is the sniffer image, and every version written outside Cargo.toml
+//! (the Dockerfile's label default, the manifests' image tags) is the workspace's.
 
 use std::{fs, process::Command};
 
@@ -91,6 +92,58 @@ pub fn dockerfile_default_is_sniffer() -> Result<()> {
     Ok(())
 }
 
+/// Every `tcp-sniffer:X` or `tcp-sniffer-injector:X` image tag in the manifests, and the
+/// Dockerfile's `ARG VERSION=X`, is the workspace version.
+pub fn versions_match() -> Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut wrong = Vec::new();
+    let dockerfile = fs::read_to_string(workspace_root().join("Dockerfile"))?;
+    for value in dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ARG VERSION="))
+    {
+        if value != version {
+            wrong.push(format!("Dockerfile: ARG VERSION={value}"));
+        }
+    }
+    let listed = cmd::stdout(
+        Command::new("git")
+            .args(["ls-files", "manifests"])
+            .current_dir(workspace_root()),
+    )?;
+    for path in listed.lines() {
+        let text = fs::read_to_string(workspace_root().join(path))?;
+        for tag in image_tags(&text) {
+            if tag != version {
+                wrong.push(format!("{path}: image tag {tag}"));
+            }
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "versions differ from the workspace's {version}: {wrong:?}"
+    );
+    Ok(())
+}
+
+/// The tags of `tcp-sniffer` and `tcp-sniffer-injector` image references in `text`.
+fn image_tags(text: &str) -> Vec<&str> {
+    let mut tags = Vec::new();
+    for (at, _) in text.match_indices("tcp-sniffer") {
+        let rest = &text[at + "tcp-sniffer".len()..];
+        let rest = rest.strip_prefix("-injector").unwrap_or(rest);
+        if let Some(tag) = rest.strip_prefix(':') {
+            let end = tag
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+                .unwrap_or(tag.len());
+            if tag[..end].starts_with(|c: char| c.is_ascii_digit()) {
+                tags.push(&tag[..end]);
+            }
+        }
+    }
+    tags
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +168,12 @@ mod tests {
         assert!(is_fixture("injector/tests/webhook/keys.pem"));
         assert!(is_fixture("shared/fixtures/key.pem"));
         assert!(!is_fixture("manifests/overlays/internal-ca/certs/tls.key"));
+    }
+
+    #[test]
+    fn image_tags_are_found() {
+        let text = "image: tcp-sniffer:0.1.0\n\"image\": \"reg/tcp-sniffer-injector:1.2.3\",\ntcp-sniffer/inject: x\n";
+        assert_eq!(image_tags(text), ["0.1.0", "1.2.3"]);
     }
 
     #[test]

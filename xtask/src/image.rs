@@ -15,13 +15,14 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::{bootstrap, cmd, ebpf, testbed::Testbed, workspace_root};
+use crate::{bootstrap, certs, cmd, ebpf, target_dir, testbed::Testbed, workspace_root};
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
 /// Local image names.
-pub const SNIFFER_IMAGE: &str = "localhost/tcp-sniffer:0.1.0";
+pub const SNIFFER_IMAGE: &str = concat!("localhost/tcp-sniffer:", env!("CARGO_PKG_VERSION"));
 /// Local image name of the injector.
-pub const INJECTOR_IMAGE: &str = "localhost/tcp-sniffer-injector:0.1.0";
+pub const INJECTOR_IMAGE: &str =
+    concat!("localhost/tcp-sniffer-injector:", env!("CARGO_PKG_VERSION"));
 
 /// Private container storage under `target/image`, so the host's configuration is untouched.
 struct Containers {
@@ -30,7 +31,7 @@ struct Containers {
 
 impl Containers {
     fn new() -> Result<Self> {
-        let dir = ebpf::target_dir().join("image");
+        let dir = target_dir().join("image");
         fs::create_dir_all(&dir)?;
         // vfs needs no kernel overlay support; runc and cgroupfs work without systemd here.
         fs::write(
@@ -73,7 +74,7 @@ fn build_images() -> Result<Containers> {
     )?;
     let containers = Containers::new()?;
     let staged = containers.dir.clone();
-    let release = ebpf::target_dir().join(MUSL).join("release");
+    let release = target_dir().join(MUSL).join("release");
     for binary in ["sniffer", "injector"] {
         fs::copy(release.join(binary), staged.join(binary))?;
     }
@@ -88,7 +89,12 @@ fn build_images() -> Result<Containers> {
     // `docker build .` does: the Dockerfile's last stage must be it.
     for (target, tag) in [(None, SNIFFER_IMAGE), (Some("injector"), INJECTOR_IMAGE)] {
         let mut build = containers.command("buildah");
-        build.args(["build", "--build-arg", "BINARIES=prebuilt"]);
+        build
+            .args(["build", "--build-arg", "BINARIES=prebuilt"])
+            .args([
+                "--build-arg",
+                concat!("VERSION=", env!("CARGO_PKG_VERSION")),
+            ]);
         if let Some(target) = target {
             build.args(["--target", target]);
         }
@@ -341,8 +347,8 @@ fn verify_injector(containers: &Containers) -> Result<()> {
         .output()?;
     ensure!(out.status.success(), "gen-certs in the image failed");
     // The files for the server run come from the host build of the same source.
-    let host = ebpf::target_dir().join(MUSL).join("release/injector");
-    cmd::localhost_certs(&host, &certs)?;
+    let host = target_dir().join(MUSL).join("release/injector");
+    certs::localhost(&host, &certs)?;
     make_readable(&certs.join("tls.key"))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

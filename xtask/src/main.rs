@@ -3,6 +3,7 @@
 mod bench;
 mod bench_injector;
 mod bootstrap;
+mod certs;
 mod cmd;
 mod collector;
 mod ebpf;
@@ -66,6 +67,12 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives inside the workspace")
         .to_path_buf()
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` or `target/`), shared by all builds.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
 fn main() -> Result<()> {

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{bootstrap, cmd, ebpf, workspace_root};
+use crate::{bootstrap, certs, cmd, target_dir, workspace_root};
 
 /// Kustomizations to render, relative to `manifests/`.
 const KUSTOMIZATIONS: &[&str] = &[
@@ -49,7 +49,7 @@ pub fn check() -> Result<()> {
 
     // Rendered from a scratch copy: the internal-ca overlay needs certificates, which are
     // generated for the check and never written into the source tree.
-    let scratch = ebpf::target_dir().join("manifests-check");
+    let scratch = target_dir().join("manifests-check");
     let _ = fs::remove_dir_all(&scratch);
     let manifests = scratch.join("manifests");
     copy_tree(&root.join("manifests"), &manifests)?;
@@ -108,7 +108,7 @@ pub fn check() -> Result<()> {
 /// Serves the injector on loopback and sends it the example pod.
 fn roundtrip(injector: &Path, scratch: &Path, venv: &Path, root: &Path) -> Result<()> {
     let certs = scratch.join("roundtrip-certs");
-    cmd::localhost_certs(injector, &certs)?;
+    certs::localhost(injector, &certs)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

@@ -13,7 +13,8 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
 use crate::{
-    bench::Watched, bootstrap, cmd, collector::BenchCollector, ebpf, report, testbed::Testbed,
+    bench::Watched, bootstrap, cmd, collector::BenchCollector, ebpf, report, target_dir,
+    testbed::Testbed,
 };
 
 /// Options of `cargo xtask soak`.
@@ -166,7 +167,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         cpu * 100.0 / total.as_secs_f64(),
         peak_kib as f64 / 1024.0
     );
-    let dir = ebpf::target_dir().join("bench");
+    let dir = target_dir().join("bench");
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("soak.md"), &text)?;
     println!("{text}");

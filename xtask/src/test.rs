@@ -13,6 +13,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
 pub fn run(test_args: &[String]) -> Result<()> {
     hygiene::no_private_keys()?;
     hygiene::dockerfile_default_is_sniffer()?;
+    hygiene::versions_match()?;
     bootstrap::ensure_debian_packages(TEST_PACKAGES)?;
     ebpf::build()?;
     let cargo = cmd::cargo;
