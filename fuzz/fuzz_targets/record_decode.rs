@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sniffer::{clock::WallClock, record::Record};
-use sniffer_common::{PacketRecord, RECORD_SIZE};
+use sniffer::{capture::clock::WallClock, encode::record::Record};
+use sniffer_common::{PacketRecord, RECORD_SIZE, time::Rfc3339Writer};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < RECORD_SIZE + 8 {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let offset = i64::from_le_bytes(data[RECORD_SIZE..RECORD_SIZE + 8].try_into().unwrap());
     let record = Record::from_kernel(&raw, &WallClock::from_offset(offset));
     let mut json = Vec::new();
-    record.write_json(&mut json);
+    record.write_json(&mut json, &mut Rfc3339Writer::default());
     assert!(json.len() <= Record::MAX_JSON_LEN);
     let back: serde_json::Value = serde_json::from_slice(&json).expect("records are JSON");
     assert!(back["ts"].as_str().is_some_and(|ts| ts.len() == 30 && ts.ends_with('Z')));

@@ -47,6 +47,22 @@ pub enum Skip {
 }
 
 impl Skip {
+    /// Every reason, in the order of [`Skip::index`].
+    pub const ALL: [Self; 6] = [
+        Self::NotAPod,
+        Self::Operation,
+        Self::OptedOut,
+        Self::HostNetwork,
+        Self::AlreadyInjected,
+        Self::NoPorts,
+    ];
+
+    /// Position in [`Skip::ALL`] (a test checks that the two agree).
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Short label for logs and metrics.
     #[must_use]
     pub const fn label(self) -> &'static str {
@@ -332,6 +348,23 @@ mod tests {
             } => assert!(w.contains(PORTS_ANNOTATION)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn every_skip_is_listed_once_at_its_index() {
+        for (i, skip) in Skip::ALL.iter().enumerate() {
+            assert_eq!(skip.index(), i, "{skip:?}");
+        }
+        // Exhaustive: a new variant fails to compile here until it is listed.
+        let listed = |skip: Skip| match skip {
+            Skip::NotAPod
+            | Skip::Operation
+            | Skip::OptedOut
+            | Skip::HostNetwork
+            | Skip::AlreadyInjected
+            | Skip::NoPorts => Skip::ALL.contains(&skip),
+        };
+        assert!(Skip::ALL.into_iter().all(listed));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use clap::{ArgAction, Args, Parser, Subcommand, builder::BoolishValueParser, error::ErrorKind};
+use clap::{ArgAction, Args, Parser, Subcommand, builder::BoolishValueParser};
+use cli_support::exit::{self, Failure};
 use injector::{
     certs,
     limits::{DEFAULT_MAX_CONNECTIONS, Limits},
@@ -179,57 +180,19 @@ struct InjectArgs {
     options: OptionArgs,
 }
 
-/// Why the injector stops with an error.
-enum Failure {
-    /// Exit 1.
-    Config(anyhow::Error),
-    /// Exit 2.
-    Runtime(anyhow::Error),
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match exit::parse_args::<Cli>(|| cli_support::log::init(&[]), exit::first_line) {
         Ok(cli) => cli,
-        Err(err)
-            if matches!(
-                err.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = err.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            json_log::init(&[]);
-            let first = err
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
-                .to_owned();
-            error!(error = first.as_str(); "invalid arguments");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
-    json_log::init(&[]);
+    cli_support::log::init(&[]);
     let result = match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::GenCerts(args)) => gen_certs(&args).map_err(Failure::Runtime),
         Some(Command::Inject(args)) => inject(&args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(err)) => {
-            error!(error = format!("{err:#}").as_str(); "invalid configuration: {err:#}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Runtime(err)) => {
-            error!(error = format!("{err:#}").as_str(); "injector failed: {err:#}");
-            ExitCode::from(2)
-        }
-    }
+    exit::code(result, "injector")
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {

@@ -1,10 +1,11 @@
 //! Admission counters and a latency histogram, rendered as Prometheus text on `GET /metrics`.
 
 use std::{
-    fmt::Write as _,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
+
+use cli_support::prometheus::{Exposition, Kind};
 
 use crate::{
     decide::{Decision, Skip},
@@ -16,21 +17,12 @@ const BUCKETS: [f64; 10] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25,
 ];
 
-const SKIPS: [Skip; 6] = [
-    Skip::NotAPod,
-    Skip::Operation,
-    Skip::OptedOut,
-    Skip::HostNetwork,
-    Skip::AlreadyInjected,
-    Skip::NoPorts,
-];
-
 /// The injector's counters; lock-free.
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: AtomicU64,
     injected: AtomicU64,
-    skipped: [AtomicU64; SKIPS.len()],
+    skipped: [AtomicU64; Skip::ALL.len()],
     denied: AtomicU64,
     bad_requests: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -46,10 +38,7 @@ impl Metrics {
         self.requests.fetch_add(1, Relaxed);
         match decision {
             Decision::Inject { .. } => self.injected.fetch_add(1, Relaxed),
-            Decision::Skip { reason, .. } => {
-                let index = SKIPS.iter().position(|s| s == reason).unwrap_or(0);
-                self.skipped[index].fetch_add(1, Relaxed)
-            }
+            Decision::Skip { reason, .. } => self.skipped[reason.index()].fetch_add(1, Relaxed),
             Decision::Deny { .. } => self.denied.fetch_add(1, Relaxed),
         };
         self.observe(latency);
@@ -80,72 +69,61 @@ impl Metrics {
     #[must_use]
     pub fn render(&self) -> String {
         let get = |c: &AtomicU64| c.load(Relaxed);
-        let mut out = String::with_capacity(2048);
-        let _ = writeln!(
-            out,
-            "# HELP tcp_sniffer_injector_requests_total Admission requests received on /mutate.\n\
-             # TYPE tcp_sniffer_injector_requests_total counter\n\
-             tcp_sniffer_injector_requests_total {}",
-            get(&self.requests)
+        let mut text = Exposition::default();
+        text.family(
+            "tcp_sniffer_injector_requests_total",
+            Kind::Counter,
+            "Admission requests received on /mutate.",
+        )
+        .sample(&[], get(&self.requests));
+        let mut decisions = text.family(
+            "tcp_sniffer_injector_decisions_total",
+            Kind::Counter,
+            "Answered reviews by decision and reason.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP tcp_sniffer_injector_decisions_total Answered reviews by decision and reason.\n\
-             # TYPE tcp_sniffer_injector_decisions_total counter\n\
-             tcp_sniffer_injector_decisions_total{{decision=\"injected\",reason=\"\"}} {}\n\
-             tcp_sniffer_injector_decisions_total{{decision=\"denied\",reason=\"\"}} {}",
-            get(&self.injected),
-            get(&self.denied)
-        );
-        for (skip, count) in SKIPS.iter().zip(&self.skipped) {
-            let _ = writeln!(
-                out,
-                "tcp_sniffer_injector_decisions_total{{decision=\"skipped\",reason=\"{}\"}} {}",
-                skip.label(),
-                get(count)
+        decisions
+            .sample(
+                &[("decision", "injected"), ("reason", "")],
+                get(&self.injected),
+            )
+            .sample(&[("decision", "denied"), ("reason", "")], get(&self.denied));
+        for skip in Skip::ALL {
+            decisions.sample(
+                &[("decision", "skipped"), ("reason", skip.label())],
+                get(&self.skipped[skip.index()]),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP tcp_sniffer_injector_bad_requests_total Bodies that were not a usable AdmissionReview.\n\
-             # TYPE tcp_sniffer_injector_bad_requests_total counter\n\
-             tcp_sniffer_injector_bad_requests_total {}",
-            get(&self.bad_requests)
+        text.family(
+            "tcp_sniffer_injector_bad_requests_total",
+            Kind::Counter,
+            "Bodies that were not a usable AdmissionReview.",
+        )
+        .sample(&[], get(&self.bad_requests));
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .zip(&self.latency_buckets)
+            .map(|(bound, count)| (*bound, get(count)))
+            .collect();
+        text.family(
+            "tcp_sniffer_injector_admission_duration_seconds",
+            Kind::Histogram,
+            "Time to answer a review, body read to response built.",
+        )
+        .histogram(
+            &[],
+            &buckets,
+            get(&self.latency_sum_ns) as f64 / 1e9,
+            get(&self.latency_count),
         );
-        let _ = writeln!(
-            out,
-            "# HELP tcp_sniffer_injector_admission_duration_seconds Time to answer a review, body read to response built.\n\
-             # TYPE tcp_sniffer_injector_admission_duration_seconds histogram"
-        );
-        for (bound, count) in BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(
-                out,
-                "tcp_sniffer_injector_admission_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                get(count)
-            );
-        }
-        let count = get(&self.latency_count);
-        let _ = writeln!(
-            out,
-            "tcp_sniffer_injector_admission_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             tcp_sniffer_injector_admission_duration_seconds_sum {}\n\
-             tcp_sniffer_injector_admission_duration_seconds_count {count}",
-            get(&self.latency_sum_ns) as f64 / 1e9
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tcp_sniffer_injector_cuts_total Connections and requests cut short by the server's limits, by reason.\n\
-             # TYPE tcp_sniffer_injector_cuts_total counter"
+        let mut cuts = text.family(
+            "tcp_sniffer_injector_cuts_total",
+            Kind::Counter,
+            "Connections and requests cut short by the server's limits, by reason.",
         );
         for cut in Cut::ALL {
-            let _ = writeln!(
-                out,
-                "tcp_sniffer_injector_cuts_total{{reason=\"{}\"}} {}",
-                cut.label(),
-                self.cuts.count(cut)
-            );
+            cuts.sample(&[("reason", cut.label())], self.cuts.count(cut));
         }
-        out
+        text.finish()
     }
 }
 

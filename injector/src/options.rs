@@ -103,12 +103,12 @@ pub enum OptionsError {
         source: std::io::Error,
     },
     /// The config file is not valid `InjectorOptions` JSON.
-    #[error("the options file {path} is not valid InjectorOptions JSON: {source}")]
+    #[error("the options file {path} is not valid InjectorOptions JSON: {problem}")]
     Parse {
         /// The file.
         path: String,
         /// Where and why.
-        source: serde_json::Error,
+        problem: serde_json::Error,
     },
     /// A field has a value that cannot work.
     #[error("option {field}: {problem}")]
@@ -135,9 +135,9 @@ impl InjectorOptions {
             path: display.clone(),
             source,
         })?;
-        serde_json::from_slice(&text).map_err(|source| OptionsError::Parse {
+        serde_json::from_slice(&text).map_err(|problem| OptionsError::Parse {
             path: display,
-            source,
+            problem,
         })
     }
 

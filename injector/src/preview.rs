@@ -28,9 +28,10 @@ pub enum PreviewError {
         /// 1-based line where the limit was passed.
         line: usize,
     },
-    /// Neither YAML nor JSON.
+    /// Neither YAML nor JSON (the parser's message is part of this one, not a separate cause, so
+    /// that it is shown once).
     #[error("the input is not YAML or JSON: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(serde_yaml::Error),
     /// Not a Pod.
     #[error("inject -f takes a Pod; the input is a {0}")]
     NotAPod(String),
@@ -65,7 +66,7 @@ pub fn preview(
         return Err(PreviewError::TooLarge);
     }
     check_flow_depth(input)?;
-    let mut pod: Value = serde_yaml::from_str(input)?;
+    let mut pod: Value = serde_yaml::from_str(input).map_err(PreviewError::Parse)?;
     let kind = pod["kind"].as_str().unwrap_or("object without kind");
     if kind != "Pod" {
         return Err(PreviewError::NotAPod(kind.to_owned()));

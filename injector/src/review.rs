@@ -25,9 +25,10 @@ const API_VERSION: &str = "admission.k8s.io/v1";
 /// A body that is not a usable AdmissionReview (HTTP 400).
 #[derive(Debug, Error)]
 pub enum ReviewError {
-    /// Not JSON, or not shaped like an AdmissionReview.
+    /// Not JSON, or not shaped like an AdmissionReview (the parser's message is part of this
+    /// one, not a separate cause, so that it is shown once).
     #[error("the body is not an AdmissionReview: {}", Echo(&.0.to_string()))]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// Another API version.
     #[error(
         "apiVersion {:?} is not supported: send admission.k8s.io/v1 (admissionReviewVersions: [\"v1\"])",

@@ -12,6 +12,7 @@ pub mod echo;
 pub mod parse;
 #[cfg(feature = "alloc")]
 pub mod ports;
+pub mod time;
 pub mod url;
 
 /// Name of the socket filter program in the kernel object.

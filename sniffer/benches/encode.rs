@@ -3,13 +3,13 @@
 //! `cargo bench -p sniffer --bench encode` prints nanoseconds per record; `cargo xtask bench
 //! --only encode` runs it and puts the numbers into docs/benchmarks.md.
 
-use std::{hint::black_box, io, time::Instant};
+use std::{hint::black_box, io, sync::Arc, time::Instant};
 
 use sniffer::{
-    batch::{AgentInfo, encode},
-    clock::WallClock,
-    output::{Ndjson, Sink as _},
-    record::Record,
+    capture::clock::WallClock,
+    deliver::{Sink as _, stdout::Lines},
+    encode::{AgentInfo, Encoder, record::Record},
+    metrics::Stats,
 };
 use sniffer_common::{PACKET_OUTGOING, PacketRecord, addr_words, tcp_flags};
 
@@ -82,15 +82,15 @@ fn main() {
     let clock = WallClock::now();
     let raws: Vec<PacketRecord> = (0..4096).map(raw).collect();
 
-    let mut sink = Ndjson::new(Discard(0));
+    let mut sink = Box::new(Lines::new(Discard(0), Arc::new(Stats::default())));
     let start = Instant::now();
-    for i in 0..RECORDS {
-        let record = Record::from_kernel(&raws[(i % 4096) as usize], &clock);
-        sink.accept(record).expect("discard cannot fail");
+    for i in 0..RECORDS / 4096 {
+        black_box(i);
+        sink.take(&raws, &clock).expect("discard cannot fail");
     }
-    sink.flush().expect("discard cannot fail");
     let ndjson = start.elapsed();
-    let bytes = sink.into_inner().expect("discard cannot fail").0;
+    let bytes = sink.get_ref().0;
+    let lines = RECORDS / 4096 * 4096;
 
     let agent = AgentInfo {
         pod: Some("web-7d9c".into()),
@@ -100,26 +100,26 @@ fn main() {
         version: env!("CARGO_PKG_VERSION"),
         instance: "6f1c2b9e-0000-4000-8000-000000000000".into(),
     };
+    let mut encoder = Encoder::new(Arc::new(agent), false);
     let mut body_bytes = 0;
     let start = Instant::now();
     for chunk in 0..RECORDS / BATCH as u64 {
         let records: Vec<Record> = (0..BATCH as u64)
             .map(|i| Record::from_kernel(&raws[((chunk + i) % 4096) as usize], &clock))
             .collect();
-        body_bytes +=
-            black_box(encode(&agent, chunk, 0, &records, false).expect("in memory")).len();
+        body_bytes += black_box(encoder.body(chunk, 0, &records).expect("in memory")).len();
     }
     let batches = start.elapsed();
 
-    let per = |d: std::time::Duration| d.as_nanos() as f64 / RECORDS as f64;
+    let per = |d: std::time::Duration, n: u64| d.as_nanos() as f64 / n as f64;
     println!(
         "ndjson: {:.0} ns/record ({} bytes/record)",
-        per(ndjson),
-        bytes / RECORDS
+        per(ndjson, lines),
+        bytes / lines
     );
     println!(
         "batch body ({BATCH} records): {:.0} ns/record ({} bytes/record)",
-        per(batches),
+        per(batches, RECORDS),
         body_bytes as u64 / RECORDS
     );
 }

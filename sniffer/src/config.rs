@@ -11,7 +11,6 @@ use sniffer_common::{
 };
 use thiserror::Error;
 
-
 /// Command line and environment, as given. [`Args::validate`] turns it into a [`Config`].
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -192,13 +191,12 @@ pub struct Config {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// `PORTS` is invalid.
-    #[error("PORTS {:?} is invalid: {source}", Echo(value))]
+    #[error("PORTS {:?} is invalid: {problem}", Echo(value))]
     Ports {
         /// The value given.
         value: String,
         /// What is wrong with it.
-        #[source]
-        source: PortsError,
+        problem: PortsError,
     },
     /// `INTERFACE` does not exist in this network namespace.
     #[error("INTERFACE {:?} does not exist in this network namespace", Echo(name))]
@@ -272,9 +270,9 @@ pub enum ConfigError {
 impl Args {
     /// Checks every value and resolves the interface.
     pub fn validate(&self) -> Result<Config, ConfigError> {
-        let ports = parse_ports(&self.ports).map_err(|source| ConfigError::Ports {
+        let ports = parse_ports(&self.ports).map_err(|problem| ConfigError::Ports {
             value: self.ports.clone(),
-            source,
+            problem,
         })?;
         let mut warnings = Vec::new();
         let output = self

@@ -11,96 +11,52 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use clap::{Parser as _, error::ErrorKind};
+use clap::error::ErrorKind;
+use cli_support::exit::{self, Failure};
 use log::{error, info, warn};
 use sniffer::{
-    batch::AgentInfo,
-    capture::{Capture, CaptureOptions, KernelCounters, MAX_BATCH, ProgramStats},
-    clock::WallClock,
+    capture::{Capture, CaptureOptions, KernelCounters, MAX_BATCH, ProgramStats, clock::WallClock},
     config::{Args, Config, Placement},
-    deliver::HttpOutput,
+    deliver::{Sink, http::HttpOutput, stdout::Lines},
+    encode::AgentInfo,
     metrics::{self, Stats, add, get},
-    output::{Ndjson, Sink},
-    record::Record,
 };
-use sniffer_common::{PacketRecord, echo::Echo};
+use sniffer_common::echo::Echo;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How often the kernel's counters are read (and new ring losses reported).
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why the sniffer stops with an error, which decides the exit code.
-enum Failure {
-    /// Exit 1: the configuration cannot work (found only once the runtime runs).
-    Config(anyhow::Error),
-    /// Exit 2: something failed at run time.
-    Runtime(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(err: anyhow::Error) -> Self {
-        Self::Runtime(err)
-    }
-}
-
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match exit::parse_args::<Args>(
+        || cli_support::log::init(&Placement::from_env().log_fields()),
+        usage_error,
+    ) {
         Ok(args) => args,
-        Err(err)
-            if matches!(
-                err.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) =>
-        {
-            // Help and version are what the user asked for, not a failure.
-            let _ = err.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            json_log::init(&Placement::from_env().log_fields());
-            error!(error = usage_error(&err).as_str(); "invalid configuration");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let placement = args.placement();
-    json_log::init(&placement.log_fields());
+    cli_support::log::init(&placement.log_fields());
     info!(
         interface = Echo(&args.interface).to_string().as_str(),
         ports = Echo(&args.ports).to_string().as_str(),
         version = env!("CARGO_PKG_VERSION");
         "Sniffer entrypoint starting"
     );
-    let config = match args.validate() {
-        Ok(config) => config,
-        Err(err) => {
-            error!(error = err.to_string().as_str(); "invalid configuration: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    for warning in &config.warnings {
-        warn!("{}", warning.message());
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            error!(error = err.to_string().as_str(); "cannot start the async runtime");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(run(&config, placement)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(err)) => {
-            error!(error = format!("{err:#}").as_str(); "invalid configuration: {err:#}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Runtime(err)) => {
-            error!(error = format!("{err:#}").as_str(); "sniffer failed: {err:#}");
-            ExitCode::from(2)
-        }
-    }
+    let result = args
+        .validate()
+        .map_err(|err| Failure::Config(err.into()))
+        .and_then(|config| {
+            for warning in &config.warnings {
+                warn!("{}", warning.message());
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(run(&config, placement))
+        });
+    exit::code(result, "sniffer")
 }
 
 /// The first line of clap's message, with the variable name a container user sets.
@@ -109,25 +65,45 @@ fn usage_error(err: &clap::Error) -> String {
         ErrorKind::MissingRequiredArgument => {
             "PORTS is required: the TCP ports to capture, e.g. PORTS=8080,8443".to_owned()
         }
-        _ => err
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("invalid arguments")
-            .trim_start_matches("error: ")
-            .to_owned(),
+        _ => exit::first_line(err),
     }
-}
-
-/// Where records go.
-enum Output {
-    Stdout(Ndjson<io::Stdout>),
-    Http(HttpOutput),
 }
 
 struct Signals {
     terminate: Signal,
     interrupt: Signal,
+}
+
+/// Where records go: stdout, or batches to `OUTPUT_URL`. Set up before the kernel is touched, so
+/// that a bad CA file is a configuration error.
+fn sink(
+    config: &Config,
+    placement: Placement,
+    stats: &Arc<Stats>,
+) -> Result<Box<dyn Sink>, Failure> {
+    let Some(delivery) = &config.output else {
+        return Ok(Box::new(Lines::new(io::stdout(), Arc::clone(stats))));
+    };
+    let Placement {
+        pod,
+        namespace,
+        node,
+    } = placement;
+    let agent = AgentInfo {
+        pod,
+        namespace,
+        node,
+        interface: config.interface.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        instance: AgentInfo::new_instance().context("cannot choose an instance id")?,
+    };
+    info!(instance = agent.instance.as_str(), batch_max_records = delivery.batch_max_records,
+          batch_max_wait_ms = delivery.batch_max_wait.as_millis() as u64,
+          buffer_max_records = delivery.buffer_max_records, gzip = delivery.gzip;
+          "delivering batches to OUTPUT_URL");
+    let output = HttpOutput::start(delivery, agent, Arc::clone(stats))
+        .map_err(|err| Failure::Config(anyhow!(err)))?;
+    Ok(Box::new(output))
 }
 
 async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
@@ -136,33 +112,7 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
     };
     let stats = Arc::new(Stats::default());
-
-    // The sender is set up before the kernel is touched: a bad CA file is a configuration error.
-    let mut output = match &config.output {
-        None => Output::Stdout(Ndjson::new(io::stdout())),
-        Some(delivery) => {
-            let Placement {
-                pod,
-                namespace,
-                node,
-            } = placement;
-            let agent = AgentInfo {
-                pod,
-                namespace,
-                node,
-                interface: config.interface.clone(),
-                version: env!("CARGO_PKG_VERSION"),
-                instance: AgentInfo::new_instance().context("cannot choose an instance id")?,
-            };
-            info!(instance = agent.instance.as_str(), batch_max_records = delivery.batch_max_records,
-                  batch_max_wait_ms = delivery.batch_max_wait.as_millis() as u64,
-                  buffer_max_records = delivery.buffer_max_records, gzip = delivery.gzip;
-                  "delivering batches to OUTPUT_URL");
-            let output = HttpOutput::start(delivery, agent, Arc::clone(&stats))
-                .map_err(|err| Failure::Config(anyhow!(err)))?;
-            Output::Http(output)
-        }
-    };
+    let mut sink = sink(config, placement, &stats)?;
     if let Some(addr) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -188,17 +138,13 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         "capture attached"
     );
 
-    let stop = match &mut output {
-        Output::Stdout(sink) => pump(&mut capture, sink, &stats, &mut signals, config).await,
-        Output::Http(sink) => pump(&mut capture, sink, &stats, &mut signals, config).await,
-    };
-    let failure = match stop {
-        Stop::Signal(name) => {
-            info!(signal = name; "stopping");
+    let failure = match pump(&mut capture, sink.as_mut(), &stats, &mut signals, config).await {
+        Ok(signal) => {
+            info!(signal; "stopping");
             None
         }
         // Stopped like on a signal, so nothing read is lost unaccounted; the exit code says why.
-        Stop::Failed(err) => {
+        Err(err) => {
             error!(error = format!("{err:#}").as_str(); "stopping: {err:#}");
             Some(err)
         }
@@ -206,17 +152,12 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     // The grace period runs from the decision to stop, requests in flight included.
     let deadline = Instant::now() + config.shutdown_grace;
     capture.stop();
-    let mut batch = Vec::new();
-    capture.drain_remaining(&mut batch);
-    match &mut output {
-        Output::Stdout(sink) => emit(sink, &mut batch, &stats, true)?,
-        Output::Http(sink) => emit(sink, &mut batch, &stats, false)?,
-    }
+    let mut records = Vec::new();
+    capture.drain_remaining(&mut records);
+    hand_over(sink.as_mut(), &mut records, &stats)?;
     read_kernel_counters(&capture, &stats)?;
-    match output {
-        Output::Stdout(_) => {}
-        Output::Http(sink) => sink.finish(deadline),
-    }
+    sink.finish(deadline)
+        .context("cannot write the last records")?;
 
     let ProgramStats {
         run_time_ns,
@@ -242,52 +183,31 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     failure.map_or(Ok(()), |err| Err(Failure::Runtime(err)))
 }
 
-/// Why the pump stopped.
-enum Stop {
-    /// SIGTERM or SIGINT.
-    Signal(&'static str),
-    /// Capture or delivery cannot go on.
-    Failed(anyhow::Error),
-}
-
-/// Moves records from the ring to `sink` until a signal arrives or something fails.
-async fn pump<S: Sink>(
+/// Moves records from the ring to `sink` until a signal arrives (its name is returned) or
+/// capture or delivery cannot go on.
+async fn pump(
     capture: &mut Capture,
-    sink: &mut S,
-    stats: &Stats,
-    signals: &mut Signals,
-    config: &Config,
-) -> Stop {
-    match pump_until_signal(capture, sink, stats, signals, config).await {
-        Ok(signal) => Stop::Signal(signal),
-        Err(err) => Stop::Failed(err),
-    }
-}
-
-async fn pump_until_signal<S: Sink>(
-    capture: &mut Capture,
-    sink: &mut S,
+    sink: &mut dyn Sink,
     stats: &Stats,
     signals: &mut Signals,
     config: &Config,
 ) -> anyhow::Result<&'static str> {
-    let to_stdout = config.output.is_none();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut records = Vec::with_capacity(MAX_BATCH);
     let mut counters = tokio::time::interval(COUNTER_INTERVAL);
     let mut stats_log = config
         .stats_interval
         .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
     loop {
-        let deadline = sink.deadline();
+        let due = sink.due();
         tokio::select! {
             biased;
             _ = signals.terminate.recv() => return Ok("SIGTERM"),
             _ = signals.interrupt.recv() => return Ok("SIGINT"),
-            ready = capture.next_batch(&mut batch) => {
+            ready = capture.next_batch(&mut records) => {
                 ready?;
-                emit(sink, &mut batch, stats, to_stdout)?;
+                hand_over(sink, &mut records, stats)?;
             }
-            () = at(deadline) => sink.tick(Instant::now()),
+            () = at(due) => sink.tick(Instant::now()),
             _ = counters.tick() => {
                 read_kernel_counters(capture, stats)?;
                 anyhow::ensure!(stats.healthy(), "a sender thread failed; delivery cannot continue");
@@ -315,28 +235,19 @@ async fn at(deadline: Option<Instant>) {
     }
 }
 
-/// Converts and hands over a batch of kernel records; for stdout, writing is delivering.
-fn emit(
-    sink: &mut impl Sink,
-    batch: &mut Vec<PacketRecord>,
+/// Gives the records of one ring read to the sink, with the wall clock of this moment.
+fn hand_over(
+    sink: &mut dyn Sink,
+    records: &mut Vec<sniffer_common::PacketRecord>,
     stats: &Stats,
-    to_stdout: bool,
 ) -> anyhow::Result<()> {
-    if batch.is_empty() {
+    if records.is_empty() {
         return Ok(());
     }
-    let count = batch.len() as u64;
-    add(&stats.records_read, count);
-    let clock = WallClock::now();
-    for raw in batch.drain(..) {
-        sink.accept(Record::from_kernel(&raw, &clock))
-            .context("cannot write records to stdout")?;
-    }
-    sink.flush().context("cannot write records to stdout")?;
-    if to_stdout {
-        add(&stats.records_delivered, count);
-    }
-    Ok(())
+    add(&stats.records_read, records.len() as u64);
+    let result = sink.take(records, &WallClock::now());
+    records.clear();
+    result.context("cannot write records to stdout")
 }
 
 /// Copies the kernel's counters into `stats` and reports new ring losses.

@@ -4,11 +4,11 @@
 //! `read = delivered + dropped_buffer_full + dropped_rejected + dropped_undeliverable + queued`.
 
 use std::{
-    fmt::Write as _,
     sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
+use cli_support::prometheus::{Exposition, Kind};
 use log::debug;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -95,91 +95,98 @@ impl Stats {
             last_delivery_unix,
             sender_failed,
         } = self;
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, &AtomicU64)]| {
-            let _ = writeln!(
-                out,
-                "# HELP tcp_sniffer_{name} {help}\n# TYPE tcp_sniffer_{name} {kind}"
-            );
-            for (labels, value) in samples {
-                let _ = writeln!(out, "tcp_sniffer_{name}{labels} {}", get(value));
-            }
+        let mut text = Exposition::default();
+        let one = |text: &mut Exposition, name, kind, help, value| {
+            text.family(name, kind, help).sample(&[], get(value));
         };
-        metric(
-            "packets_matched_total",
-            "counter",
+        one(
+            &mut text,
+            "tcp_sniffer_packets_matched_total",
+            Kind::Counter,
             "TCP packets the kernel program matched.",
-            &[("", packets_matched)],
+            packets_matched,
         );
-        metric(
-            "records_read_total",
-            "counter",
+        one(
+            &mut text,
+            "tcp_sniffer_records_read_total",
+            Kind::Counter,
             "Records read from the kernel ring buffer.",
-            &[("", records_read)],
+            records_read,
         );
-        metric(
-            "records_delivered_total",
-            "counter",
+        one(
+            &mut text,
+            "tcp_sniffer_records_delivered_total",
+            Kind::Counter,
             "Records delivered to the collector (or written to stdout).",
-            &[("", records_delivered)],
+            records_delivered,
         );
-        metric(
-            "records_dropped_total",
-            "counter",
+        let mut family = text.family(
+            "tcp_sniffer_records_dropped_total",
+            Kind::Counter,
             "Records lost, by reason.",
-            &[
-                ("{reason=\"ring_full\"}", dropped_ring_full),
-                ("{reason=\"buffer_full\"}", dropped_buffer_full),
-                ("{reason=\"rejected\"}", dropped_rejected),
-                ("{reason=\"undeliverable\"}", dropped_undeliverable),
-            ],
         );
-        metric(
-            "records_queued",
-            "gauge",
+        for (reason, value) in [
+            ("ring_full", dropped_ring_full),
+            ("buffer_full", dropped_buffer_full),
+            ("rejected", dropped_rejected),
+            ("undeliverable", dropped_undeliverable),
+        ] {
+            family.sample(&[("reason", reason)], get(value));
+        }
+        one(
+            &mut text,
+            "tcp_sniffer_records_queued",
+            Kind::Gauge,
             "Records waiting for delivery.",
-            &[("", records_queued)],
+            records_queued,
         );
-        metric(
-            "batches_queued",
-            "gauge",
+        one(
+            &mut text,
+            "tcp_sniffer_batches_queued",
+            Kind::Gauge,
             "Closed batches waiting for delivery.",
-            &[("", batches_queued)],
+            batches_queued,
         );
-        metric(
-            "batches_total",
-            "counter",
+        let mut family = text.family(
+            "tcp_sniffer_batches_total",
+            Kind::Counter,
             "Batches by final result.",
-            &[
-                ("{result=\"delivered\"}", batches_delivered),
-                ("{result=\"rejected\"}", batches_rejected),
-                ("{result=\"undeliverable\"}", batches_undeliverable),
-            ],
         );
-        metric(
-            "batch_retries_total",
-            "counter",
+        for (result, value) in [
+            ("delivered", batches_delivered),
+            ("rejected", batches_rejected),
+            ("undeliverable", batches_undeliverable),
+        ] {
+            family.sample(&[("result", result)], get(value));
+        }
+        one(
+            &mut text,
+            "tcp_sniffer_batch_retries_total",
+            Kind::Counter,
             "Delivery attempts that failed and were retried.",
-            &[("", batch_retries)],
+            batch_retries,
         );
-        metric(
-            "last_delivery_status",
-            "gauge",
+        one(
+            &mut text,
+            "tcp_sniffer_last_delivery_status",
+            Kind::Gauge,
             "HTTP status of the last delivery attempt; 0 for a connection error or timeout.",
-            &[("", last_status)],
+            last_status,
         );
-        metric(
-            "last_delivery_timestamp_seconds",
-            "gauge",
+        one(
+            &mut text,
+            "tcp_sniffer_last_delivery_timestamp_seconds",
+            Kind::Gauge,
             "Unix time of the last delivered batch.",
-            &[("", last_delivery_unix)],
+            last_delivery_unix,
         );
-        let _ = writeln!(
-            out,
-            "# HELP tcp_sniffer_healthy 1 while the agent works; 0 once a sender thread failed.\n# TYPE tcp_sniffer_healthy gauge\ntcp_sniffer_healthy {}",
-            u8::from(!sender_failed.load(Relaxed))
-        );
-        out
+        text.family(
+            "tcp_sniffer_healthy",
+            Kind::Gauge,
+            "1 while the agent works; 0 once a sender thread failed.",
+        )
+        .sample(&[], u64::from(!sender_failed.load(Relaxed)));
+        text.finish()
     }
 
     /// Whether the agent works: false once a sender thread failed.

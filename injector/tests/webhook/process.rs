@@ -369,4 +369,10 @@ fn inject_refuses_deep_nesting_at_once() {
         "{}",
         error_of(&out)
     );
+    // A parser's message is said once, not repeated as a separate cause.
+    std::fs::write(&pod, "kind: Pod\nspec: [\n").unwrap();
+    let out = run(&["inject", "-f", pod.to_str().unwrap()], &[]);
+    let error = error_of(&out);
+    let reason = error.split_once("not YAML or JSON: ").unwrap().1;
+    assert_eq!(error.matches(reason).count(), 1, "{error}");
 }

@@ -158,7 +158,9 @@ fn open(interface: &str) -> OwnedFd {
             size_of::<libc::timeval>() as libc::socklen_t,
         );
         assert_eq!(rc, 0, "SO_RCVTIMEO");
-        let size: i32 = 16 << 20;
+        // Room for a whole flood (about 400,000 small frames) while the reader thread waits for a
+        // CPU: the tests run in parallel on two cores.
+        let size: i32 = 256 << 20;
         let rc = libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,

@@ -56,6 +56,9 @@ fn bad_ports_exit_1_with_a_json_error_naming_the_value() {
             text.starts_with(&format!("PORTS {ports:?} is invalid: ")),
             "{text}"
         );
+        // The reason is said once, not repeated as a separate cause.
+        let reason = text.split_once(" is invalid: ").unwrap().1;
+        assert_eq!(text.matches(reason).count(), 1, "{text}");
         assert!(finished.stdout.is_empty());
     }
 }

@@ -1,86 +1,6 @@
-//! JSON log lines on stderr for tcp-sniffer's binaries, and the RFC 3339 timestamps they (and the
-//! sniffer's records) carry.
-//!
-//! Each line is one JSON object: `ts`, `level`, `msg`, `target`, the process's fixed fields (e.g.
-//! the pod's placement, `null` when unknown) and the record's key-values, e.g.
-//! `info!(interface = name; "…")`. Filter with `RUST_LOG` (default `info`).
+//! Time as the records and logs print it: a nanosecond UTC instant and its RFC 3339 text.
 
-use std::{cell::Cell, fmt, io::Write as _};
-
-use log::kv::{Key, Value, VisitSource};
-
-/// Installs the JSON logger, and a panic hook that logs panics as JSON lines too. `fixed` fields
-/// appear on every line, `null` when `None`.
-pub fn init(fixed: &[(&'static str, Option<String>)]) {
-    let fixed: Vec<(&'static str, String)> = fixed
-        .iter()
-        .map(|(key, value)| {
-            let json = value
-                .as_deref()
-                .map_or_else(|| "null".to_owned(), json_string);
-            (*key, json)
-        })
-        .collect();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .target(env_logger::Target::Stderr)
-        .format(move |buf, record| {
-            let mut line = format!(
-                r#"{{"ts":"{}","level":"{}","msg":{},"target":{}"#,
-                Timestamp::now(),
-                record.level(),
-                json_string(&record.args().to_string()),
-                json_string(record.target()),
-            );
-            for (key, value) in &fixed {
-                push_field(&mut line, key, value);
-            }
-            let mut fields = Fields(&mut line);
-            // A failing visitor only loses fields; the line itself is still written.
-            let _ = record.key_values().visit(&mut fields);
-            line.push('}');
-            writeln!(buf, "{line}")
-        })
-        .init();
-    // A panic's default message is plain text on stderr, which would break one-JSON-object-per-line.
-    std::panic::set_hook(Box::new(|info| {
-        let thread = std::thread::current();
-        let message = panic_message(info.payload());
-        let location = info.location().map(ToString::to_string).unwrap_or_default();
-        log::error!(thread = thread.name().unwrap_or("unnamed"), location = location.as_str(), error = message; "panic");
-    }));
-}
-
-/// The text of a panic's payload (`panic!("…")` gives a `&str` or a `String`).
-#[must_use]
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
-}
-
-struct Fields<'a>(&'a mut String);
-
-impl<'kvs> VisitSource<'kvs> for Fields<'_> {
-    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        let json =
-            serde_json::to_string(&value).unwrap_or_else(|_| json_string(&value.to_string()));
-        push_field(self.0, key.as_str(), &json);
-        Ok(())
-    }
-}
-
-fn push_field(line: &mut String, key: &str, json_value: &str) {
-    line.push(',');
-    line.push_str(&json_string(key));
-    line.push(':');
-    line.push_str(json_value);
-}
-
-fn json_string(text: &str) -> String {
-    serde_json::Value::from(text).to_string()
-}
+use core::fmt;
 
 /// A UTC instant with nanosecond precision that displays as RFC 3339 (`…T…Z`).
 ///
@@ -101,22 +21,6 @@ impl Timestamp {
         Self { unix_nanos }
     }
 
-    /// The current wall-clock time.
-    #[must_use]
-    pub fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid out-pointer; CLOCK_REALTIME exists on every Linux.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-        Self::from_unix_nanos(
-            ts.tv_sec
-                .saturating_mul(1_000_000_000)
-                .saturating_add(ts.tv_nsec),
-        )
-    }
-
     /// Nanoseconds since the Unix epoch.
     #[must_use]
     pub const fn unix_nanos(&self) -> i64 {
@@ -125,25 +29,55 @@ impl Timestamp {
 
     /// The RFC 3339 text as ASCII bytes, e.g. `2026-11-27T18:44:56.123456789Z`.
     ///
-    /// Written digit by digit because the sniffer formats one per captured packet, where
-    /// `core::fmt` costs several times more.
-    ///
     /// # Examples
     ///
     /// ```
-    /// use json_log::Timestamp;
+    /// use sniffer_common::time::Timestamp;
     ///
     /// let ts = Timestamp::from_unix_nanos(1_795_805_096_123_456_789);
     /// assert_eq!(&ts.rfc3339(), b"2026-11-27T18:44:56.123456789Z");
     /// ```
     #[must_use]
     pub fn rfc3339(&self) -> [u8; Self::RFC3339_LEN] {
-        let secs = self.unix_nanos.div_euclid(1_000_000_000);
-        let nanos = self.unix_nanos.rem_euclid(1_000_000_000);
+        Rfc3339Writer::default().write(*self)
+    }
+}
+
+/// Writes RFC 3339 text digit by digit, keeping the text of the last second it wrote: the
+/// sniffer formats one timestamp per captured packet, consecutive ones mostly share their second,
+/// and `core::fmt` would cost several times more.
+#[derive(Clone, Copy, Debug)]
+pub struct Rfc3339Writer {
+    /// The last second written and its `YYYY-MM-DDTHH:MM:SS` text.
+    last: (i64, [u8; DATE_LEN]),
+}
+
+impl Default for Rfc3339Writer {
+    fn default() -> Self {
+        Self {
+            last: (i64::MIN, [0; DATE_LEN]),
+        }
+    }
+}
+
+impl Rfc3339Writer {
+    /// The text of `ts`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sniffer_common::time::{Rfc3339Writer, Timestamp};
+    ///
+    /// let mut writer = Rfc3339Writer::default();
+    /// let ts = Timestamp::from_unix_nanos(1_795_805_096_123_456_789);
+    /// assert_eq!(&writer.write(ts), b"2026-11-27T18:44:56.123456789Z");
+    /// ```
+    #[must_use]
+    pub fn write(&mut self, ts: Timestamp) -> [u8; Timestamp::RFC3339_LEN] {
+        let secs = ts.unix_nanos.div_euclid(1_000_000_000);
+        let nanos = ts.unix_nanos.rem_euclid(1_000_000_000);
         let mut text = *b"0000-00-00T00:00:00.000000000Z";
-        // Consecutive timestamps (a batch of packets) mostly share their second: its text is
-        // kept per thread, which leaves only the nanoseconds to write.
-        let (cached_secs, date) = LAST_SECOND.get();
+        let (cached_secs, date) = self.last;
         if cached_secs == secs {
             text[..DATE_LEN].copy_from_slice(&date);
         } else {
@@ -157,7 +91,7 @@ impl Timestamp {
             digits(&mut text[17..19], of_day % 60);
             let mut date = [0; DATE_LEN];
             date.copy_from_slice(&text[..DATE_LEN]);
-            LAST_SECOND.set((secs, date));
+            self.last = (secs, date);
         }
         digits(&mut text[20..29], nanos);
         text
@@ -166,11 +100,6 @@ impl Timestamp {
 
 /// Length of `YYYY-MM-DDTHH:MM:SS`.
 const DATE_LEN: usize = 19;
-
-thread_local! {
-    /// The last second formatted on this thread and its text.
-    static LAST_SECOND: Cell<(i64, [u8; DATE_LEN])> = const { Cell::new((i64::MIN, [0; DATE_LEN])) };
-}
 
 /// Writes `value` (non-negative) as decimal into all of `out`, zero-padded on the left.
 fn digits(out: &mut [u8], mut value: i64) {
@@ -184,7 +113,7 @@ fn digits(out: &mut [u8], mut value: i64) {
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = self.rfc3339();
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        f.write_str(core::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -204,6 +133,9 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    extern crate alloc;
+    use alloc::string::{String, ToString as _};
+
     use super::*;
 
     fn at(unix_nanos: i64) -> String {
@@ -224,6 +156,10 @@ mod tests {
     #[test]
     fn cached_second_is_not_reused_for_another_second() {
         // Same second twice (cache hit), then its neighbours and a distant instant.
+        let mut writer = Rfc3339Writer::default();
+        let mut at = |nanos: i64| {
+            String::from_utf8(writer.write(Timestamp::from_unix_nanos(nanos)).to_vec()).unwrap()
+        };
         let base = 1_795_805_096_000_000_000;
         assert_eq!(at(base + 1), "2026-11-27T18:44:56.000000001Z");
         assert_eq!(at(base + 999_999_999), "2026-11-27T18:44:56.999999999Z");

@@ -26,7 +26,7 @@ pub enum Verdict {
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
-/// use sniffer::retry::{classify, Verdict};
+/// use sniffer::deliver::retry::{classify, Verdict};
 ///
 /// let now = SystemTime::now();
 /// assert_eq!(classify(204, None, now), Verdict::Delivered);

@@ -1,9 +1,11 @@
 //! Wall-clock time for kernel timestamps.
 //!
 //! The kernel stamps records with `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`). [`WallClock`] maps
-//! that onto `CLOCK_REALTIME` with an offset sampled when a batch of records is read, so a clock
-//! step (NTP) shows up in the next batch. [`Timestamp`] (from `json-log`) prints RFC 3339 UTC
-//! with nanoseconds.
+//! that onto `CLOCK_REALTIME` with an offset sampled each time records are read from the ring, so
+//! a clock step (NTP) shows up in the next read.
+
+use cli_support::clock::{monotonic_ns, realtime_ns};
+use sniffer_common::time::Timestamp;
 
 /// Offset between `CLOCK_REALTIME` and `CLOCK_MONOTONIC`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,9 +21,9 @@ impl WallClock {
     /// at most half the time the three reads take (tens of nanoseconds through the vDSO).
     #[must_use]
     pub fn now() -> Self {
-        let before = clock_ns(libc::CLOCK_MONOTONIC);
-        let real = clock_ns(libc::CLOCK_REALTIME);
-        let after = clock_ns(libc::CLOCK_MONOTONIC);
+        let before = monotonic_ns();
+        let real = realtime_ns();
+        let after = monotonic_ns();
         Self::from_offset(real - (before + after) / 2)
     }
 
@@ -36,7 +38,7 @@ impl WallClock {
     /// # Examples
     ///
     /// ```
-    /// use sniffer::clock::WallClock;
+    /// use sniffer::capture::clock::WallClock;
     ///
     /// let clock = WallClock::from_offset(1_700_000_000_000_000_000);
     /// assert_eq!(clock.wall(5).to_string(), "2023-11-14T22:13:20.000000005Z");
@@ -47,18 +49,6 @@ impl WallClock {
         Timestamp::from_unix_nanos(monotonic.saturating_add(self.offset_ns))
     }
 }
-
-fn clock_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; both clocks exist on every Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
-
-pub use json_log::Timestamp;
 
 #[cfg(test)]
 mod tests {
@@ -83,9 +73,9 @@ mod tests {
     #[test]
     fn sampled_offset_matches_the_system_clock() {
         let clock = WallClock::now();
-        let mono = clock_ns(libc::CLOCK_MONOTONIC) as u64;
+        let mono = monotonic_ns() as u64;
         let converted = clock.wall(mono).unix_nanos();
-        let real = Timestamp::now().unix_nanos();
+        let real = realtime_ns();
         assert!(
             (real - converted).abs() < 50_000_000,
             "off by {} ns",

@@ -9,9 +9,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use sniffer_common::{PACKET_OUTGOING, PacketRecord, tcp_flags};
+use sniffer_common::{
+    PACKET_OUTGOING, PacketRecord, tcp_flags,
+    time::{Rfc3339Writer, Timestamp},
+};
 
-use crate::clock::{Timestamp, WallClock};
+use crate::capture::clock::WallClock;
 
 /// Whether the packet arrived on the interface or was sent through it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,22 +136,24 @@ impl Record {
         }
     }
 
-    /// Appends the record as one JSON object, fields in the contract's order, no newline.
+    /// Appends the record as one JSON object, fields in the contract's order, no newline;
+    /// `times` keeps the text of the last second it wrote (see [`Rfc3339Writer`]).
     ///
     /// # Examples
     ///
     /// ```
-    /// use sniffer::{clock::WallClock, record::Record};
-    /// use sniffer_common::PacketRecord;
+    /// use sniffer::{capture::clock::WallClock, encode::record::Record};
+    /// use sniffer_common::{PacketRecord, time::Rfc3339Writer};
     ///
     /// let raw = PacketRecord { ip_version: 4, dst_port: 8080, ..PacketRecord::default() };
     /// let mut json = Vec::new();
-    /// Record::from_kernel(&raw, &WallClock::from_offset(0)).write_json(&mut json);
+    /// let record = Record::from_kernel(&raw, &WallClock::from_offset(0));
+    /// record.write_json(&mut json, &mut Rfc3339Writer::default());
     /// let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
     /// assert_eq!(value["dst_port"], 8080);
     /// assert_eq!(value["ts"], "1970-01-01T00:00:00.000000000Z");
     /// ```
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    pub fn write_json(&self, out: &mut Vec<u8>, times: &mut Rfc3339Writer) {
         let Self {
             ts,
             direction,
@@ -173,7 +178,7 @@ impl Record {
             len: 0,
         };
         line.put(b"{\"ts\":\"");
-        line.put(&ts.rfc3339());
+        line.put(&times.write(*ts));
         line.put(match direction {
             Direction::Ingress => b"\",\"direction\":\"ingress\",\"ip_version\":",
             Direction::Egress => b"\",\"direction\":\"egress\",\"ip_version\":",
@@ -286,7 +291,7 @@ mod tests {
 
     fn to_value(record: &Record) -> Value {
         let mut out = Vec::new();
-        record.write_json(&mut out);
+        record.write_json(&mut out, &mut Rfc3339Writer::default());
         serde_json::from_slice(&out).unwrap()
     }
 
@@ -332,7 +337,7 @@ mod tests {
     #[test]
     fn field_order_is_stable() {
         let mut line = Vec::new();
-        Record::from_kernel(&raw_v4(), &CLOCK).write_json(&mut line);
+        Record::from_kernel(&raw_v4(), &CLOCK).write_json(&mut line, &mut Rfc3339Writer::default());
         let line = String::from_utf8(line).unwrap();
         assert!(
             line.starts_with(r#"{"ts":"2026-11-27T18:44:56.123456789Z","direction":"ingress","#)
@@ -402,7 +407,7 @@ mod tests {
         (raw.seq, raw.ack, raw.len, raw.payload_len) = (u32::MAX, u32::MAX, u32::MAX, u32::MAX);
         (raw.src_port, raw.dst_port, raw.window) = (65_535, 65_535, 65_535);
         let mut line = Vec::new();
-        Record::from_kernel(&raw, &CLOCK).write_json(&mut line);
+        Record::from_kernel(&raw, &CLOCK).write_json(&mut line, &mut Rfc3339Writer::default());
         assert_eq!(line.len(), Record::MAX_JSON_LEN);
     }
 
@@ -413,6 +418,7 @@ mod tests {
     fn random_records_match_an_independent_encoding() {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut line = Vec::new();
+        let mut times = Rfc3339Writer::default();
         for _ in 0..20_000 {
             let six = rng.bool();
             let mut addr = [0u8; 16];
@@ -469,7 +475,7 @@ mod tests {
                 "len": raw.len,
             });
             line.clear();
-            record.write_json(&mut line);
+            record.write_json(&mut line, &mut times);
             let parsed: Value = serde_json::from_slice(&line)
                 .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&line)));
             assert_eq!(parsed, expected, "{raw:?}");

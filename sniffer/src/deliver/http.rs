@@ -30,14 +30,19 @@ use std::{
 use log::{error, warn};
 use thiserror::Error;
 
-use crate::{
-    batch::{AgentInfo, Batcher, encode},
-    config::DeliveryConfig,
-    metrics::{Stats, add, get},
-    output::Sink,
-    record::Record,
+use sniffer_common::PacketRecord;
+
+use super::{
+    Sink,
+    batch::Batcher,
     resolve::CachingResolver,
     retry::{Backoff, Verdict, classify},
+};
+use crate::{
+    capture::clock::WallClock,
+    config::DeliveryConfig,
+    encode::{AgentInfo, Encoder, record::Record},
+    metrics::{Stats, add, get},
 };
 
 /// Largest accepted `OUTPUT_CA_FILE`: a bundle of every public root is about 220 KiB.
@@ -86,6 +91,8 @@ pub struct HttpOutput {
     shared: Arc<Shared>,
     buffer_max_records: u64,
     senders: Vec<JoinHandle<()>>,
+    /// Encodes the last batch, which reports losses not reported yet, at shutdown.
+    last_words: Encoder,
 }
 
 impl HttpOutput {
@@ -95,14 +102,13 @@ impl HttpOutput {
         agent: AgentInfo,
         stats: Arc<Stats>,
     ) -> Result<Self, DeliveryError> {
+        let agent = Arc::new(agent);
         let shared = Arc::new(Shared {
             http: http_agent(config)?,
             url: config.url.clone(),
             authorization: config.token.as_ref().map(|t| format!("Bearer {t}")),
-            gzip: config.gzip,
             request_timeout: config.request_timeout,
             backoff: (config.backoff_initial, config.backoff_max),
-            agent,
             stats,
             seq: AtomicU64::new(0),
             ledger: Mutex::new(Ledger::default()),
@@ -113,9 +119,10 @@ impl HttpOutput {
         let senders = (0..config.concurrency)
             .map(|index| {
                 let (shared, rx) = (Arc::clone(&shared), Arc::clone(&rx));
+                let encoder = Encoder::new(Arc::clone(&agent), config.gzip);
                 thread::Builder::new()
                     .name(format!("sender-{index}"))
-                    .spawn(move || shared.work(&rx))
+                    .spawn(move || shared.work(&rx, encoder))
                     .map_err(DeliveryError::Thread)
             })
             .collect::<Result<_, _>>()?;
@@ -125,6 +132,7 @@ impl HttpOutput {
             shared,
             buffer_max_records: config.buffer_max_records as u64,
             senders,
+            last_words: Encoder::new(agent, config.gzip),
         })
     }
 
@@ -137,21 +145,58 @@ impl HttpOutput {
             ticket.settle(Fate::Undeliverable);
         }
     }
+}
+
+impl Sink for HttpOutput {
+    fn take(&mut self, records: &[PacketRecord], clock: &WallClock) -> std::io::Result<()> {
+        for raw in records {
+            let stats = &self.shared.stats;
+            if get(&stats.records_queued) >= self.buffer_max_records {
+                add(&stats.dropped_buffer_full, 1);
+                continue;
+            }
+            add(&stats.records_queued, 1);
+            if let Some(batch) = self
+                .batcher
+                .push(Record::from_kernel(raw, clock), Instant::now)
+            {
+                self.enqueue(batch);
+            }
+        }
+        self.tick(Instant::now());
+        Ok(())
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.batcher.due()
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if let Some(batch) = self.batcher.close_if_due(now) {
+            self.enqueue(batch);
+        }
+    }
 
     /// Closes the open batch and lets the senders deliver what is queued until `deadline` (the
     /// shutdown grace); then settles whatever is still queued or in flight as undeliverable
     /// without waiting for requests in flight. Losses not yet reported go in a last batch without
     /// records, if time remains.
-    pub fn finish(mut self, deadline: Instant) {
-        if let Some(batch) = self.batcher.flush() {
+    fn finish(mut self: Box<Self>, deadline: Instant) -> std::io::Result<()> {
+        if let Some(batch) = self.batcher.close() {
             self.enqueue(batch);
         }
         *lock(&self.shared.deadline) = Some(deadline);
-        drop(self.tx);
-        while !self.senders.iter().all(JoinHandle::is_finished) && Instant::now() < deadline {
+        let Self {
+            tx,
+            senders,
+            shared,
+            mut last_words,
+            ..
+        } = *self;
+        drop(tx);
+        while !senders.iter().all(JoinHandle::is_finished) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }
-        let shared = &self.shared;
         let (batches, records) = shared.close();
         if records > 0 || batches > 0 {
             warn!(batches, records; "shutdown grace ran out with batches queued or in flight; their records are counted as undeliverable");
@@ -159,38 +204,9 @@ impl HttpOutput {
         if shared.stats.dropped_total() > lock(&shared.ledger).assigned_dropped
             && !shared.past_deadline()
         {
-            shared.deliver(Vec::new());
-        }
-    }
-}
-
-impl Sink for HttpOutput {
-    fn accept(&mut self, record: Record) -> std::io::Result<()> {
-        let stats = &self.shared.stats;
-        if get(&stats.records_queued) >= self.buffer_max_records {
-            add(&stats.dropped_buffer_full, 1);
-            return Ok(());
-        }
-        add(&stats.records_queued, 1);
-        if let Some(batch) = self.batcher.push(record, Instant::now) {
-            self.enqueue(batch);
+            shared.deliver(Vec::new(), &mut last_words);
         }
         Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.tick(Instant::now());
-        Ok(())
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.batcher.deadline()
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if let Some(batch) = self.batcher.poll(now) {
-            self.enqueue(batch);
-        }
     }
 }
 
@@ -276,10 +292,8 @@ struct Shared {
     http: ureq::Agent,
     url: String,
     authorization: Option<String>,
-    gzip: bool,
     request_timeout: Duration,
     backoff: (Duration, Duration),
-    agent: AgentInfo,
     stats: Arc<Stats>,
     /// Next batch number.
     seq: AtomicU64,
@@ -351,11 +365,11 @@ const SLEEP_SLICE: Duration = Duration::from_millis(50);
 impl Shared {
     /// A sender thread: delivers batches until the channel is closed and empty, or until a
     /// delivery panics (a bug), which marks the agent failed.
-    fn work(&self, rx: &Mutex<Receiver<Vec<Record>>>) {
+    fn work(&self, rx: &Mutex<Receiver<Vec<Record>>>, mut encoder: Encoder) {
         loop {
             let next = lock(rx).recv();
             let Ok(records) = next else { return };
-            if !self.supervised(|| self.deliver(records)) {
+            if !self.supervised(|| self.deliver(records, &mut encoder)) {
                 return;
             }
         }
@@ -368,7 +382,7 @@ impl Shared {
             Ok(()) => true,
             Err(payload) => {
                 self.stats.sender_failed.store(true, Relaxed);
-                error!(error = json_log::panic_message(payload.as_ref()); "a sender thread failed; the agent stops with exit code 2");
+                error!(error = cli_support::log::panic_message(payload.as_ref()); "a sender thread failed; the agent stops with exit code 2");
                 false
             }
         }
@@ -435,7 +449,9 @@ impl Shared {
         add(batches, 1);
         add(records, ticket.count);
         if fate == Fate::Delivered {
-            stats.last_delivery_unix.store(unix_now(), Relaxed);
+            stats
+                .last_delivery_unix
+                .store(cli_support::clock::unix_seconds(), Relaxed);
         } else {
             // The losses this batch reported never arrived: a later batch reports them again.
             ledger.assigned_dropped -= ticket.dropped;
@@ -461,11 +477,11 @@ impl Shared {
     }
 
     /// Delivers one batch, retrying until it is accepted, refused, or the deadline passes.
-    fn deliver(&self, records: Vec<Record>) {
+    fn deliver(&self, records: Vec<Record>, encoder: &mut Encoder) {
         let ticket = self.ticket(records.len() as u64);
         let (count, dropped) = (ticket.count, ticket.dropped);
         let seq = self.seq.fetch_add(1, Relaxed);
-        let body = match encode(&self.agent, seq, dropped, &records, self.gzip) {
+        let body = match encoder.body(seq, dropped, &records) {
             Ok(body) => body,
             Err(err) => {
                 error!(seq, error = err.to_string().as_str(); "cannot encode batch; dropped");
@@ -481,7 +497,7 @@ impl Shared {
                 ticket.settle(Fate::Undeliverable);
                 return;
             }
-            let retry_after = match self.post(&body) {
+            let retry_after = match self.post(&body, encoder) {
                 Attempt::Status {
                     status,
                     retry_after,
@@ -514,7 +530,7 @@ impl Shared {
         }
     }
 
-    fn post(&self, body: &[u8]) -> Attempt {
+    fn post(&self, body: &[u8], encoder: &Encoder) -> Attempt {
         let timeout = self.deadline().map_or(self.request_timeout, |deadline| {
             deadline
                 .saturating_duration_since(Instant::now())
@@ -524,11 +540,11 @@ impl Shared {
         let mut request = self
             .http
             .post(&self.url)
-            .header("Content-Type", "application/json");
+            .header("Content-Type", encoder.content_type());
         if let Some(authorization) = &self.authorization {
             request = request.header("Authorization", authorization);
         }
-        if self.gzip {
+        if encoder.gzip() {
             request = request.header("Content-Encoding", "gzip");
         }
         match request
@@ -560,12 +576,6 @@ impl Shared {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
@@ -594,17 +604,8 @@ mod tests {
             http: http_agent(&config()).unwrap(),
             url: config().url,
             authorization: None,
-            gzip: false,
             request_timeout: Duration::from_millis(100),
             backoff: (Duration::from_millis(10), Duration::from_millis(20)),
-            agent: AgentInfo {
-                pod: None,
-                namespace: None,
-                node: None,
-                interface: "eth0".into(),
-                version: "0",
-                instance: "i".into(),
-            },
             stats: Arc::new(Stats::default()),
             seq: AtomicU64::new(0),
             ledger: Mutex::new(Ledger::default()),

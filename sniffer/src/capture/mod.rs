@@ -1,4 +1,8 @@
-//! Load the kernel program, attach it to the interface, and read its ring buffer.
+//! Capture: load the kernel program, attach it to the interface's packet socket, and read its
+//! ring buffer; [`clock`] places the kernel's timestamps on the wall clock.
+
+pub mod clock;
+pub mod socket;
 
 use std::{io, time::Duration};
 
@@ -17,7 +21,7 @@ use tokio::{
     time::{Interval, MissedTickBehavior},
 };
 
-use crate::socket::{PacketSocket, SocketError};
+use self::socket::{PacketSocket, SocketError};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SNIFFER_EBPF_OBJECT"));
