@@ -12,10 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use testbed::Topology;
+
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::{bootstrap, certs, cmd, ebpf, target_dir, testbed::Testbed, workspace_root};
+use crate::{bootstrap, certs, cmd, ebpf, target_dir, workspace_root};
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
 /// Local image names.
@@ -170,12 +172,12 @@ fn least_privilege(netns: &str, seccomp_unconfined: bool) -> Vec<String> {
 /// `cargo xtask image-test`.
 pub fn verify() -> Result<()> {
     let containers = build_images()?;
-    let bed = Testbed::new("tsimage")?;
+    let bed = Topology::new("tsimage")?;
 
     // Exit 1 on bad PORTS, with the starting line first.
     let bad = run_sniffer(
         &containers,
-        &least_privilege(&bed.server, true),
+        &least_privilege(&bed.server.name, true),
         &[("PORTS", "0"), ("INTERFACE", "eth0")],
     )?;
     ensure!(
@@ -203,7 +205,7 @@ pub fn verify() -> Result<()> {
     // The runtime's default seccomp profile refuses bpf() without CAP_SYS_ADMIN: exit 2.
     let filtered = run_sniffer(
         &containers,
-        &least_privilege(&bed.server, false),
+        &least_privilege(&bed.server.name, false),
         &[("PORTS", "8080"), ("INTERFACE", "eth0")],
     )?;
     ensure!(
@@ -226,7 +228,7 @@ pub fn verify() -> Result<()> {
     let name = format!("tcp-sniffer-image-test-{}", std::process::id());
     let mut cmd = containers.command("podman");
     cmd.args(["run", "--name", &name])
-        .args(least_privilege(&bed.server, true));
+        .args(least_privilege(&bed.server.name, true));
     for env in [
         "PORTS=8080",
         "INTERFACE=eth0",
@@ -309,17 +311,19 @@ pub fn verify() -> Result<()> {
 }
 
 /// One TCP exchange from the client namespace to a listener on 10.0.0.2:8080.
-fn exchange(bed: &Testbed) -> Result<()> {
+fn exchange(bed: &Topology) -> Result<()> {
     let script = "import socket,threading\n\
 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('10.0.0.2',8080)); s.listen()\n\
 def serve():\n    c,_=s.accept(); c.recv(100); c.sendall(b'pong'); c.close()\n\
 t=threading.Thread(target=serve); t.start()\n";
-    let mut server = Testbed::exec(&bed.server, "python3")
+    let mut server = bed
+        .server
+        .command("python3")
         .args(["-c", &format!("{script}t.join()")])
         .spawn()
         .context("python3 server")?;
     thread::sleep(Duration::from_millis(300));
-    cmd::run(Testbed::exec(&bed.client, "python3").args([
+    cmd::run(bed.client.command("python3").args([
         "-c",
         "import socket\nc=socket.create_connection(('10.0.0.2',8080),timeout=5); c.sendall(b'ping'); c.recv(100); c.close()",
     ]))?;

@@ -16,7 +16,7 @@ mod report;
 mod run;
 mod soak;
 mod test;
-mod testbed;
+mod watch;
 
 use std::path::{Path, PathBuf};
 

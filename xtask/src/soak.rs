@@ -9,13 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use testbed::Topology;
+
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
-use crate::{
-    bench::Watched, bootstrap, cmd, collector::BenchCollector, ebpf, report, target_dir,
-    testbed::Testbed,
-};
+use crate::{bootstrap, cmd, collector::BenchCollector, ebpf, report, target_dir, watch::Watched};
 
 /// Options of `cargo xtask soak`.
 #[derive(clap::Args)]
@@ -45,8 +44,8 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     bootstrap::ensure_debian_packages(&[("ip", "iproute2"), ("iperf3", "iperf3")])?;
     ebpf::build()?;
     let sniffer = cmd::build_binary("sniffer", true)?;
-    let bed = Testbed::new("tssoak")?;
-    let mut collector = Some(BenchCollector::start(&bed.server)?);
+    let bed = Topology::new("tssoak")?;
+    let mut collector = Some(BenchCollector::start(&bed.server.name)?);
     let port = collector
         .as_ref()
         .map(|c| c.addr.port())
@@ -56,7 +55,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         .map(BenchCollector::shared)
         .context("collector")?;
 
-    let mut sniffer_cmd = Testbed::exec(&bed.server, sniffer.to_str().context("path")?);
+    let mut sniffer_cmd = bed.server.command(sniffer.to_str().context("path")?);
     sniffer_cmd
         .env("PORTS", "5201,5202")
         .env("INTERFACE", "eth0")
@@ -68,13 +67,15 @@ pub fn run(args: &SoakArgs) -> Result<()> {
 
     // Steady: one iperf3 stream at 20 Mbit/s in 512-byte writes for the whole run.
     let mut steady_server = cmd::KillOnDrop(
-        Testbed::exec(&bed.server, "iperf3")
+        bed.server
+            .command("iperf3")
             .args(["-s", "-p", "5201"])
             .stdout(Stdio::null())
             .spawn()?,
     );
     let _burst_server = cmd::KillOnDrop(
-        Testbed::exec(&bed.server, "iperf3")
+        bed.server
+            .command("iperf3")
             .args(["-s", "-p", "5202"])
             .stdout(Stdio::null())
             .spawn()?,
@@ -82,7 +83,8 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     thread::sleep(Duration::from_millis(500));
     let total = Duration::from_secs(args.minutes * 60);
     let steady = cmd::KillOnDrop(
-        Testbed::exec(&bed.client, "iperf3")
+        bed.client
+            .command("iperf3")
             .args([
                 "-c", "10.0.0.2", "-p", "5201", "-b", "20M", "-l", "512", "-t",
             ])
@@ -97,7 +99,9 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     let mut restarts = 0;
     while start.elapsed() < total {
         // Bursts: a short full-speed small-write connection every sample period.
-        let _ = Testbed::exec(&bed.client, "iperf3")
+        let _ = bed
+            .client
+            .command("iperf3")
             .args(["-c", "10.0.0.2", "-p", "5202", "-N", "-l", "64", "-t", "2"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -106,7 +110,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             drop(collector.take());
             thread::sleep(Duration::from_secs(2));
             collector = Some(BenchCollector::start_on(
-                &bed.server,
+                &bed.server.name,
                 port,
                 std::sync::Arc::clone(&tally),
             )?);

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::{
     agent::{Agent, Finished, SNIFFER},
     collector::{Collector, Received, Reply, accept_all},
-    netns::{CLIENT_V4, SERVER_V4, Topology, privileged},
+    netns::{CLIENT_V4, SERVER_V4, Topology, privileged, topology},
     traffic::{MATCHED, check_flow, exchange, serve},
 };
 
@@ -122,7 +122,7 @@ fn healthy_collector_gets_every_record_exactly_once() {
     if !privileged("healthy_collector_gets_every_record_exactly_once") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let collector = Collector::start(listen(&topology), accept_all);
     let metrics_addr = listen(&topology).local_addr().unwrap();
     let mut agent = start_sniffer(
@@ -202,7 +202,7 @@ fn retryable_statuses_are_retried_honouring_retry_after() {
     if !privileged("retryable_statuses_are_retried_honouring_retry_after") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let collector = Collector::start(listen(&topology), |index, _| {
         if index < 3 {
             Reply::Status(503, vec![("Retry-After", "1".into())])
@@ -254,7 +254,7 @@ fn refused_batch_is_dropped_counted_and_reported_in_the_next_batch() {
     if !privileged("refused_batch_is_dropped_counted_and_reported_in_the_next_batch") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let collector = Collector::start(listen(&topology), |index, _| {
         Reply::Status(if index == 0 { 400 } else { 200 }, Vec::new())
     });
@@ -302,7 +302,7 @@ fn collector_outage_with_a_small_buffer_loses_nothing_unaccounted() {
     if !privileged("collector_outage_with_a_small_buffer_loses_nothing_unaccounted") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     // Reserve a port, then leave it closed: connections are refused until the collector starts.
     let addr = listen(&topology).local_addr().unwrap();
     let agent = start_sniffer(
@@ -372,7 +372,7 @@ fn sigterm_delivers_everything_queued_before_exit() {
     if !privileged("sigterm_delivers_everything_queued_before_exit") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let collector = Collector::start(listen(&topology), accept_all);
     // Batches would only close after a minute: everything is still queued at SIGTERM.
     let agent = start_sniffer(
@@ -452,7 +452,7 @@ fn silent_resetting_and_garbage_collectors_are_retried_until_delivery() {
     if !privileged("silent_resetting_and_garbage_collectors_are_retried_until_delivery") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let listener = listen(&topology);
     let addr = listener.local_addr().unwrap();
     let faults = faulty_collector(listener.try_clone().unwrap());
@@ -499,7 +499,7 @@ fn unresolvable_collector_gives_up_at_shutdown_and_counts_everything() {
     if !privileged("unresolvable_collector_gives_up_at_shutdown_and_counts_everything") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let mut cmd = topology.server.command(SNIFFER);
     cmd.env("PORTS", MATCHED.to_string())
         .env("INTERFACE", "eth0")
@@ -539,7 +539,7 @@ fn absurd_retry_after_is_capped_at_retry_max() {
         return;
     }
     for absurd in ["18446744073709551615", "999999999"] {
-        let topology = Topology::new();
+        let topology = topology();
         let collector = Collector::start(listen(&topology), move |index, _| {
             if index == 0 {
                 Reply::Status(503, vec![("Retry-After", absurd.into())])
@@ -593,7 +593,7 @@ fn shutdown_grace_bounds_the_exit_with_requests_in_flight() {
     if !privileged("shutdown_grace_bounds_the_exit_with_requests_in_flight") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let collector = Collector::start(listen(&topology), |_, _| Reply::Hang);
     let agent = start_sniffer(
         &topology,
@@ -633,7 +633,7 @@ fn a_token_with_a_trailing_newline_is_trimmed() {
     if !privileged("a_token_with_a_trailing_newline_is_trimmed") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let collector = Collector::start(listen(&topology), accept_all);
     let agent = start_sniffer(
         &topology,

@@ -15,7 +15,7 @@ use crate::{
     agent::{Agent, SNIFFER},
     collector::{Collector, Reply},
     dissector::{RawCapture, expected_record},
-    netns::{SERVER_V4, Topology, privileged},
+    netns::{SERVER_V4, Topology, privileged, topology},
     traffic::MATCHED,
 };
 
@@ -76,7 +76,7 @@ fn flood_is_accounted_exactly_and_the_process_stays_responsive() {
     if !privileged("flood_is_accounted_exactly_and_the_process_stays_responsive") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let slow = Collector::start(
         topology
             .server

@@ -8,7 +8,7 @@ use sniffer_common::url::url_cases;
 
 use crate::{
     agent::{Agent, Finished, SNIFFER},
-    netns::{Topology, privileged},
+    netns::{Topology, privileged, topology},
 };
 
 /// Runs the sniffer with only the given environment and waits for it to exit by itself.
@@ -179,7 +179,7 @@ fn sigterm_stops_cleanly_within_2s() {
     if !privileged("sigterm_stops_cleanly_within_2s") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let finished = start_in_netns(&topology).terminate();
     assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
     assert!(
@@ -222,7 +222,7 @@ fn sigint_stops_cleanly() {
     if !privileged("sigint_stops_cleanly") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let finished = start_in_netns(&topology).signal(libc::SIGINT);
     assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
     assert_eq!(finished.log("stopping")["signal"], "SIGINT");
@@ -250,9 +250,9 @@ fn deleted_interface_is_a_runtime_error() {
     if !privileged("deleted_interface_is_a_runtime_error") {
         return;
     }
-    let topology = Topology::new();
+    let topology = topology();
     let agent = start_in_netns(&topology);
-    crate::netns::ip(&["-n", &topology.server.name, "link", "del", "eth0"]);
+    crate::netns::ip(&["-n", &topology.server.name, "link", "del", "eth0"]).unwrap();
     let finished = agent.wait(Duration::from_secs(5));
     assert_eq!(finished.status.code(), Some(2), "{:#?}", finished.logs);
     let error = error_line(&finished)["error"].as_str().unwrap().to_owned();

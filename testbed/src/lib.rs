@@ -1,0 +1,185 @@
+//! Test hosts for tcp-sniffer's tests and benchmarks: two network namespaces, `client` and
+//! `server`, each with an `eth0` joined to the other's by a veth pair, removed on drop (also when
+//! a test fails). Traffic goes only to their addresses.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsRawFd as _,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+/// Client IPv4 address.
+pub const CLIENT_V4: &str = "10.0.0.1";
+/// Server IPv4 address.
+pub const SERVER_V4: &str = "10.0.0.2";
+/// Client IPv6 address.
+pub const CLIENT_V6: &str = "fd00::1";
+/// Server IPv6 address.
+pub const SERVER_V6: &str = "fd00::2";
+
+/// Runs `ip` with `args`; an error carries its stderr.
+///
+/// # Errors
+///
+/// When `ip` cannot run or fails.
+pub fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name under `/run/netns`.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name` with its loopback up (replacing one a killed earlier run left).
+    ///
+    /// # Errors
+    ///
+    /// When `ip` fails (e.g. without `CAP_SYS_ADMIN`).
+    pub fn create(name: String) -> io::Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `f` on a thread that has joined this namespace; sockets it creates live here.
+    ///
+    /// # Panics
+    ///
+    /// When the namespace cannot be joined, or `f` panics.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = File::open(&path).expect("open netns");
+            // SAFETY: `file` is a namespace descriptor; only this thread changes namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    }
+
+    /// `program` run inside this namespace through `ip netns exec` (which execs it: the child's
+    /// pid is the program's).
+    #[must_use]
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Packets received plus sent by `interface` in this namespace.
+    ///
+    /// # Errors
+    ///
+    /// When the counters cannot be read.
+    pub fn packets(&self, interface: &str) -> io::Result<u64> {
+        let mut total = 0;
+        for direction in ["rx", "tx"] {
+            let out = self
+                .command("cat")
+                .arg(format!(
+                    "/sys/class/net/{interface}/statistics/{direction}_packets"
+                ))
+                .output()?;
+            total += String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| io::Error::other(format!("no {direction} counter for {interface}")))?;
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Two hosts, `client` and `server`, each with an `eth0` joined to the other's by a veth pair.
+#[derive(Debug)]
+pub struct Topology {
+    /// 10.0.0.1 and fd00::1.
+    pub client: Netns,
+    /// 10.0.0.2 and fd00::2.
+    pub server: Netns,
+}
+
+impl Topology {
+    /// Creates both namespaces (named `<prefix>-<pid>-<n>-c` and `…-s`) and the link between them.
+    ///
+    /// # Errors
+    ///
+    /// When `ip` fails (e.g. without `CAP_SYS_ADMIN`).
+    pub fn new(prefix: &str) -> io::Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = Netns::create(format!("{id}-c"))?;
+        let server = Netns::create(format!("{id}-s"))?;
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &server.name,
+        ])?;
+        for (ns, v4, v6) in [
+            (&client, CLIENT_V4, CLIENT_V6),
+            (&server, SERVER_V4, SERVER_V6),
+        ] {
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            // nodad: the address is usable at once instead of after duplicate detection.
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
+        }
+        Ok(Self { client, server })
+    }
+}

@@ -1,0 +1,146 @@
+//! `cargo xtask bench`: the whole performance report in docs/benchmarks.md, in one run.
+//!
+//! Capture: two network namespaces joined by a veth; iperf3 with small writes and `TCP_NODELAY`
+//! sends as many packets as it can to the server namespace, where the capturer watches `eth0`:
+//! completeness, drops, and CPU per packet with the kernel's share (from `perf` samples) for the
+//! sniffer and for `tcpdump -s 96 -w /dev/null` on the same traffic. Throughput: iperf3 with its
+//! defaults, with and without a capturer. Then the encoder micro-benchmark and the injector.
+
+use std::fs;
+
+use testbed::Topology;
+
+use anyhow::{Context as _, Result};
+
+mod report;
+mod trial;
+
+use self::{
+    report::{capture_report, encode_report, throughput_report},
+    trial::{Capturer, Load, Trial, trial},
+};
+use crate::{bench_injector, bootstrap, cmd, ebpf, report as doc, target_dir};
+
+const PORT: &str = "5201";
+const SERVER: &str = "10.0.0.2";
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Seconds of traffic per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// iperf3 write size in bytes for the capture runs; small writes make many packets.
+    #[arg(long, default_value_t = 64)]
+    write_size: u32,
+    /// iperf3 rate in Mbit/s for the CPU-per-packet runs.
+    #[arg(long, default_value_t = 30)]
+    paced_mbits: u32,
+    /// Runs per capturer; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    /// Run only these parts (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+/// The parts of the report, each its own section of docs/benchmarks.md.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Small packets at the highest rate: completeness and CPU per packet vs tcpdump.
+    Capture,
+    /// iperf3 with its defaults, with and without a capturer.
+    Throughput,
+    /// The JSON encoder alone (`cargo bench -p sniffer`).
+    Encode,
+    /// The injector under wrk.
+    Injector,
+}
+
+impl Part {
+    fn section(self) -> &'static str {
+        match self {
+            Self::Capture => "capture",
+            Self::Throughput => "throughput",
+            Self::Encode => "encode",
+            Self::Injector => "injector",
+        }
+    }
+}
+
+/// Runs every part (or those in `--only`), printing each section and writing it into
+/// docs/benchmarks.md.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let wanted = |part: Part| args.only.is_empty() || args.only.contains(&part);
+    if wanted(Part::Capture) || wanted(Part::Throughput) {
+        bootstrap::ensure_debian_packages(&[
+            ("ip", "iproute2"),
+            ("iperf3", "iperf3"),
+            ("tcpdump", "tcpdump"),
+            ("perf", "linux-perf"),
+        ])?;
+        ebpf::build()?;
+        let sniffer = cmd::build_binary("sniffer", true)?;
+        let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
+        fs::create_dir_all(target_dir().join("bench"))?;
+        let bed = Topology::new("tsbench")?;
+        // Statistics add two clock reads to every eBPF run: off, so both capturers are measured
+        // as they run in production.
+        let previous_stats = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+        let _ = fs::write(BPF_STATS, "0");
+        let runs = |load: Load, capturers: &[Capturer]| -> Result<Vec<Trial>> {
+            let mut trials = Vec::new();
+            // In turn rather than all runs of one capturer together, so a slow spell of the
+            // machine does not fall on one capturer only.
+            for round in 1..=args.repeat {
+                for &capturer in capturers {
+                    eprintln!("bench: {} (run {round}) …", capturer.name());
+                    trials.push(trial(&bed, capturer, load, args, sniffer)?);
+                }
+            }
+            Ok(trials)
+        };
+        let all = || -> Result<[Vec<Trial>; 3]> {
+            let every = [
+                Capturer::Nobody,
+                Capturer::Sniffer,
+                Capturer::SnifferToCollector,
+                Capturer::Tcpdump,
+            ];
+            let small = runs(Load::SmallPackets, &every)?;
+            let paced = runs(Load::Paced, &every)?;
+            let bulk = if wanted(Part::Throughput) {
+                runs(Load::Bulk, &every)?
+            } else {
+                Vec::new()
+            };
+            Ok([small, paced, bulk])
+        };
+        let result = all();
+        let _ = fs::write(BPF_STATS, previous_stats.trim());
+        let [small, paced, bulk] = result?;
+        if wanted(Part::Capture) {
+            publish(Part::Capture, &capture_report(&small, &paced, args))?;
+        }
+        if wanted(Part::Throughput) {
+            publish(Part::Throughput, &throughput_report(&bulk, &small, args))?;
+        }
+    }
+    if wanted(Part::Encode) {
+        publish(Part::Encode, &encode_report()?)?;
+    }
+    if wanted(Part::Injector) {
+        publish(Part::Injector, &bench_injector::run(args.seconds)?)?;
+    }
+    Ok(())
+}
+
+/// Prints a section, keeps a copy in `target/bench/` and writes it into docs/benchmarks.md.
+fn publish(part: Part, text: &str) -> Result<()> {
+    println!("{text}");
+    let dir = target_dir().join("bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join(format!("{}.md", part.section())), text)?;
+    doc::update(part.section(), text)
+}
