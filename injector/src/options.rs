@@ -10,7 +10,9 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Serialize};
 use sniffer_common::{
+    OTLP_ENCODINGS, OUTPUT_FORMATS,
     echo::Echo,
+    headers,
     ports::PortsError,
     url::{Scheme, parse_http_url},
 };
@@ -47,6 +49,19 @@ pub struct InjectorOptions {
     /// a service mesh encrypts pod traffic; without it that combination is refused, as the
     /// sniffer would refuse it.
     pub output_allow_plaintext_token: bool,
+    /// The body format (`OUTPUT_FORMAT`): `batch`, `ndjson`, `otlp` or `loki`.
+    pub output_format: String,
+    /// With `outputFormat: otlp`, `protobuf` or `json` (`OTLP_ENCODING`).
+    pub otlp_encoding: String,
+    /// The header carrying the token (`OUTPUT_AUTH_HEADER`).
+    pub output_auth_header: String,
+    /// The word before the token (`OUTPUT_AUTH_SCHEME`); empty: the token alone.
+    pub output_auth_scheme: String,
+    /// More headers, not secret (`OUTPUT_HEADERS`), e.g. `{"X-Scope-OrgID": "tenant-1"}`.
+    pub output_headers: BTreeMap<String, String>,
+    /// A Secret key whose value is the whole `OUTPUT_HEADERS` (`Name=value,…`), for headers
+    /// whose values are secret; instead of `outputHeaders`.
+    pub output_headers_secret: Option<SecretKeyRef>,
     /// Capabilities added after dropping `ALL`.
     pub capabilities: Vec<String>,
     /// The container's seccomp profile; `None` leaves the pod's.
@@ -74,6 +89,12 @@ impl Default for InjectorOptions {
             output_url: None,
             output_url_auth_token_secret: None,
             output_allow_plaintext_token: false,
+            output_format: "batch".to_owned(),
+            otlp_encoding: "protobuf".to_owned(),
+            output_auth_header: "Authorization".to_owned(),
+            output_auth_scheme: "Bearer".to_owned(),
+            output_headers: BTreeMap::new(),
+            output_headers_secret: None,
             capabilities: vec!["NET_RAW".to_owned(), "BPF".to_owned()],
             // The runtimes' default profiles refuse bpf() without CAP_SYS_ADMIN.
             seccomp_profile: Some(SeccompProfile {
@@ -151,6 +172,13 @@ impl InjectorOptions {
             output_url,
             output_url_auth_token_secret,
             output_allow_plaintext_token,
+            // Checked together by `validate_delivery`.
+            output_format: _,
+            otlp_encoding: _,
+            output_auth_header: _,
+            output_auth_scheme: _,
+            output_headers: _,
+            output_headers_secret: _,
             capabilities,
             seccomp_profile,
             resources,
@@ -201,28 +229,10 @@ impl InjectorOptions {
                 ));
             }
         }
-        if let Some(SecretKeyRef { name, key }) = output_url_auth_token_secret {
-            if !is_dns_subdomain(name) {
-                return Err(invalid(
-                    "outputUrlAuthTokenSecret.name",
-                    format!(
-                        "{:?} is not a valid Secret name (a DNS subdomain)",
-                        Echo(name)
-                    ),
-                ));
-            }
-            if key.is_empty()
-                || key.len() > 253
-                || !key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-            {
-                return Err(invalid(
-                    "outputUrlAuthTokenSecret.key",
-                    format!("{:?} is not a valid Secret key", Echo(key)),
-                ));
-            }
+        if let Some(secret) = output_url_auth_token_secret {
+            secret.validate("outputUrlAuthTokenSecret")?;
         }
+        self.validate_delivery()?;
         for (index, capability) in capabilities.iter().enumerate() {
             if capability.is_empty()
                 || capability.starts_with("CAP_")
@@ -284,6 +294,123 @@ impl InjectorOptions {
             }
         }
         Ok(())
+    }
+}
+
+impl SecretKeyRef {
+    fn validate(&self, field: &str) -> Result<(), OptionsError> {
+        let Self { name, key } = self;
+        if !is_dns_subdomain(name) {
+            return Err(invalid(
+                format!("{field}.name"),
+                format!(
+                    "{:?} is not a valid Secret name (a DNS subdomain)",
+                    Echo(name)
+                ),
+            ));
+        }
+        if key.is_empty()
+            || key.len() > 253
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        {
+            return Err(invalid(
+                format!("{field}.key"),
+                format!("{:?} is not a valid Secret key", Echo(key)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl InjectorOptions {
+    /// The format and header options, checked with the sniffer's own rules.
+    fn validate_delivery(&self) -> Result<(), OptionsError> {
+        if !OUTPUT_FORMATS.contains(&self.output_format.as_str()) {
+            return Err(invalid(
+                "outputFormat",
+                format!(
+                    "{:?} is not one of {}",
+                    Echo(&self.output_format),
+                    OUTPUT_FORMATS.join(", ")
+                ),
+            ));
+        }
+        if !OTLP_ENCODINGS.contains(&self.otlp_encoding.as_str()) {
+            return Err(invalid(
+                "otlpEncoding",
+                format!(
+                    "{:?} is not one of {}",
+                    Echo(&self.otlp_encoding),
+                    OTLP_ENCODINGS.join(", ")
+                ),
+            ));
+        }
+        let delivers = self.output_url.is_some();
+        for (set, field) in [
+            (self.output_format != "batch", "outputFormat"),
+            (!self.output_headers.is_empty(), "outputHeaders"),
+            (self.output_headers_secret.is_some(), "outputHeadersSecret"),
+        ] {
+            if set && !delivers {
+                return Err(invalid(
+                    field,
+                    "needs outputUrl: without it the sniffer writes records to its log",
+                ));
+            }
+        }
+        // A token is what the header carries: check name and scheme as the sniffer will.
+        let auth = headers::auth(&self.output_auth_header, &self.output_auth_scheme, "token")
+            .map_err(|err| invalid("outputAuthHeader/outputAuthScheme", err.to_string()))?;
+        if let Some(name) = self
+            .output_headers
+            .keys()
+            .find(|name| name.eq_ignore_ascii_case(&self.output_auth_header))
+        {
+            return Err(invalid(
+                "outputHeaders",
+                format!(
+                    "{} carries the credential: give it through outputUrlAuthTokenSecret (with \
+                     outputAuthHeader and outputAuthScheme) or outputHeadersSecret, never in \
+                     plain options",
+                    Echo(name)
+                ),
+            ));
+        }
+        if let Some(rendered) = self.rendered_headers() {
+            headers::parse(&rendered, Some(&auth))
+                .map_err(|err| invalid("outputHeaders", err.to_string()))?;
+        }
+        if let Some(secret) = &self.output_headers_secret {
+            if !self.output_headers.is_empty() {
+                return Err(invalid(
+                    "outputHeadersSecret",
+                    "cannot be set with outputHeaders: put every header in the Secret",
+                ));
+            }
+            secret.validate("outputHeadersSecret")?;
+        }
+        Ok(())
+    }
+
+    /// `outputHeaders` as the sniffer's `OUTPUT_HEADERS` (`Name=value,…`, values
+    /// percent-encoded where they hold `%`, `,` or `=`), or `None` when empty.
+    #[must_use]
+    pub fn rendered_headers(&self) -> Option<String> {
+        (!self.output_headers.is_empty()).then(|| {
+            let encode = |value: &str| {
+                value
+                    .replace('%', "%25")
+                    .replace(',', "%2C")
+                    .replace('=', "%3D")
+            };
+            self.output_headers
+                .iter()
+                .map(|(name, value)| format!("{name}={}", encode(value)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
     }
 }
 
@@ -454,6 +581,56 @@ mod tests {
         .unwrap();
         with(&format!(r#"{{"outputUrl":"https://collector/",{secret}}}"#)).unwrap();
         with(r#"{"outputUrl":"http://collector/"}"#).unwrap();
+    }
+
+    #[test]
+    fn formats_and_headers() {
+        let options = with(
+            r#"{"outputUrl":"https://loki:3100/loki/api/v1/push","outputFormat":"loki",
+                "outputAuthScheme":"Basic","outputHeaders":{"X-Scope-OrgID":"a,b=c%"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            options.rendered_headers().as_deref(),
+            Some("X-Scope-OrgID=a%2Cb%3Dc%25")
+        );
+        for (json, needle) in [
+            (
+                r#"{"outputUrl":"https://c/","outputFormat":"json"}"#,
+                "option outputFormat: \"json\" is not one of batch, ndjson, otlp, loki",
+            ),
+            (
+                r#"{"outputFormat":"ndjson"}"#,
+                "option outputFormat: needs outputUrl",
+            ),
+            (
+                r#"{"outputUrl":"https://c/","otlpEncoding":"grpc"}"#,
+                "option otlpEncoding: \"grpc\" is not one of protobuf, json",
+            ),
+            (
+                r#"{"outputUrl":"https://c/","outputHeaders":{"Content-Type":"text/plain"}}"#,
+                "option outputHeaders: OUTPUT_HEADERS cannot set Content-Type",
+            ),
+            (
+                r#"{"outputUrl":"https://c/","outputHeaders":{"authorization":"Basic x"}}"#,
+                "option outputHeaders: authorization carries the credential",
+            ),
+            (
+                r#"{"outputUrl":"https://c/","outputAuthHeader":"X Key"}"#,
+                "option outputAuthHeader/outputAuthScheme: OUTPUT_AUTH_HEADER \"X Key\"",
+            ),
+            (
+                r#"{"outputUrl":"https://c/","outputHeaders":{"A":"1"},"outputHeadersSecret":{"name":"h","key":"k"}}"#,
+                "option outputHeadersSecret: cannot be set with outputHeaders",
+            ),
+            (
+                r#"{"outputUrl":"https://c/","outputHeadersSecret":{"name":"Bad","key":"k"}}"#,
+                "option outputHeadersSecret.name",
+            ),
+        ] {
+            let err = with(json).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
     }
 
     #[test]

@@ -33,6 +33,22 @@ fn field(name: &str, path: &str) -> EnvVar {
     }
 }
 
+/// A variable from a Secret key: only a reference, the injector never reads the Secret.
+fn secret_env(name: &str, SecretKeyRef { name: secret, key }: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.clone(),
+                key: key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 /// The sniffer container for `ports`.
 ///
 /// # Examples
@@ -55,6 +71,12 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
         output_url,
         output_url_auth_token_secret,
         output_allow_plaintext_token,
+        output_format,
+        otlp_encoding,
+        output_auth_header,
+        output_auth_scheme,
+        output_headers: _,
+        output_headers_secret,
         capabilities,
         seccomp_profile,
         resources,
@@ -67,23 +89,37 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
     if let Some(url) = output_url {
         env.push(value("OUTPUT_URL", url));
     }
-    if let Some(SecretKeyRef { name, key }) = output_url_auth_token_secret {
-        // Only a reference: the injector never reads the Secret.
-        env.push(EnvVar {
-            name: "OUTPUT_URL_AUTH_TOKEN".to_owned(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: name.clone(),
-                    key: key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-        });
+    if let Some(secret) = output_url_auth_token_secret {
+        env.push(secret_env("OUTPUT_URL_AUTH_TOKEN", secret));
     }
     if *output_allow_plaintext_token {
         env.push(value("OUTPUT_ALLOW_PLAINTEXT_TOKEN", "true"));
+    }
+    // Only what differs from the sniffer's defaults, so a default pod stays short.
+    let defaults = InjectorOptions::default();
+    for (name, option, default) in [
+        ("OUTPUT_FORMAT", output_format, &defaults.output_format),
+        ("OTLP_ENCODING", otlp_encoding, &defaults.otlp_encoding),
+        (
+            "OUTPUT_AUTH_HEADER",
+            output_auth_header,
+            &defaults.output_auth_header,
+        ),
+        (
+            "OUTPUT_AUTH_SCHEME",
+            output_auth_scheme,
+            &defaults.output_auth_scheme,
+        ),
+    ] {
+        if option != default {
+            env.push(value(name, option));
+        }
+    }
+    if let Some(headers) = options.rendered_headers() {
+        env.push(value("OUTPUT_HEADERS", headers));
+    }
+    if let Some(secret) = output_headers_secret {
+        env.push(secret_env("OUTPUT_HEADERS", secret));
     }
     env.push(field("POD_NAME", "metadata.name"));
     env.push(field("POD_NAMESPACE", "metadata.namespace"));

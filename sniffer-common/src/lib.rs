@@ -9,6 +9,8 @@
 extern crate alloc;
 
 pub mod echo;
+#[cfg(feature = "alloc")]
+pub mod headers;
 pub mod parse;
 #[cfg(feature = "alloc")]
 pub mod ports;
@@ -28,6 +30,12 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const LINK_LAYER_GLOBAL: &str = "LINK_LAYER";
 /// Name of the global (`u64`, a power of two) setting how much unread data wakes userspace.
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
+
+/// The values of `OUTPUT_FORMAT` (the sniffer's body formats), as the injector checks its
+/// `outputFormat` option.
+pub const OUTPUT_FORMATS: [&str; 4] = ["batch", "ndjson", "otlp", "loki"];
+/// The values of `OTLP_ENCODING`.
+pub const OTLP_ENCODINGS: [&str; 2] = ["protobuf", "json"];
 
 /// How many ports may be listed.
 pub const MAX_PORTS: u32 = 64;

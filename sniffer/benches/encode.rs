@@ -1,4 +1,5 @@
-//! Userspace cost per record: kernel record → JSON, as NDJSON lines and as batch bodies.
+//! Userspace cost per record: kernel record → the bytes sent, as stdout lines and as a body in
+//! each `OUTPUT_FORMAT`.
 //!
 //! `cargo bench -p sniffer --bench encode` prints nanoseconds per record; `cargo xtask bench
 //! --only encode` runs it and puts the numbers into docs/benchmarks.md.
@@ -8,12 +9,12 @@ use std::{hint::black_box, io, sync::Arc, time::Instant};
 use sniffer::{
     capture::clock::WallClock,
     deliver::{Sink as _, stdout::Lines},
-    encode::{AgentInfo, Encoder, record::Record},
+    encode::{AgentInfo, Encoder, Format, record::Record},
     metrics::Stats,
 };
 use sniffer_common::{PACKET_OUTGOING, PacketRecord, addr_words, tcp_flags};
 
-const RECORDS: u64 = 2_000_000;
+const RECORDS: u64 = 500_000;
 const BATCH: usize = 1000;
 
 /// Varied records like a busy connection's: both directions, moving sequence numbers, every
@@ -78,48 +79,79 @@ impl io::Write for Discard {
     }
 }
 
+/// Rounds per variant, taken in turn so that a slow moment of the machine touches them all; the
+/// median is reported.
+const ROUNDS: usize = 7;
+
 fn main() {
     let clock = WallClock::now();
     let raws: Vec<PacketRecord> = (0..4096).map(raw).collect();
-
-    let mut sink = Box::new(Lines::new(Discard(0), Arc::new(Stats::default())));
-    let start = Instant::now();
-    for i in 0..RECORDS / 4096 {
-        black_box(i);
-        sink.take(&raws, &clock).expect("discard cannot fail");
-    }
-    let ndjson = start.elapsed();
-    let bytes = sink.get_ref().0;
-    let lines = RECORDS / 4096 * 4096;
-
-    let agent = AgentInfo {
+    let agent = Arc::new(AgentInfo {
         pod: Some("web-7d9c".into()),
         namespace: Some("shop".into()),
         node: Some("node-3".into()),
         interface: "eth0".into(),
         version: env!("CARGO_PKG_VERSION"),
         instance: "6f1c2b9e-0000-4000-8000-000000000000".into(),
-    };
-    let mut encoder = Encoder::new(Arc::new(agent), false);
-    let mut body_bytes = 0;
-    let start = Instant::now();
-    for chunk in 0..RECORDS / BATCH as u64 {
-        let records: Vec<Record> = (0..BATCH as u64)
-            .map(|i| Record::from_kernel(&raws[((chunk + i) % 4096) as usize], &clock))
-            .collect();
-        body_bytes += black_box(encoder.body(chunk, 0, &records).expect("in memory")).len();
+    });
+    let formats = [
+        Format::Batch,
+        Format::Ndjson,
+        Format::OtlpProtobuf,
+        Format::OtlpJson,
+        Format::Loki,
+    ];
+    // Per variant: nanoseconds per record of each round, and bytes per record.
+    let mut results: Vec<(String, Vec<f64>, u64)> = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut sink = Box::new(Lines::new(Discard(0), Arc::new(Stats::default())));
+        let start = Instant::now();
+        for _ in 0..RECORDS / 4096 {
+            sink.take(black_box(&raws), &clock)
+                .expect("discard cannot fail");
+        }
+        let lines = RECORDS / 4096 * 4096;
+        let ns = start.elapsed().as_nanos() as f64 / lines as f64;
+        record(
+            &mut results,
+            "stdout lines".to_owned(),
+            ns,
+            sink.get_ref().0 / lines,
+        );
+        for format in formats {
+            let mut encoder = Encoder::new(format, Arc::clone(&agent), false);
+            let mut bytes = 0;
+            let start = Instant::now();
+            for chunk in 0..RECORDS / BATCH as u64 {
+                let records: Vec<Record> = (0..BATCH as u64)
+                    .map(|i| Record::from_kernel(&raws[((chunk + i) % 4096) as usize], &clock))
+                    .collect();
+                let body = encoder.body(chunk, 0, &records).expect("in memory");
+                bytes += black_box(body.as_slice()).len() as u64;
+            }
+            let ns = start.elapsed().as_nanos() as f64 / RECORDS as f64;
+            record(
+                &mut results,
+                format!("{format} body ({BATCH} records)"),
+                ns,
+                bytes / RECORDS,
+            );
+        }
     }
-    let batches = start.elapsed();
+    for (name, mut rounds, bytes) in results {
+        rounds.sort_by(f64::total_cmp);
+        println!(
+            "{name}: {:.0} ns/record ({bytes} bytes/record; rounds {:.0}–{:.0})",
+            rounds[rounds.len() / 2],
+            rounds[0],
+            rounds[rounds.len() - 1]
+        );
+    }
+}
 
-    let per = |d: std::time::Duration, n: u64| d.as_nanos() as f64 / n as f64;
-    println!(
-        "ndjson: {:.0} ns/record ({} bytes/record)",
-        per(ndjson, lines),
-        bytes / lines
-    );
-    println!(
-        "batch body ({BATCH} records): {:.0} ns/record ({} bytes/record)",
-        per(batches, RECORDS),
-        body_bytes as u64 / RECORDS
-    );
+fn record(results: &mut Vec<(String, Vec<f64>, u64)>, name: String, ns: f64, bytes: u64) {
+    match results.iter_mut().find(|(n, _, _)| *n == name) {
+        Some((_, rounds, _)) => rounds.push(ns),
+        None => results.push((name, vec![ns], bytes)),
+    }
 }

@@ -6,10 +6,13 @@ use clap::{ArgAction, Parser, builder::BoolishValueParser};
 use sniffer_common::{
     DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES,
     echo::Echo,
+    headers::{self, HeaderError},
     ports::{PortsError, parse_ports},
     url::{Scheme, UrlError, parse_http_url},
 };
 use thiserror::Error;
+
+use crate::encode::{Format, UnknownFormat};
 
 /// Command line and environment, as given. [`Args::validate`] turns it into a [`Config`].
 #[derive(Clone, Debug, Parser)]
@@ -33,6 +36,24 @@ pub struct Args {
     /// One trailing newline is removed (with a warning); other control characters are refused.
     #[arg(long, env = "OUTPUT_URL_AUTH_TOKEN", hide_env_values = true)]
     pub output_url_auth_token: Option<String>,
+    /// The header that carries the token (`X-ClickHouse-Key`, …).
+    #[arg(long, env = "OUTPUT_AUTH_HEADER", default_value = "Authorization")]
+    pub output_auth_header: String,
+    /// The word before the token in its header (`Bearer`, `Basic`, `ApiKey`, …); empty: the token
+    /// alone.
+    #[arg(long, env = "OUTPUT_AUTH_SCHEME", default_value = "Bearer")]
+    pub output_auth_scheme: String,
+    /// More headers for every request, `Name=value` pairs separated by commas, values
+    /// percent-encoded where needed (`X-Scope-OrgID=tenant-1,X-ClickHouse-User=sniffer`); values
+    /// are never logged.
+    #[arg(long, env = "OUTPUT_HEADERS", hide_env_values = true)]
+    pub output_headers: Option<String>,
+    /// The body format: `batch`, `ndjson`, `otlp` or `loki`.
+    #[arg(long, env = "OUTPUT_FORMAT", default_value = "batch")]
+    pub output_format: String,
+    /// With `OUTPUT_FORMAT=otlp`: `protobuf` or `json`.
+    #[arg(long, env = "OTLP_ENCODING", default_value = "protobuf")]
+    pub otlp_encoding: String,
     /// Allow sending the token over `http://` (plaintext), e.g. when a service mesh already
     /// encrypts the connection with mTLS; without it such a configuration is refused.
     #[arg(long, env = "OUTPUT_ALLOW_PLAINTEXT_TOKEN", default_value = "false", action = ArgAction::Set,
@@ -105,8 +126,11 @@ pub struct Args {
 pub struct DeliveryConfig {
     /// `OUTPUT_URL`, checked by the URL rule.
     pub url: String,
-    /// `OUTPUT_URL_AUTH_TOKEN`, free of control characters; never logged.
-    pub token: Option<String>,
+    /// The body format.
+    pub format: Format,
+    /// Every header sent besides `Content-Type` and `Content-Encoding`: the token's (name and
+    /// value, scheme included) first, then `OUTPUT_HEADERS`. Values are never logged.
+    pub headers: Vec<(String, String)>,
     /// Compress bodies with gzip (`Content-Encoding: gzip`).
     pub gzip: bool,
     /// Connect timeout.
@@ -253,6 +277,22 @@ pub enum ConfigError {
         "OUTPUT_URL_AUTH_TOKEN would be sent in plaintext to an http:// OUTPUT_URL: use https://, or set OUTPUT_ALLOW_PLAINTEXT_TOKEN=true if the network already encrypts it (e.g. a service mesh with mTLS)"
     )]
     PlaintextToken,
+    /// `OUTPUT_FORMAT` or `OTLP_ENCODING` names no format.
+    #[error("{name} {:?} {problem}", Echo(value))]
+    Format {
+        /// The variable.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// The values accepted.
+        problem: &'static str,
+    },
+    /// `OUTPUT_FORMAT` is set, but records go to stdout.
+    #[error("OUTPUT_FORMAT={0} needs OUTPUT_URL: stdout always carries NDJSON records")]
+    FormatWithoutUrl(String),
+    /// `OUTPUT_HEADERS` or the token's header cannot be sent.
+    #[error("{0}")]
+    Header(HeaderError),
     /// A number outside its range.
     #[error("{name}={value} is out of range: it must be from {min} to {max}")]
     OutOfRange {
@@ -280,6 +320,11 @@ impl Args {
             .as_deref()
             .map(|url| self.delivery(url, &mut warnings))
             .transpose()?;
+        if output.is_none() && self.output_format != "batch" {
+            return Err(ConfigError::FormatWithoutUrl(
+                Echo(&self.output_format).to_string(),
+            ));
+        }
         range("SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 0, 600_000)?;
         range("STATS_INTERVAL_SECS", self.stats_interval_secs, 0, 86_400)?;
         let page = page_size();
@@ -363,6 +408,27 @@ impl Args {
             1,
             MAX_OUTPUT_CONCURRENCY,
         )?;
+        let format = match self.output_format.parse::<Format>() {
+            Ok(Format::OtlpProtobuf) => match self.otlp_encoding.as_str() {
+                "protobuf" => Format::OtlpProtobuf,
+                "json" => Format::OtlpJson,
+                other => {
+                    return Err(ConfigError::Format {
+                        name: "OTLP_ENCODING",
+                        value: other.to_owned(),
+                        problem: "is not one of protobuf, json",
+                    });
+                }
+            },
+            Ok(format) => format,
+            Err(UnknownFormat) => {
+                return Err(ConfigError::Format {
+                    name: "OUTPUT_FORMAT",
+                    value: self.output_format.clone(),
+                    problem: "is not one of batch, ndjson, otlp, loki",
+                });
+            }
+        };
         let token = match self.output_url_auth_token.as_deref() {
             None => None,
             Some(raw) => {
@@ -384,9 +450,19 @@ impl Args {
                 }
             }
         };
+        let auth = token
+            .map(|token| headers::auth(&self.output_auth_header, &self.output_auth_scheme, &token))
+            .transpose()
+            .map_err(ConfigError::Header)?;
+        let mut headers_list: Vec<(String, String)> = auth.into_iter().collect();
+        if let Some(extra) = self.output_headers.as_deref() {
+            headers_list
+                .extend(headers::parse(extra, headers_list.first()).map_err(ConfigError::Header)?);
+        }
         Ok(DeliveryConfig {
             url: url.to_owned(),
-            token,
+            format,
+            headers: headers_list,
             gzip: self.output_gzip,
             connect_timeout: Duration::from_millis(self.output_connect_timeout_ms),
             request_timeout: Duration::from_millis(self.output_timeout_ms),
@@ -612,7 +688,10 @@ mod tests {
         with_url.output_url = Some("https://collector:9000/".into());
         with_url.output_url_auth_token = Some("s3cret".into());
         let delivery = with_url.validate().unwrap().output.expect("delivery");
-        assert_eq!(delivery.token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            delivery.headers,
+            [("Authorization".to_owned(), "Bearer s3cret".to_owned())]
+        );
         assert_eq!(delivery.batch_max_records, 1000);
         assert_eq!(delivery.batch_max_wait, Duration::from_secs(1));
         assert!(!delivery.gzip);
@@ -657,8 +736,8 @@ mod tests {
         ] {
             let config = with_token("https://collector/", raw).validate().unwrap();
             assert_eq!(
-                config.output.unwrap().token.as_deref(),
-                Some(expected),
+                config.output.unwrap().headers,
+                [("Authorization".to_owned(), format!("Bearer {expected}"))],
                 "{raw:?}"
             );
             assert_eq!(
@@ -668,7 +747,7 @@ mod tests {
             );
         }
         let empty = with_token("https://collector/", "\n").validate().unwrap();
-        assert_eq!(empty.output.unwrap().token, None);
+        assert!(empty.output.unwrap().headers.is_empty());
         assert!(empty.warnings.contains(&Warning::EmptyToken));
     }
 
@@ -735,6 +814,70 @@ mod tests {
                 Err(other) => panic!("{value}: {other}"),
             }
         }
+    }
+
+    #[test]
+    fn formats_and_encodings() {
+        for (format, encoding, expected) in [
+            ("batch", "protobuf", Format::Batch),
+            ("ndjson", "protobuf", Format::Ndjson),
+            ("otlp", "protobuf", Format::OtlpProtobuf),
+            ("otlp", "json", Format::OtlpJson),
+            ("loki", "json", Format::Loki),
+        ] {
+            let mut args = args("8080", "lo");
+            args.output_url = Some("https://collector/".into());
+            args.output_format = format.into();
+            args.otlp_encoding = encoding.into();
+            assert_eq!(args.validate().unwrap().output.unwrap().format, expected);
+        }
+        let mut bad = args("8080", "lo");
+        bad.output_url = Some("https://collector/".into());
+        bad.output_format = "json".into();
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "OUTPUT_FORMAT \"json\" is not one of batch, ndjson, otlp, loki"
+        );
+        bad.output_format = "otlp".into();
+        bad.otlp_encoding = "grpc".into();
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "OTLP_ENCODING \"grpc\" is not one of protobuf, json"
+        );
+        let mut stdout = args("8080", "lo");
+        stdout.output_format = "otlp".into();
+        assert!(matches!(
+            stdout.validate(),
+            Err(ConfigError::FormatWithoutUrl(f)) if f == "otlp"
+        ));
+    }
+
+    #[test]
+    fn token_header_scheme_and_extra_headers() {
+        let mut args = with_token("https://ch:8123/?query=INSERT", "k3y");
+        args.output_auth_header = "X-ClickHouse-Key".into();
+        args.output_auth_scheme = String::new();
+        args.output_headers = Some("X-ClickHouse-User=sniffer".into());
+        assert_eq!(
+            args.validate().unwrap().output.unwrap().headers,
+            [
+                ("X-ClickHouse-Key".to_owned(), "k3y".to_owned()),
+                ("X-ClickHouse-User".to_owned(), "sniffer".to_owned())
+            ]
+        );
+        args.output_headers = Some("x-clickhouse-key=other".into());
+        assert!(matches!(
+            args.validate(),
+            Err(ConfigError::Header(HeaderError::Duplicate { .. }))
+        ));
+        // Headers without a token are sent too.
+        let mut no_token = self::args("8080", "lo");
+        no_token.output_url = Some("http://loki:3100/loki/api/v1/push".into());
+        no_token.output_headers = Some("X-Scope-OrgID=tenant-1".into());
+        assert_eq!(
+            no_token.validate().unwrap().output.unwrap().headers.len(),
+            1
+        );
     }
 
     #[test]

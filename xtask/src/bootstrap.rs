@@ -98,9 +98,20 @@ fn nightly_llvm() -> Result<Llvm> {
     Ok(Llvm { major, library })
 }
 
-/// A Python virtual environment under the tools directory with exactly `requirements`
+/// What the checks and tests need from PyPI, pinned: Kubernetes schemas and JSON Patch for the
+/// manifest checks, the official OpenTelemetry protos (and their protobuf runtime) for the OTLP
+/// format tests.
+const PYTHON_REQUIREMENTS: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "jsonpatch==1.48",
+    "opentelemetry-proto==1.45.2",
+    "protobuf==7.36.2",
+];
+
+/// A Python virtual environment under the tools directory with exactly the requirements
 /// installed; returns its `bin/` directory. Rebuilt when the requirement list changes.
-pub fn ensure_python_venv(requirements: &[&str]) -> Result<PathBuf> {
+pub fn ensure_python_venv() -> Result<PathBuf> {
+    let requirements = PYTHON_REQUIREMENTS;
     let venv = tools_dir()?.join("venv");
     let marker = venv.join("tcp-sniffer-requirements.txt");
     let wanted = requirements.join("\n");

@@ -23,8 +23,6 @@ const KUSTOMIZATIONS: &[&str] = &[
 ];
 /// Oldest supported (native sidecars) and newest bundled schema versions.
 const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.37.0"];
-/// What the checks need from PyPI, pinned.
-const PYTHON_REQUIREMENTS: &[&str] = &["kubernetes-validate==1.37.0", "jsonpatch==1.48"];
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to)?;
@@ -43,7 +41,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// Runs every check; fails on the first problem.
 pub fn check() -> Result<()> {
     bootstrap::ensure_debian_packages(&[("kubectl", "kubectl")])?;
-    let venv = bootstrap::ensure_python_venv(PYTHON_REQUIREMENTS)?;
+    let venv = bootstrap::ensure_python_venv()?;
     let root = workspace_root();
     let injector = cmd::build_binary("injector", false)?;
 

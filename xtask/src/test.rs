@@ -5,7 +5,11 @@ use anyhow::Result;
 use crate::{bootstrap, cmd, ebpf, hygiene, manifests, workspace_root};
 
 /// Commands the tests run, and the Debian packages that provide them.
-const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    // The ndjson format is inserted into a real ClickHouse.
+    ("clickhouse-server", "clickhouse-server"),
+];
 
 /// Checks the repository (no tracked private key, the Dockerfile's default target), installs what
 /// is missing, builds the kernel object, checks formatting and lints, runs the tests,
@@ -31,8 +35,12 @@ pub fn run(test_args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The OTLP tests parse bodies with the official protos from this environment.
+    let venv = bootstrap::ensure_python_venv()?;
     let mut test = cargo();
-    test.args(["test", "--workspace"]).args(test_args);
+    test.args(["test", "--workspace"])
+        .args(test_args)
+        .env("TCP_SNIFFER_PYTHON", venv.join("python"));
     // As root, tests that need the kernel must run: a skip would hide a broken capture path.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

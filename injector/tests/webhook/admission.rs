@@ -242,3 +242,64 @@ fn native_sidecar_goes_first_among_init_containers() {
         }
     }
 }
+
+/// The collector format and header options reach the sidecar's environment through `/mutate`:
+/// plain values as values, secret ones only as Secret references.
+#[test]
+fn format_and_header_options_reach_the_sidecar_over_https() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let agent = client(&[&certs.ca_pem]);
+    for (options, expected) in [
+        (
+            r#"{"outputUrl":"https://otel-collector.observability.svc:4318/v1/logs",
+                "outputFormat":"otlp","otlpEncoding":"json",
+                "outputUrlAuthTokenSecret":{"name":"otel-auth","key":"token"}}"#,
+            json!({"OUTPUT_FORMAT":{"name":"OUTPUT_FORMAT","value":"otlp"},
+                   "OTLP_ENCODING":{"name":"OTLP_ENCODING","value":"json"},
+                   "OUTPUT_URL_AUTH_TOKEN":{"name":"OUTPUT_URL_AUTH_TOKEN","valueFrom":
+                       {"secretKeyRef":{"name":"otel-auth","key":"token","optional":false}}}}),
+        ),
+        (
+            r#"{"outputUrl":"https://clickhouse.db.svc:8443/?query=INSERT%20INTO%20packets%20FORMAT%20JSONEachRow",
+                "outputFormat":"ndjson","outputAuthHeader":"X-ClickHouse-Key","outputAuthScheme":"",
+                "outputUrlAuthTokenSecret":{"name":"clickhouse","key":"key"},
+                "outputHeaders":{"X-ClickHouse-User":"sniffer"}}"#,
+            json!({"OUTPUT_FORMAT":{"name":"OUTPUT_FORMAT","value":"ndjson"},
+                   "OUTPUT_AUTH_HEADER":{"name":"OUTPUT_AUTH_HEADER","value":"X-ClickHouse-Key"},
+                   "OUTPUT_AUTH_SCHEME":{"name":"OUTPUT_AUTH_SCHEME","value":""},
+                   "OUTPUT_HEADERS":{"name":"OUTPUT_HEADERS","value":"X-ClickHouse-User=sniffer"},
+                   "OUTPUT_URL_AUTH_TOKEN":{"name":"OUTPUT_URL_AUTH_TOKEN","valueFrom":
+                       {"secretKeyRef":{"name":"clickhouse","key":"key","optional":false}}}}),
+        ),
+        (
+            r#"{"outputUrl":"https://loki.logging.svc:3100/loki/api/v1/push","outputFormat":"loki",
+                "outputHeadersSecret":{"name":"loki-headers","key":"headers"}}"#,
+            json!({"OUTPUT_FORMAT":{"name":"OUTPUT_FORMAT","value":"loki"},
+                   "OUTPUT_HEADERS":{"name":"OUTPUT_HEADERS","valueFrom":
+                       {"secretKeyRef":{"name":"loki-headers","key":"headers","optional":false}}}}),
+        ),
+    ] {
+        let config = dir.0.join("options.json");
+        std::fs::write(&config, options).unwrap();
+        let server = Server::start(&dir.0, &["--config", config.to_str().unwrap()]);
+        let review = fixture("deployment-pod.json");
+        let (status, text) = post(&agent, &server, &serde_json::to_vec(&review).unwrap());
+        assert_eq!(status, 200, "{text}");
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let mut object = review["request"]["object"].clone();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        json_patch::patch(&mut object, &patch).unwrap();
+        let pod: Pod = serde_json::from_value(object).unwrap();
+        let env = env_map(pod.spec.unwrap().containers.last().unwrap());
+        for (name, value) in expected.as_object().unwrap() {
+            assert_eq!(&env[name], value, "{name}");
+        }
+        // Nothing secret is ever a plain value.
+        assert!(!env.contains_key("OUTPUT_ALLOW_PLAINTEXT_TOKEN"));
+    }
+}

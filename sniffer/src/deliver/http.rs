@@ -32,16 +32,18 @@ use thiserror::Error;
 
 use sniffer_common::PacketRecord;
 
+use sniffer_common::echo::Echo;
+
 use super::{
     Sink,
     batch::Batcher,
     resolve::CachingResolver,
-    retry::{Backoff, Verdict, classify},
+    retry::{Backoff, Policy, Verdict, classify},
 };
 use crate::{
     capture::clock::WallClock,
     config::DeliveryConfig,
-    encode::{AgentInfo, Encoder, record::Record},
+    encode::{AgentInfo, Encoder, Format, otlp, proto, record::Record},
     metrics::{Stats, add, get},
 };
 
@@ -106,7 +108,12 @@ impl HttpOutput {
         let shared = Arc::new(Shared {
             http: http_agent(config)?,
             url: config.url.clone(),
-            authorization: config.token.as_ref().map(|t| format!("Bearer {t}")),
+            headers: config.headers.clone(),
+            policy: if config.format.is_otlp() {
+                Policy::Otlp
+            } else {
+                Policy::Standard
+            },
             request_timeout: config.request_timeout,
             backoff: (config.backoff_initial, config.backoff_max),
             stats,
@@ -119,7 +126,7 @@ impl HttpOutput {
         let senders = (0..config.concurrency)
             .map(|index| {
                 let (shared, rx) = (Arc::clone(&shared), Arc::clone(&rx));
-                let encoder = Encoder::new(Arc::clone(&agent), config.gzip);
+                let encoder = Encoder::new(config.format, Arc::clone(&agent), config.gzip);
                 thread::Builder::new()
                     .name(format!("sender-{index}"))
                     .spawn(move || shared.work(&rx, encoder))
@@ -132,7 +139,7 @@ impl HttpOutput {
             shared,
             buffer_max_records: config.buffer_max_records as u64,
             senders,
-            last_words: Encoder::new(agent, config.gzip),
+            last_words: Encoder::new(config.format, agent, config.gzip),
         })
     }
 
@@ -291,7 +298,9 @@ fn http_agent(config: &DeliveryConfig) -> Result<ureq::Agent, DeliveryError> {
 struct Shared {
     http: ureq::Agent,
     url: String,
-    authorization: Option<String>,
+    /// The token's header and `OUTPUT_HEADERS`; values never logged.
+    headers: Vec<(String, String)>,
+    policy: Policy,
     request_timeout: Duration,
     backoff: (Duration, Duration),
     stats: Arc<Stats>,
@@ -316,8 +325,11 @@ struct Ledger {
 /// How a batch ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
-    /// The collector accepted it.
-    Delivered,
+    /// The collector accepted it, but for `rejected` of its records (an OTLP partial success).
+    Delivered {
+        /// Records the collector said it dropped.
+        rejected: u64,
+    },
     /// The collector refused it (or it could not be encoded).
     Rejected,
     /// The shutdown grace ran out, or its sender thread failed.
@@ -355,8 +367,33 @@ enum Attempt {
     Status {
         status: u16,
         retry_after: Option<String>,
+        /// The answer's body (at most 64 KiB).
+        body: Vec<u8>,
     },
     Failed(ureq::Error),
+}
+
+/// The records an OTLP collector's `2xx` answer says it rejected (`partialSuccess`), logged;
+/// none for the other formats. An answer that cannot be read counts as a full success, with a
+/// warning.
+fn rejected_records(format: Format, answer: &[u8], seq: u64, count: u64) -> u64 {
+    let partial = match format {
+        Format::OtlpProtobuf => proto::partial_success(answer),
+        Format::OtlpJson => otlp::json_partial_success(answer),
+        Format::Batch | Format::Ndjson | Format::Loki => return 0,
+    };
+    match partial {
+        Some((0, _)) => 0,
+        Some((rejected, message)) => {
+            let message = Echo(&message).to_string();
+            warn!(seq, records = count, rejected, error = message.as_str(); "collector accepted the batch but rejected {rejected} of its records; they are counted as dropped");
+            rejected.min(count)
+        }
+        None => {
+            warn!(seq; "cannot read the collector's OTLP answer; the batch counts as delivered");
+            0
+        }
+    }
 }
 
 /// Longest uninterrupted sleep between retries, so a shutdown deadline is noticed quickly.
@@ -442,17 +479,21 @@ impl Shared {
         }
         ledger.in_flight_dropped -= ticket.dropped;
         let (batches, records) = match fate {
-            Fate::Delivered => (&stats.batches_delivered, &stats.records_delivered),
+            Fate::Delivered { .. } => (&stats.batches_delivered, &stats.records_delivered),
             Fate::Rejected => (&stats.batches_rejected, &stats.dropped_rejected),
             Fate::Undeliverable => (&stats.batches_undeliverable, &stats.dropped_undeliverable),
         };
         add(batches, 1);
-        add(records, ticket.count);
-        if fate == Fate::Delivered {
+        if let Fate::Delivered { rejected } = fate {
+            // Counted as losses like a refusal: a later batch reports them.
+            let rejected = rejected.min(ticket.count);
+            add(records, ticket.count - rejected);
+            add(&stats.dropped_rejected, rejected);
             stats
                 .last_delivery_unix
                 .store(cli_support::clock::unix_seconds(), Relaxed);
         } else {
+            add(records, ticket.count);
             // The losses this batch reported never arrived: a later batch reports them again.
             ledger.assigned_dropped -= ticket.dropped;
         }
@@ -497,15 +538,23 @@ impl Shared {
                 ticket.settle(Fate::Undeliverable);
                 return;
             }
-            let retry_after = match self.post(&body, encoder) {
+            let retry_after = match self.post(body.as_slice(), encoder) {
                 Attempt::Status {
                     status,
                     retry_after,
+                    body: answer,
                 } => {
                     self.stats.last_status.store(u64::from(status), Relaxed);
-                    match classify(status, retry_after.as_deref(), SystemTime::now()) {
+                    let verdict = classify(
+                        self.policy,
+                        status,
+                        retry_after.as_deref(),
+                        SystemTime::now(),
+                    );
+                    match verdict {
                         Verdict::Delivered => {
-                            ticket.settle(Fate::Delivered);
+                            let rejected = rejected_records(encoder.format(), &answer, seq, count);
+                            ticket.settle(Fate::Delivered { rejected });
                             return;
                         }
                         Verdict::Reject => {
@@ -540,9 +589,9 @@ impl Shared {
         let mut request = self
             .http
             .post(&self.url)
-            .header("Content-Type", encoder.content_type());
-        if let Some(authorization) = &self.authorization {
-            request = request.header("Authorization", authorization);
+            .header("Content-Type", encoder.format().content_type());
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
         }
         if encoder.gzip() {
             request = request.header("Content-Encoding", "gzip");
@@ -560,15 +609,18 @@ impl Shared {
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                // Read the (small) answer so the connection can be kept alive.
-                let _ = response
+                // Read the (small) answer: OTLP's partial success is in it, and the connection
+                // can then be kept alive.
+                let body = response
                     .body_mut()
                     .with_config()
                     .limit(64 * 1024)
-                    .read_to_vec();
+                    .read_to_vec()
+                    .unwrap_or_default();
                 Attempt::Status {
                     status,
                     retry_after,
+                    body,
                 }
             }
             Err(err) => Attempt::Failed(err),
@@ -585,7 +637,8 @@ mod tests {
     fn config() -> DeliveryConfig {
         DeliveryConfig {
             url: "http://127.0.0.1:9/".into(),
-            token: None,
+            format: Format::Batch,
+            headers: Vec::new(),
             gzip: false,
             connect_timeout: Duration::from_millis(100),
             request_timeout: Duration::from_millis(100),
@@ -603,7 +656,8 @@ mod tests {
         Shared {
             http: http_agent(&config()).unwrap(),
             url: config().url,
-            authorization: None,
+            headers: Vec::new(),
+            policy: Policy::Standard,
             request_timeout: Duration::from_millis(100),
             backoff: (Duration::from_millis(10), Duration::from_millis(20)),
             stats: Arc::new(Stats::default()),
@@ -652,7 +706,7 @@ mod tests {
         let stats = &shared.stats;
         assert_eq!(get(&stats.dropped_undeliverable), 8);
         // The request in flight comes back later: it changes nothing.
-        in_flight.settle(Fate::Delivered);
+        in_flight.settle(Fate::Delivered { rejected: 0 });
         assert_eq!(get(&stats.records_delivered), 0);
         assert_eq!(get(&stats.batches_delivered), 0);
         assert_eq!(
@@ -677,7 +731,7 @@ mod tests {
         let second = shared.ticket(1);
         assert_eq!((first.dropped, second.dropped), (3, 0));
         first.settle(Fate::Rejected);
-        second.settle(Fate::Delivered);
+        second.settle(Fate::Delivered { rejected: 0 });
         // 3 buffer losses + the rejected record, none delivered yet.
         assert_eq!(shared.ticket(0).dropped, 4);
     }

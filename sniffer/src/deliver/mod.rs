@@ -1,6 +1,7 @@
 //! Deliver: where records go. Both outputs implement one [`Sink`]: [`stdout`] writes NDJSON lines,
 //! [`http`] groups records into batches ([`batch`]) and POSTs them to `OUTPUT_URL` from sender
-//! threads, retrying as [`retry`] decides, resolving the collector's name through [`resolve`].
+//! threads, with the configured headers ([`sniffer_common::headers`]), retrying as [`retry`] decides, resolving the
+//! collector's name through [`resolve`].
 
 pub mod batch;
 pub mod http;

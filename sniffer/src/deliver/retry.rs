@@ -1,8 +1,9 @@
 //! What to do after a delivery attempt, and how long to wait before the next one.
 //!
-//! Connection errors, timeouts, `408`, `429` and `5xx` are retried with capped exponential backoff
-//! and jitter, honouring `Retry-After` up to the cap; other `4xx` (and `3xx`: redirects are not followed with a
-//! bearer token) reject the batch. Pure logic; the sender does the I/O.
+//! Which answers are retried depends on the collector's protocol ([`Policy`]); retries wait a
+//! capped exponential backoff with jitter, honouring `Retry-After` up to the cap. Everything else
+//! but `2xx` rejects the batch (`3xx` too: redirects are not followed with a token). Pure logic;
+//! the sender does the I/O.
 
 use std::time::{Duration, SystemTime};
 
@@ -20,24 +21,46 @@ pub enum Verdict {
     Reject,
 }
 
-/// Classifies an HTTP status (with its `Retry-After` header, if any).
+/// Which statuses are worth another attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// `408`, `429` and every `5xx` (the `batch`, `ndjson` and `loki` formats).
+    Standard,
+    /// The OTLP/HTTP specification's: `429`, `502`, `503` and `504` only.
+    Otlp,
+}
+
+/// Classifies an HTTP status (with its `Retry-After` header, if any) under `policy`.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
-/// use sniffer::deliver::retry::{classify, Verdict};
+/// use sniffer::deliver::retry::{classify, Policy, Verdict};
 ///
 /// let now = SystemTime::now();
-/// assert_eq!(classify(204, None, now), Verdict::Delivered);
-/// assert_eq!(classify(503, Some("7"), now), Verdict::Retry { after: Some(Duration::from_secs(7)) });
-/// assert_eq!(classify(400, None, now), Verdict::Reject);
+/// assert_eq!(classify(Policy::Standard, 204, None, now), Verdict::Delivered);
+/// assert_eq!(
+///     classify(Policy::Standard, 503, Some("7"), now),
+///     Verdict::Retry { after: Some(Duration::from_secs(7)) }
+/// );
+/// assert_eq!(classify(Policy::Standard, 400, None, now), Verdict::Reject);
+/// assert_eq!(classify(Policy::Otlp, 500, None, now), Verdict::Reject);
 /// ```
 #[must_use]
-pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
+pub fn classify(
+    policy: Policy,
+    status: u16,
+    retry_after: Option<&str>,
+    now: SystemTime,
+) -> Verdict {
+    let retried = match policy {
+        Policy::Standard => matches!(status, 408 | 429 | 500..=599),
+        Policy::Otlp => matches!(status, 429 | 502 | 503 | 504),
+    };
     match status {
         200..=299 => Verdict::Delivered,
-        408 | 429 | 500..=599 => Verdict::Retry {
+        _ if retried => Verdict::Retry {
             after: retry_after.and_then(|value| parse_retry_after(value, now)),
         },
         _ => Verdict::Reject,
@@ -107,11 +130,15 @@ mod tests {
     fn statuses() {
         let now = SystemTime::now();
         for status in [200, 201, 202, 204, 299] {
-            assert_eq!(classify(status, None, now), Verdict::Delivered, "{status}");
+            assert_eq!(
+                classify(Policy::Standard, status, None, now),
+                Verdict::Delivered,
+                "{status}"
+            );
         }
         for status in [408, 429, 500, 502, 503, 504, 599] {
             assert_eq!(
-                classify(status, None, now),
+                classify(Policy::Standard, status, None, now),
                 Verdict::Retry { after: None },
                 "{status}"
             );
@@ -119,10 +146,44 @@ mod tests {
         for status in [
             301, 302, 307, 400, 401, 403, 404, 405, 409, 413, 415, 422, 100,
         ] {
-            assert_eq!(classify(status, None, now), Verdict::Reject, "{status}");
+            assert_eq!(
+                classify(Policy::Standard, status, None, now),
+                Verdict::Reject,
+                "{status}"
+            );
         }
         // Retry-After on a rejecting status changes nothing.
-        assert_eq!(classify(400, Some("5"), now), Verdict::Reject);
+        assert_eq!(
+            classify(Policy::Standard, 400, Some("5"), now),
+            Verdict::Reject
+        );
+    }
+
+    #[test]
+    fn otlp_retries_only_what_its_specification_allows() {
+        let now = SystemTime::now();
+        for status in [429, 502, 503, 504] {
+            assert!(
+                matches!(
+                    classify(Policy::Otlp, status, None, now),
+                    Verdict::Retry { .. }
+                ),
+                "{status}"
+            );
+        }
+        for status in [400, 401, 403, 404, 408, 413, 500, 501, 505, 599] {
+            assert_eq!(
+                classify(Policy::Otlp, status, None, now),
+                Verdict::Reject,
+                "{status}"
+            );
+        }
+        assert_eq!(
+            classify(Policy::Otlp, 503, Some("2"), now),
+            Verdict::Retry {
+                after: Some(Duration::from_secs(2))
+            }
+        );
     }
 
     #[test]
@@ -145,7 +206,7 @@ mod tests {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
         assert_eq!(
-            classify(429, Some("3"), now),
+            classify(Policy::Standard, 429, Some("3"), now),
             Verdict::Retry {
                 after: Some(Duration::from_secs(3))
             }
@@ -191,7 +252,7 @@ mod tests {
             "18446744073709551615",
             "Fri, 31 Dec 9999 23:59:59 GMT",
         ] {
-            let Verdict::Retry { after } = classify(503, Some(value), now) else {
+            let Verdict::Retry { after } = classify(Policy::Standard, 503, Some(value), now) else {
                 panic!("{value}: not retried");
             };
             let mut backoff = Backoff::new(Duration::from_millis(100), cap);

@@ -1,42 +1,33 @@
 //! The `batch` body (docs/specs/OUTPUT_FORMAT.md): `{"agent":{…},"seq":N,"dropped":D,"records":[…]}`.
 
-use std::io;
-
 use sniffer_common::time::Rfc3339Writer;
 
-use super::{AgentInfo, record::Record};
+use super::record::Record;
 
-/// Writes a batch body as JSON.
-///
-/// # Errors
-///
-/// Only if the agent cannot be serialized, which plain strings cannot fail.
-pub fn body(
-    agent: &AgentInfo,
-    seq: u64,
-    dropped: u64,
-    records: &[Record],
-    times: &mut Rfc3339Writer,
-) -> io::Result<Vec<u8>> {
-    // About 250 bytes of JSON per record.
-    let mut json = Vec::with_capacity(512 + records.len() * 256);
-    json.extend_from_slice(b"{\"agent\":");
-    serde_json::to_writer(&mut json, agent)?;
+/// Appends the body's text before the first record; `agent_json` is the agent serialized once.
+pub fn start(out: &mut Vec<u8>, agent_json: &[u8], seq: u64, dropped: u64) {
     let mut number = itoa::Buffer::new();
-    json.extend_from_slice(b",\"seq\":");
-    json.extend_from_slice(number.format(seq).as_bytes());
-    json.extend_from_slice(b",\"dropped\":");
-    json.extend_from_slice(number.format(dropped).as_bytes());
-    json.extend_from_slice(b",\"records\":[");
+    out.extend_from_slice(b"{\"agent\":");
+    out.extend_from_slice(agent_json);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(number.format(seq).as_bytes());
+    out.extend_from_slice(b",\"dropped\":");
+    out.extend_from_slice(number.format(dropped).as_bytes());
+    out.extend_from_slice(b",\"records\":[");
+}
+
+/// Appends `records`, comma-separated.
+pub fn write(out: &mut Vec<u8>, records: &[Record], times: &mut Rfc3339Writer) {
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
-            json.push(b',');
+            out.push(b',');
         }
-        record.write_json(&mut json, times);
+        record.write_json(out, times);
     }
-    json.extend_from_slice(b"]}");
-    Ok(json)
 }
+
+/// The body's text after the last record.
+pub const END: &[u8] = b"]}";
 
 #[cfg(test)]
 mod tests {
@@ -45,7 +36,10 @@ mod tests {
     use sniffer_common::PacketRecord;
 
     use super::*;
-    use crate::{capture::clock::WallClock, encode::Encoder};
+    use crate::{
+        capture::clock::WallClock,
+        encode::{AgentInfo, Encoder, Format},
+    };
 
     fn record(port: u16) -> Record {
         let raw = PacketRecord {
@@ -69,15 +63,9 @@ mod tests {
 
     #[test]
     fn body_matches_the_contract() {
-        let body = body(
-            &agent(),
-            17,
-            4,
-            &[record(8080)],
-            &mut Rfc3339Writer::default(),
-        )
-        .unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut encoder = Encoder::new(Format::Batch, Arc::new(agent()), false);
+        let body = encoder.body(17, 4, &[record(8080)]).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(body.as_slice()).unwrap();
         assert_eq!(
             json["agent"],
             serde_json::json!({"pod":"web-7d9c","namespace":"shop","node":"node-3","interface":"eth0",
@@ -92,12 +80,13 @@ mod tests {
     #[test]
     fn gzip_body_round_trips() {
         let records: Vec<Record> = (1..=500).map(record).collect();
-        let plain = Encoder::new(Arc::new(agent()), false)
+        let plain = Encoder::new(Format::Batch, Arc::new(agent()), false)
             .body(0, 0, &records)
             .unwrap();
-        let packed = Encoder::new(Arc::new(agent()), true)
+        let packed = Encoder::new(Format::Batch, Arc::new(agent()), true)
             .body(0, 0, &records)
             .unwrap();
+        let (plain, packed) = (plain.as_slice(), packed.as_slice());
         assert!(
             packed.len() * 4 < plain.len(),
             "{} vs {}",
@@ -105,11 +94,8 @@ mod tests {
             plain.len()
         );
         let mut unpacked = Vec::new();
-        std::io::Read::read_to_end(
-            &mut flate2::read::GzDecoder::new(&packed[..]),
-            &mut unpacked,
-        )
-        .unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(packed), &mut unpacked)
+            .unwrap();
         assert_eq!(unpacked, plain);
     }
 

@@ -18,9 +18,13 @@ use serde_json::Value;
 /// One POST the collector received.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The request target (path and query).
+    pub target: String,
     /// Header names in lowercase.
     pub headers: HashMap<String, String>,
-    /// The body, gunzipped when `Content-Encoding: gzip`, parsed as JSON.
+    /// The body, gunzipped when `Content-Encoding: gzip`.
+    pub raw: Vec<u8>,
+    /// The body parsed as JSON (`Null` when it is not JSON: protobuf, NDJSON).
     pub body: Value,
     /// When it arrived.
     pub at: Instant,
@@ -30,6 +34,8 @@ pub struct Received {
 pub enum Reply {
     /// A status line and extra headers, empty body.
     Status(u16, Vec<(&'static str, String)>),
+    /// A status line, a content type and a body.
+    Body(u16, &'static str, Vec<u8>),
     /// Nothing: the request stays unanswered until the collector stops.
     Hang,
 }
@@ -129,8 +135,13 @@ fn serve_connection(
             all.push(received.clone());
             (script.lock().unwrap())(index, &received)
         };
-        let (status, headers) = match reply {
-            Reply::Status(status, headers) => (status, headers),
+        let (status, mut headers, body) = match reply {
+            Reply::Status(status, headers) => (status, headers, Vec::new()),
+            Reply::Body(status, content_type, body) => (
+                status,
+                vec![("Content-Type", content_type.to_owned())],
+                body,
+            ),
             Reply::Hang => {
                 while !stopping.load(Ordering::Relaxed) {
                     thread::sleep(Duration::from_millis(20));
@@ -138,12 +149,15 @@ fn serve_connection(
                 return;
             }
         };
-        let mut response = format!("HTTP/1.1 {status} Scripted\r\nContent-Length: 0\r\n");
+        headers.push(("Content-Length", body.len().to_string()));
+        let mut response = format!("HTTP/1.1 {status} Scripted\r\n");
         for (name, value) in headers {
             response.push_str(&format!("{name}: {value}\r\n"));
         }
         response.push_str("\r\n");
-        if writer.write_all(response.as_bytes()).is_err() {
+        let mut bytes = response.into_bytes();
+        bytes.extend_from_slice(&body);
+        if writer.write_all(&bytes).is_err() {
             return;
         }
     }
@@ -152,6 +166,7 @@ fn serve_connection(
 /// Reads one request; `None` at end of stream or when the collector stops.
 fn read_request(reader: &mut BufReader<TcpStream>, stopping: &AtomicBool) -> Option<Received> {
     let mut headers = HashMap::new();
+    let mut target = String::new();
     let mut first = true;
     loop {
         let mut line = String::new();
@@ -163,10 +178,13 @@ fn read_request(reader: &mut BufReader<TcpStream>, stopping: &AtomicBool) -> Opt
         }
         let line = line.trim_end();
         if first {
-            assert!(
-                line.starts_with("POST "),
+            let mut parts = line.split(' ');
+            assert_eq!(
+                parts.next(),
+                Some("POST"),
                 "unexpected request line {line:?}"
             );
+            target = parts.next().unwrap_or_default().to_owned();
             first = false;
             continue;
         }
@@ -191,7 +209,7 @@ fn read_request(reader: &mut BufReader<TcpStream>, stopping: &AtomicBool) -> Opt
             Err(_) => assert!(Instant::now() < deadline, "body did not arrive"),
         }
     }
-    let json = if headers.get("content-encoding").map(String::as_str) == Some("gzip") {
+    let raw = if headers.get("content-encoding").map(String::as_str) == Some("gzip") {
         let mut plain = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut plain)
@@ -200,9 +218,11 @@ fn read_request(reader: &mut BufReader<TcpStream>, stopping: &AtomicBool) -> Opt
     } else {
         raw
     };
-    let body = serde_json::from_slice(&json).expect("body is JSON");
+    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     Some(Received {
+        target,
         headers,
+        raw,
         body,
         at: Instant::now(),
     })

@@ -8,6 +8,7 @@ mod capture;
 mod collector;
 mod delivery;
 mod dissector;
+mod formats;
 mod netns;
 mod overload;
 mod process;

@@ -294,8 +294,10 @@ pub fn throughput_report(trials: &[Trial], small: &[Trial], args: &BenchArgs) ->
 pub fn encode_report() -> Result<String> {
     let out = cmd::stdout(cmd::cargo().args(["bench", "-p", "sniffer", "--bench", "encode"]))?;
     Ok(format!(
-        "`cargo bench -p sniffer --bench encode`: 2 million varied records (one in ten IPv6), \
-         kernel record → wall-clock time → JSON, on one core:\n\n```text\n{}\n```",
+        "`cargo bench -p sniffer --bench encode`: 500,000 varied records (one in ten IPv6) per \
+         round, kernel record → wall-clock time → the bytes sent, as stdout lines and as a body \
+         in each `OUTPUT_FORMAT`, on one core; 7 rounds taken in turn, median and range:\n\n\
+         ```text\n{}\n```",
         out.trim()
     ))
 }

@@ -1,0 +1,671 @@
+//! The collector formats against third-party readers: OTLP bodies parsed by the official
+//! `opentelemetry-proto` package, NDJSON inserted into a real ClickHouse, Loki bodies checked
+//! against the push API's shape — each record compared with an independent capture of the same
+//! traffic, and the delivery accounting exact under partial success, refusal and retry.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    agent::{Agent, Finished, SNIFFER},
+    collector::{Collector, Received, Reply, accept_all},
+    dissector::{RawCapture, expected_record},
+    netns::{SERVER_V4, SERVER_V6, Topology, privileged, topology},
+    traffic::{MATCHED, exchange, serve},
+};
+
+const TOKEN: &str = "tok-FORMATS-7";
+
+/// A Python that can import the official OpenTelemetry protos: `TCP_SNIFFER_PYTHON` (set by
+/// `cargo xtask test`) or `python3`. `None` (the test is skipped) only when CI does not require
+/// every test to run.
+fn otlp_python(test: &str) -> Option<PathBuf> {
+    let python =
+        std::env::var_os("TCP_SNIFFER_PYTHON").map_or_else(|| "python3".into(), PathBuf::from);
+    let ok = Command::new(&python)
+        .args([
+            "-c",
+            "import opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+        ])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("TCP_SNIFFER_REQUIRE_PRIVILEGED").is_none(),
+        "{test} needs opentelemetry-proto (cargo xtask test installs it)"
+    );
+    eprintln!("skipping {test}: no Python with opentelemetry-proto");
+    None
+}
+
+/// A scratch directory under the target directory, removed first.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What one run saw.
+struct Run {
+    /// The records the independent capture says the sniffer must emit (without `ts`).
+    expected: Vec<Value>,
+    /// The client ports of the connections.
+    connections: Vec<u16>,
+    finished: Finished,
+}
+
+/// Starts the sniffer delivering to `url` with `env`, runs IPv4 and IPv6 connections to the
+/// matched port, stops it, and returns what the independent capture saw.
+fn run_traffic(topology: &Topology, url: &str, env: &[(&str, &str)]) -> Run {
+    let v4: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
+    let v6: SocketAddr = format!("[{SERVER_V6}]:{MATCHED}").parse().unwrap();
+    let listeners = topology
+        .server
+        .run(move || [v4, v6].map(|addr| TcpListener::bind(addr).expect("bind")));
+    let raw = RawCapture::start(&topology.server, "eth0");
+    let mut cmd = topology.server.command(SNIFFER);
+    cmd.env("PORTS", MATCHED.to_string())
+        .env("INTERFACE", "eth0")
+        .env("OUTPUT_URL", url)
+        .env("OUTPUT_URL_AUTH_TOKEN", TOKEN)
+        // The test collectors speak plain HTTP on the namespace's loopback.
+        .env("OUTPUT_ALLOW_PLAINTEXT_TOKEN", "true")
+        .env("POD_NAME", "web-7d9c")
+        .env("POD_NAMESPACE", "shop")
+        .env("NODE_NAME", "node-3")
+        .env("BATCH_MAX_RECORDS", "25")
+        .env("BATCH_MAX_WAIT_MS", "100");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let agent = Agent::attached(cmd);
+    let [l4, l6] = listeners;
+    let sizes = [1, 1000, 20_000];
+    let servers = [serve(l4, sizes.len()), serve(l6, sizes.len())];
+    let connections = topology.client.run(move || {
+        let mut ports = Vec::new();
+        for size in sizes {
+            ports.push(exchange(v4, size));
+            ports.push(exchange(v6, size));
+        }
+        ports
+    });
+    for server in servers {
+        server.join().unwrap();
+    }
+    thread::sleep(Duration::from_millis(400));
+    let frames = raw.stop();
+    let finished = agent.terminate();
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    let expected = frames
+        .iter()
+        .filter_map(expected_record)
+        .filter(|r| r["src_port"] == MATCHED || r["dst_port"] == MATCHED)
+        .collect();
+    Run {
+        expected,
+        connections,
+        finished,
+    }
+}
+
+fn stopped(finished: &Finished, field: &str) -> u64 {
+    finished.log("stopped")[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stopped has no {field}"))
+}
+
+/// Sorted JSON texts, to compare record sets.
+fn sorted(records: impl IntoIterator<Item = Value>) -> Vec<String> {
+    let mut texts: Vec<String> = records.into_iter().map(|r| r.to_string()).collect();
+    texts.sort();
+    texts
+}
+
+fn without_ts(mut record: Value) -> Value {
+    let ts = record.as_object_mut().unwrap().remove("ts").expect("ts");
+    assert!(
+        ts.as_str()
+            .is_some_and(|t| t.len() == 30 && t.ends_with('Z')),
+        "{ts}"
+    );
+    record
+}
+
+fn listen(topology: &Topology) -> TcpListener {
+    topology
+        .server
+        .run(|| TcpListener::bind("127.0.0.1:0").expect("bind"))
+}
+
+/// The record an OTLP log record's attributes describe.
+fn record_of_log(log: &Value) -> Value {
+    let attributes = &log["attributes"];
+    let direction = match attributes["network.io.direction"].as_str() {
+        Some("receive") => "ingress",
+        Some("transmit") => "egress",
+        other => panic!("network.io.direction {other:?}"),
+    };
+    let ip_version = match attributes["network.type"].as_str() {
+        Some("ipv4") => 4,
+        Some("ipv6") => 6,
+        other => panic!("network.type {other:?}"),
+    };
+    assert_eq!(attributes["network.transport"], "tcp");
+    assert_eq!(log["event_name"], "tcp.packet");
+    json!({
+        "direction": direction,
+        "ip_version": ip_version,
+        "src_ip": attributes["source.address"],
+        "src_port": attributes["source.port"],
+        "dst_ip": attributes["destination.address"],
+        "dst_port": attributes["destination.port"],
+        "flags": attributes["tcp.flags"],
+        "seq": attributes["tcp.seq"],
+        "ack": attributes["tcp.ack"],
+        "window": attributes["tcp.window"],
+        "payload_len": attributes["tcp.payload_len"],
+        "len": attributes["tcp.len"],
+    })
+}
+
+#[test]
+fn otlp_bodies_parse_with_the_official_protos_and_match_an_independent_capture() {
+    if !privileged("otlp_bodies_parse_with_the_official_protos_and_match_an_independent_capture") {
+        return;
+    }
+    let Some(python) = otlp_python("otlp_bodies_parse_with_the_official_protos") else {
+        return;
+    };
+    for (encoding, content_type) in [
+        ("protobuf", "application/x-protobuf"),
+        ("json", "application/json"),
+    ] {
+        let topology = topology();
+        let collector = Collector::start(listen(&topology), accept_all);
+        let url = format!("http://{}/v1/logs", collector.addr);
+        let run = run_traffic(
+            &topology,
+            &url,
+            &[("OUTPUT_FORMAT", "otlp"), ("OTLP_ENCODING", encoding)],
+        );
+        let received = collector.received();
+        let dir = scratch(&format!("otlp-{encoding}"));
+        let mut files = Vec::new();
+        for (i, request) in received.iter().enumerate() {
+            assert_eq!(request.headers["content-type"], content_type);
+            assert_eq!(request.headers["authorization"], format!("Bearer {TOKEN}"));
+            assert_eq!(request.target, "/v1/logs");
+            if encoding == "json" {
+                // The OTLP JSON mapping writes 64-bit integers as strings.
+                let log = &request.body["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
+                assert!(log["timeUnixNano"].is_string(), "{log}");
+                assert!(
+                    log["attributes"][4]["value"]["intValue"].is_string(),
+                    "{log}"
+                );
+            }
+            let file = dir.join(format!("body-{i}"));
+            std::fs::write(&file, &request.raw).unwrap();
+            files.push(file);
+        }
+        let out = Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/otlp_decode.py"
+            ))
+            .arg(encoding)
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the official protos refused an {encoding} body: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let logs: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let instance = logs[0]["resource"]["service.instance.id"].clone();
+        for log in &logs {
+            assert_eq!(
+                log["resource"],
+                json!({"service.name":"tcp-sniffer","service.version":env!("CARGO_PKG_VERSION"),
+                       "service.instance.id":instance,"k8s.pod.name":"web-7d9c",
+                       "k8s.namespace.name":"shop","k8s.node.name":"node-3",
+                       "network.interface.name":"eth0"})
+            );
+            assert_eq!(
+                log["scope"],
+                json!(["tcp-sniffer", env!("CARGO_PKG_VERSION")])
+            );
+            let ns = log["time_unix_nano"].as_u64().unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+            assert!(
+                now - ns < 120_000_000_000,
+                "time_unix_nano {ns} is not capture time"
+            );
+        }
+        assert_eq!(
+            sorted(logs.iter().map(record_of_log)),
+            sorted(run.expected.clone()),
+            "{encoding}: the log records vs the independent capture"
+        );
+        let matched = stopped(&run.finished, "matched");
+        assert_eq!(logs.len() as u64, matched);
+        assert_eq!(stopped(&run.finished, "delivered"), matched);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// `ExportLogsServiceResponse { partial_success { rejected_log_records: n, error_message } }`.
+fn partial_success_protobuf(rejected: u8) -> Vec<u8> {
+    let message = b"too old";
+    let inner_len = 2 + 2 + message.len();
+    let mut body = vec![
+        0x0a,
+        inner_len as u8,
+        0x08,
+        rejected,
+        0x12,
+        message.len() as u8,
+    ];
+    body.extend_from_slice(message);
+    body
+}
+
+#[test]
+fn otlp_partial_success_refusal_and_retry_are_accounted_exactly() {
+    if !privileged("otlp_partial_success_refusal_and_retry_are_accounted_exactly") {
+        return;
+    }
+    let topology = topology();
+    // The first batch: 503 with Retry-After, then accepted with 3 records rejected. The second:
+    // 500, which OTLP does not retry. The third: 400. The rest: accepted.
+    let collector = Collector::start(listen(&topology), |index, _| match index {
+        0 => Reply::Status(503, vec![("Retry-After", "1".into())]),
+        1 => Reply::Body(200, "application/x-protobuf", partial_success_protobuf(3)),
+        2 => Reply::Status(500, Vec::new()),
+        3 => Reply::Status(400, Vec::new()),
+        _ => Reply::Body(200, "application/x-protobuf", Vec::new()),
+    });
+    let url = format!("http://{}/v1/logs", collector.addr);
+    let run = run_traffic(
+        &topology,
+        &url,
+        &[("OUTPUT_FORMAT", "otlp"), ("OUTPUT_CONCURRENCY", "1")],
+    );
+    let received = collector.received();
+    assert!(received.len() >= 5, "{} requests", received.len());
+    assert_eq!(received[0].raw, received[1].raw, "the 503 was retried");
+    assert!(received[1].at - received[0].at >= Duration::from_millis(950));
+    // 500 and 400 are not retried: the next request carries another batch.
+    assert_ne!(received[2].raw, received[3].raw);
+    assert_ne!(received[3].raw, received[4].raw);
+    let finished = &run.finished;
+    let matched = stopped(finished, "matched");
+    assert_eq!(matched, run.expected.len() as u64);
+    let count_records = |r: &Received| log_records(&r.raw);
+    let first = count_records(&received[1]);
+    let refused = count_records(&received[2]) + count_records(&received[3]);
+    assert_eq!(stopped(finished, "dropped_rejected"), 3 + refused);
+    assert_eq!(
+        stopped(finished, "delivered"),
+        received[4..].iter().map(count_records).sum::<u64>() + first - 3
+    );
+    assert_eq!(
+        stopped(finished, "delivered") + stopped(finished, "dropped"),
+        matched
+    );
+    assert!(finished.logs.iter().any(|l| {
+        l["rejected"] == 3
+            && l["msg"]
+                .as_str()
+                .unwrap()
+                .contains("rejected 3 of its records")
+    }));
+}
+
+/// The number of log records in a protobuf `ExportLogsServiceRequest` (one resource, one scope,
+/// as the sniffer writes them).
+pub fn log_records(body: &[u8]) -> u64 {
+    fn varint(bytes: &[u8], at: &mut usize) -> u64 {
+        let mut value = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = bytes[*at];
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        value
+    }
+    /// The content of each length-delimited field `field` of `bytes`.
+    fn fields(bytes: &[u8], field: u64) -> Vec<&[u8]> {
+        let (mut at, mut found) = (0, Vec::new());
+        while at < bytes.len() {
+            let key = varint(bytes, &mut at);
+            match key & 7 {
+                0 => {
+                    varint(bytes, &mut at);
+                }
+                1 => at += 8,
+                2 => {
+                    let len = varint(bytes, &mut at) as usize;
+                    if key >> 3 == field {
+                        found.push(&bytes[at..at + len]);
+                    }
+                    at += len;
+                }
+                5 => at += 4,
+                other => panic!("wire type {other}"),
+            }
+        }
+        found
+    }
+    let resource_logs = fields(body, 1);
+    let scope_logs = fields(resource_logs[0], 2);
+    fields(scope_logs[0], 2).len() as u64
+}
+
+#[test]
+fn loki_bodies_follow_the_push_api_and_match_an_independent_capture() {
+    if !privileged("loki_bodies_follow_the_push_api_and_match_an_independent_capture") {
+        return;
+    }
+    let topology = topology();
+    let collector = Collector::start(listen(&topology), |_, _| Reply::Status(204, Vec::new()));
+    let url = format!("http://{}/loki/api/v1/push", collector.addr);
+    let run = run_traffic(
+        &topology,
+        &url,
+        &[
+            ("OUTPUT_FORMAT", "loki"),
+            ("OUTPUT_AUTH_SCHEME", "Basic"),
+            ("OUTPUT_HEADERS", "X-Scope-OrgID=tenant-1"),
+        ],
+    );
+    let mut lines = Vec::new();
+    for request in collector.received() {
+        assert_eq!(request.headers["content-type"], "application/json");
+        assert_eq!(request.headers["x-scope-orgid"], "tenant-1");
+        assert_eq!(request.headers["authorization"], format!("Basic {TOKEN}"));
+        let streams = request.body["streams"].as_array().expect("streams");
+        assert_eq!(streams.len(), 1, "one stream per agent");
+        let labels = streams[0]["stream"].as_object().unwrap();
+        assert_eq!(
+            labels.keys().collect::<Vec<_>>(),
+            ["job", "namespace", "node", "pod"],
+            "only the allowed low-cardinality labels"
+        );
+        assert_eq!(labels["job"], "tcp-sniffer");
+        for value in streams[0]["values"].as_array().unwrap() {
+            let [ns, line] = value.as_array().unwrap().as_slice() else {
+                panic!("value {value}");
+            };
+            let ns: u64 = ns.as_str().expect("ns as a string").parse().unwrap();
+            let record: Value = serde_json::from_str(line.as_str().unwrap()).unwrap();
+            let ts = sniffer_common::time::Timestamp::from_unix_nanos(ns as i64).to_string();
+            assert_eq!(record["ts"], ts, "the value's time is the record's");
+            lines.push(without_ts(record));
+        }
+    }
+    assert_eq!(sorted(lines.clone()), sorted(run.expected));
+    assert_eq!(lines.len() as u64, stopped(&run.finished, "delivered"));
+    for line in &run.finished.logs {
+        assert!(
+            !line.to_string().contains("tenant-1"),
+            "a header value logged: {line}"
+        );
+    }
+}
+
+#[test]
+fn configured_headers_are_sent_and_never_logged() {
+    if !privileged("configured_headers_are_sent_and_never_logged") {
+        return;
+    }
+    let topology = topology();
+    let collector = Collector::start(listen(&topology), accept_all);
+    let url = format!("http://{}/ingest", collector.addr);
+    let run = run_traffic(
+        &topology,
+        &url,
+        &[
+            ("OUTPUT_FORMAT", "ndjson"),
+            ("OUTPUT_AUTH_HEADER", "X-Api-Key"),
+            ("OUTPUT_AUTH_SCHEME", "ApiKey"),
+            ("OUTPUT_HEADERS", "X-Tenant = acme%2Cprod , X-Env=test"),
+        ],
+    );
+    let received = collector.received();
+    let mut lines = Vec::new();
+    for request in &received {
+        assert_eq!(request.headers["content-type"], "application/x-ndjson");
+        assert_eq!(request.headers["x-api-key"], format!("ApiKey {TOKEN}"));
+        assert_eq!(request.headers["x-tenant"], "acme,prod");
+        assert_eq!(request.headers["x-env"], "test");
+        assert!(!request.headers.contains_key("authorization"));
+        let text = String::from_utf8(request.raw.clone()).unwrap();
+        assert!(text.ends_with('\n'));
+        for line in text.lines() {
+            let mut record: Value = serde_json::from_str(line).unwrap();
+            let object = record.as_object_mut().unwrap();
+            assert_eq!(object.remove("pod"), Some(json!("web-7d9c")));
+            assert_eq!(object.remove("namespace"), Some(json!("shop")));
+            assert_eq!(object.remove("node"), Some(json!("node-3")));
+            assert!(
+                object
+                    .remove("instance")
+                    .is_some_and(|i| i.as_str().unwrap().len() == 36)
+            );
+            lines.push(without_ts(record));
+        }
+    }
+    assert_eq!(sorted(lines), sorted(run.expected));
+    for line in &run.finished.logs {
+        let text = line.to_string();
+        assert!(
+            !text.contains(TOKEN) && !text.contains("acme"),
+            "a secret logged: {text}"
+        );
+    }
+}
+
+/// ClickHouse on the server namespace's loopback, with its own data directory; stopped on drop.
+struct ClickHouse {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// The ClickHouse user the sniffer inserts as, and its key.
+const CLICKHOUSE_USER: &str = "sniffer";
+const CLICKHOUSE_KEY: &str = "ch-KEY-1234";
+
+impl ClickHouse {
+    fn start(topology: &Topology) -> Self {
+        let dir = scratch("clickhouse");
+        let [port, tcp] = topology.server.run(|| {
+            // Both reserved at once so that they differ; released for ClickHouse to take.
+            let listeners = [(); 2].map(|()| TcpListener::bind("127.0.0.1:0").unwrap());
+            listeners.map(|l| l.local_addr().unwrap().port())
+        });
+        std::fs::write(
+            dir.join("users.xml"),
+            format!(
+                "<yandex><profiles><default/></profiles><quotas><default/></quotas><users>\
+                 <{CLICKHOUSE_USER}><password>{CLICKHOUSE_KEY}</password>\
+                 <networks><ip>127.0.0.1</ip></networks><profile>default</profile>\
+                 <quota>default</quota></{CLICKHOUSE_USER}></users></yandex>"
+            ),
+        )
+        .unwrap();
+        let path = dir.display();
+        std::fs::write(
+            dir.join("config.xml"),
+            format!(
+                "<yandex><logger><level>warning</level><log>{path}/server.log</log>\
+                 <errorlog>{path}/error.log</errorlog></logger><http_port>{port}</http_port>\
+                 <tcp_port>{tcp}</tcp_port><listen_host>127.0.0.1</listen_host>\
+                 <path>{path}/data/</path><tmp_path>{path}/tmp/</tmp_path>\
+                 <users_config>{path}/users.xml</users_config>\
+                 <default_profile>default</default_profile><default_database>default</default_database>\
+                 <mark_cache_size>67108864</mark_cache_size></yandex>"
+            ),
+        )
+        .unwrap();
+        let child = topology
+            .server
+            .command("clickhouse-server")
+            .arg(format!(
+                "--config-file={}",
+                dir.join("config.xml").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start clickhouse-server (Debian's clickhouse-server package)");
+        let server = Self { child, port, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while server.query(topology, "SELECT 1").as_deref() != Some("1\n") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ClickHouse did not start: {}",
+                std::fs::read_to_string(server.dir.join("error.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    /// Runs `sql` over the HTTP interface as the sniffer's user; its answer, or `None`.
+    fn query(&self, topology: &Topology, sql: &str) -> Option<String> {
+        let (port, sql) = (self.port, sql.to_owned());
+        topology.server.run(move || {
+            let agent = ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build(),
+            );
+            let mut response = agent
+                .post(&format!("http://127.0.0.1:{port}/"))
+                .header("X-ClickHouse-User", CLICKHOUSE_USER)
+                .header("X-ClickHouse-Key", CLICKHOUSE_KEY)
+                .send(sql.as_bytes())
+                .ok()?;
+            let text = response.body_mut().read_to_string().ok()?;
+            (response.status() == 200).then_some(text)
+        })
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The table the sniffer's NDJSON lines go into as they are (ClickHouse 18.16 has no
+/// `DateTime64`: `ts` stays text, `parseDateTimeBestEffort(ts)` reads it; the documented DDL for
+/// current ClickHouse uses `DateTime64(9)`).
+const PACKETS_DDL: &str = "CREATE TABLE packets (ts String, direction String, ip_version UInt8, \
+    src_ip String, src_port UInt16, dst_ip String, dst_port UInt16, flags Array(String), \
+    seq UInt32, ack UInt32, window UInt16, payload_len UInt32, len UInt32, \
+    pod Nullable(String), namespace Nullable(String), node Nullable(String), instance String) \
+    ENGINE = MergeTree ORDER BY (src_port, dst_port, ts)";
+
+#[test]
+fn ndjson_lands_in_a_real_clickhouse_with_the_capture_s_counts() {
+    if !privileged("ndjson_lands_in_a_real_clickhouse_with_the_capture_s_counts") {
+        return;
+    }
+    let topology = topology();
+    let clickhouse = ClickHouse::start(&topology);
+    clickhouse
+        .query(&topology, PACKETS_DDL)
+        .expect("create the table");
+    let url = format!(
+        "http://127.0.0.1:{}/?query=INSERT%20INTO%20packets%20FORMAT%20JSONEachRow",
+        clickhouse.port
+    );
+    let run = run_traffic(
+        &topology,
+        &url,
+        &[
+            ("OUTPUT_FORMAT", "ndjson"),
+            ("OUTPUT_URL_AUTH_TOKEN", CLICKHOUSE_KEY),
+            ("OUTPUT_AUTH_HEADER", "X-ClickHouse-Key"),
+            ("OUTPUT_AUTH_SCHEME", ""),
+            (
+                "OUTPUT_HEADERS",
+                &format!("X-ClickHouse-User={CLICKHOUSE_USER}"),
+            ),
+        ],
+    );
+    let matched = stopped(&run.finished, "matched");
+    assert_eq!(stopped(&run.finished, "delivered"), matched);
+    let count = clickhouse
+        .query(&topology, "SELECT count() FROM packets")
+        .unwrap();
+    assert_eq!(
+        count.trim().parse::<u64>().unwrap(),
+        matched,
+        "rows vs matched"
+    );
+
+    // Per connection (the client's port), packets and payload bytes, by SQL and by the capture.
+    let by_sql = clickhouse
+        .query(
+            &topology,
+            "SELECT if(src_port = 8080, dst_port, src_port) AS client, count(), sum(payload_len), \
+             countIf(has(flags, 'SYN')), min(parseDateTimeBestEffort(ts)) > toDateTime('2020-01-01 00:00:00') \
+             FROM packets WHERE namespace = 'shop' AND pod = 'web-7d9c' GROUP BY client ORDER BY client \
+             FORMAT TSV",
+        )
+        .unwrap();
+    let mut by_capture: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    for record in &run.expected {
+        let client = if record["src_port"] == MATCHED {
+            &record["dst_port"]
+        } else {
+            &record["src_port"]
+        };
+        let entry = by_capture.entry(client.as_u64().unwrap()).or_default();
+        entry.0 += 1;
+        entry.1 += record["payload_len"].as_u64().unwrap();
+        entry.2 += u64::from(record["flags"].as_array().unwrap().contains(&json!("SYN")));
+    }
+    let expected: String = by_capture
+        .iter()
+        .map(|(client, (packets, bytes, syns))| {
+            format!("{client}\t{packets}\t{bytes}\t{syns}\t1\n")
+        })
+        .collect();
+    assert_eq!(by_sql, expected);
+    assert_eq!(by_capture.len(), run.connections.len());
+    eprintln!(
+        "ClickHouse round trip: {matched} records matched, {} rows, per connection:\n{by_sql}",
+        count.trim()
+    );
+}
