@@ -97,7 +97,14 @@ fn sink(
         version: env!("CARGO_PKG_VERSION"),
         instance: AgentInfo::new_instance().context("cannot choose an instance id")?,
     };
-    info!(instance = agent.instance.as_str(), batch_max_records = delivery.batch_max_records,
+    // Header names only: their values may be secrets.
+    let headers: Vec<&str> = delivery
+        .headers
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    info!(instance = agent.instance.as_str(), format = delivery.format.to_string().as_str(),
+          headers:serde = headers, batch_max_records = delivery.batch_max_records,
           batch_max_wait_ms = delivery.batch_max_wait.as_millis() as u64,
           buffer_max_records = delivery.buffer_max_records, gzip = delivery.gzip;
           "delivering batches to OUTPUT_URL");

@@ -669,3 +669,59 @@ fn ndjson_lands_in_a_real_clickhouse_with_the_capture_s_counts() {
         count.trim()
     );
 }
+
+#[test]
+fn the_plain_receiver_recipe_works() {
+    if !privileged("the_plain_receiver_recipe_works") {
+        return;
+    }
+    let topology = topology();
+    let dir = scratch("receiver-recipe");
+    let out = dir.join("records.ndjson");
+    let port = listen(&topology).local_addr().unwrap().port();
+    let mut receiver = topology
+        .server
+        .command("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/recipes/receiver.py"
+        ))
+        .args(["--port", &port.to_string(), "--out"])
+        .arg(&out)
+        .env("EXPECTED_TOKEN", TOKEN)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 receiver.py");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while topology
+        .server
+        .run(move || std::net::TcpStream::connect(("127.0.0.1", port)).is_err())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the receiver did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let run = run_traffic(&topology, &format!("http://127.0.0.1:{port}/"), &[]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(receiver.id() as i32, libc::SIGINT) };
+    let summary = receiver.wait_with_output().unwrap();
+    let summary: Value =
+        serde_json::from_str(String::from_utf8_lossy(&summary.stderr).trim()).unwrap();
+    assert_eq!(summary["dropped"], 0);
+    let records: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut record: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(
+                record.as_object_mut().unwrap().remove("pod"),
+                Some(json!("web-7d9c"))
+            );
+            without_ts(record)
+        })
+        .collect();
+    assert_eq!(sorted(records), sorted(run.expected));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
