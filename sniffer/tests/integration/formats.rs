@@ -679,7 +679,7 @@ fn the_plain_receiver_recipe_works() {
     let dir = scratch("receiver-recipe");
     let out = dir.join("records.ndjson");
     let port = listen(&topology).local_addr().unwrap().port();
-    let mut receiver = topology
+    let receiver = topology
         .server
         .command("python3")
         .arg(concat!(
