@@ -2,13 +2,14 @@
 //! ring buffer; [`clock`] places the kernel's timestamps on the wall clock.
 
 pub mod clock;
+pub mod ring;
 pub mod socket;
 
 use std::{io, time::Duration};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, MapData, MapError, PerCpuArray},
     programs::{ProgramError, SocketFilter, socket_filter::SocketFilterError},
 };
 use sniffer_common::{
@@ -21,7 +22,10 @@ use tokio::{
     time::{Interval, MissedTickBehavior},
 };
 
-use self::socket::{PacketSocket, SocketError};
+use self::{
+    ring::Ring,
+    socket::{PacketSocket, SocketError},
+};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SNIFFER_EBPF_OBJECT"));
@@ -58,6 +62,9 @@ pub enum CaptureError {
     /// `SO_ATTACH_BPF` failed.
     #[error("cannot attach the socket filter")]
     Attach(#[from] SocketFilterError),
+    /// The ring buffer could not be mapped.
+    #[error("cannot map the ring buffer")]
+    Ring(#[source] io::Error),
     /// Waiting on the ring buffer failed.
     #[error("cannot poll the ring buffer")]
     Poll(#[source] io::Error),
@@ -100,7 +107,7 @@ pub struct ProgramStats {
 
 /// A running capture: the program attached to a bound packet socket, and the ring to read.
 pub struct Capture {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<Ring>,
     counters: PerCpuArray<MapData, u64>,
     /// Closing the socket detaches the program; `None` once stopped.
     socket: Option<PacketSocket>,
@@ -151,14 +158,11 @@ impl Capture {
                 })?;
         }
 
-        let ring = RingBuf::try_from(
-            ebpf.take_map(EVENTS_MAP)
-                .ok_or(CaptureError::Missing(EVENTS_MAP))?,
-        )
-        .map_err(|source| CaptureError::Map {
-            name: EVENTS_MAP,
-            source,
-        })?;
+        let events = match ebpf.take_map(EVENTS_MAP) {
+            Some(aya::maps::Map::RingBuf(data)) => data,
+            _ => return Err(CaptureError::Missing(EVENTS_MAP)),
+        };
+        let ring = Ring::new(events, ring_buffer_bytes).map_err(CaptureError::Ring)?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP)
                 .ok_or(CaptureError::Missing(COUNTERS_MAP))?,
@@ -224,23 +228,16 @@ impl Capture {
     }
 
     fn drain(&mut self, batch: &mut Vec<PacketRecord>, limit: usize) {
-        let ring = self.ring.get_mut();
-        let mut taken = 0;
-        while taken < limit {
-            let Some(item) = ring.next() else {
-                self.more = false;
-                return;
-            };
+        let malformed = &mut self.malformed;
+        self.more = self.ring.get_mut().read(limit, |item| {
             if item.len() == RECORD_SIZE {
                 // SAFETY: the ring holds `PacketRecord`s written by the kernel program, which
                 // shares this definition; `read_unaligned` needs no alignment.
                 batch.push(unsafe { item.as_ptr().cast::<PacketRecord>().read_unaligned() });
             } else {
-                self.malformed += 1;
+                *malformed += 1;
             }
-            taken += 1;
-        }
-        self.more = true;
+        });
     }
 
     /// Reads the kernel's counters.

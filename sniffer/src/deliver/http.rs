@@ -156,17 +156,22 @@ impl HttpOutput {
 
 impl Sink for HttpOutput {
     fn take(&mut self, records: &[PacketRecord], clock: &WallClock) -> std::io::Result<()> {
-        for raw in records {
-            let stats = &self.shared.stats;
-            if get(&stats.records_queued) >= self.buffer_max_records {
-                add(&stats.dropped_buffer_full, 1);
-                continue;
-            }
-            add(&stats.records_queued, 1);
-            if let Some(batch) = self
-                .batcher
-                .push(Record::from_kernel(raw, clock), Instant::now)
-            {
+        let stats = &self.shared.stats;
+        // The queue only grows while this runs (senders settle batches meanwhile): records past
+        // its room now are the ones a record-by-record check would drop.
+        let room = self
+            .buffer_max_records
+            .saturating_sub(get(&stats.records_queued));
+        let kept = records
+            .len()
+            .min(usize::try_from(room).unwrap_or(usize::MAX));
+        add(&stats.dropped_buffer_full, (records.len() - kept) as u64);
+        add(&stats.records_queued, kept as u64);
+        let mut records = records[..kept]
+            .iter()
+            .map(|raw| Record::from_kernel(raw, clock));
+        while records.len() > 0 {
+            if let Some(batch) = self.batcher.fill(&mut records, Instant::now) {
                 self.enqueue(batch);
             }
         }

@@ -9,6 +9,7 @@ pub mod ndjson;
 pub mod otlp;
 pub mod proto;
 pub mod record;
+mod text;
 
 use std::{
     fmt,

@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use super::{
     AgentInfo, json_string_or_null,
     proto::{self, len_field_size, len_header},
-    record::{Direction, Flags, Line, Record, in_place},
+    record::{Direction, Flags, Record},
+    text::{Line, in_place},
 };
 
 /// The attributes of a record's `LogRecord`, in order, with the record field each carries.
