@@ -43,7 +43,7 @@ use super::{
 use crate::{
     capture::clock::WallClock,
     config::DeliveryConfig,
-    encode::{AgentInfo, Encoder, Format, otlp, proto, record::Record},
+    encode::{AgentInfo, Body, Encoder, Format, otlp, proto, record::Record},
     metrics::{Stats, add, get},
 };
 
@@ -525,7 +525,7 @@ impl Shared {
     /// Delivers one batch, retrying until it is accepted, refused, or the deadline passes.
     fn deliver(&self, records: Vec<Record>, encoder: &mut Encoder) {
         let ticket = self.ticket(records.len() as u64);
-        let (count, dropped) = (ticket.count, ticket.dropped);
+        let dropped = ticket.dropped;
         let seq = self.seq.fetch_add(1, Relaxed);
         let body = match encoder.body(seq, dropped, &records) {
             Ok(body) => body,
@@ -536,6 +536,14 @@ impl Shared {
             }
         };
         drop(records);
+        self.send(&body, encoder, ticket, seq);
+        encoder.recycle(body);
+    }
+
+    /// Sends batch `seq` until it is accepted, refused, or the deadline passes, and settles
+    /// `ticket` accordingly.
+    fn send(&self, body: &Body, encoder: &Encoder, ticket: Ticket<'_>, seq: u64) {
+        let count = ticket.count;
         let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         loop {
             if self.past_deadline() {

@@ -78,6 +78,24 @@ mod tests {
     }
 
     #[test]
+    fn recycled_memory_makes_the_same_bodies() {
+        let records: Vec<Record> = (1..=50).map(record).collect();
+        let mut encoder = Encoder::new(Format::Batch, Arc::new(agent()), false);
+        let first = encoder.body(1, 0, &records).unwrap();
+        let (expected, memory) = (first.as_slice().to_vec(), first.as_slice().as_ptr());
+        encoder.recycle(first);
+        let second = encoder.body(1, 0, &records).unwrap();
+        assert_eq!(second.as_slice(), expected);
+        assert_eq!(second.as_slice().as_ptr(), memory, "the memory was reused");
+        // A shorter body after a longer one carries nothing of it.
+        encoder.recycle(second);
+        let short = encoder.body(2, 0, &records[..1]).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(short.as_slice()).unwrap();
+        assert_eq!(json["seq"], 2);
+        assert_eq!(json["records"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
     fn gzip_body_round_trips() {
         let records: Vec<Record> = (1..=500).map(record).collect();
         let plain = Encoder::new(Format::Batch, Arc::new(agent()), false)
