@@ -12,7 +12,11 @@ use sniffer_common::{
 };
 use thiserror::Error;
 
-use crate::encode::{Format, UnknownFormat};
+use crate::{
+    encode::{Format, UnknownFormat},
+    ports_watch::MAX_PORTS_FILE_BYTES,
+    small_file::{SmallFileError, read_small_file},
+};
 
 /// Command line and environment, as given. [`Args::validate`] turns it into a [`Config`].
 #[derive(Clone, Debug, Parser)]
@@ -26,6 +30,11 @@ pub struct Args {
     /// or destination port is listed.
     #[arg(long, env = "PORTS")]
     pub ports: String,
+    /// The pod's annotations file (a downward-API volume of `metadata.annotations`): when its
+    /// `tcp-sniffer/ports` changes, the captured ports follow without a restart; without the
+    /// annotation, `PORTS` applies.
+    #[arg(long, env = "PORTS_FILE")]
+    pub ports_file: Option<PathBuf>,
     /// Interface to capture on.
     #[arg(long, env = "INTERFACE", default_value = "eth0")]
     pub interface: String,
@@ -199,6 +208,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Ports to capture, sorted, unique, non-zero.
     pub ports: Vec<u16>,
+    /// The annotations file whose `tcp-sniffer/ports` changes the ports while running.
+    pub ports_file: Option<PathBuf>,
     /// Interface name.
     pub interface: String,
     /// Interface index in this network namespace.
@@ -221,6 +232,14 @@ pub enum ConfigError {
         value: String,
         /// What is wrong with it.
         problem: PortsError,
+    },
+    /// `PORTS_FILE` cannot be read.
+    #[error("PORTS_FILE {path:?} {source}")]
+    PortsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: SmallFileError,
     },
     /// `INTERFACE` does not exist in this network namespace.
     #[error("INTERFACE {:?} does not exist in this network namespace", Echo(name))]
@@ -314,6 +333,15 @@ impl Args {
             value: self.ports.clone(),
             problem,
         })?;
+        if let Some(path) = &self.ports_file {
+            // Read once now, so a wrong path stops the start instead of a warning later.
+            read_small_file(path, MAX_PORTS_FILE_BYTES).map_err(|source| {
+                ConfigError::PortsFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
         let mut warnings = Vec::new();
         let output = self
             .output_url
@@ -361,6 +389,7 @@ impl Args {
                 .then(|| Duration::from_secs(self.stats_interval_secs)),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             ports,
+            ports_file: self.ports_file.clone(),
             interface: self.interface.clone(),
             ifindex,
             ring_buffer_bytes: self.ring_buffer_bytes,
@@ -606,6 +635,23 @@ mod tests {
             message,
             r#"PORTS "8080,80x" is invalid: entry "80x" is not a port number"#
         );
+    }
+
+    #[test]
+    fn an_unreadable_ports_file_stops_the_start() {
+        for (path, problem) in [
+            ("/nonexistent/annotations", "No such file or directory"),
+            ("/dev/zero", "is not a regular file"),
+        ] {
+            let args =
+                Args::try_parse_from(["sniffer", "--ports", "80", "--ports-file", path]).unwrap();
+            let message = args.validate().unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!("PORTS_FILE \"{path}\" "))
+                    && message.contains(problem),
+                "{message}"
+            );
+        }
     }
 
     fn args(ports: &str, interface: &str) -> Args {

@@ -5,8 +5,8 @@
 //!
 //! | stage | module | role |
 //! |---|---|---|
-//! | configure | [`config`] | environment/flags and their validation |
-//! | capture | [`capture`] | load, attach, read the ring and the kernel counters; [`capture::socket`] the `AF_PACKET` socket; [`capture::clock`] kernel time → wall clock |
+//! | configure | [`config`] | environment/flags and their validation; [`small_file`] reading files the environment names |
+//! | capture | [`capture`] | load, attach, change the ports in place, read the kernel counters; [`capture::ring`] the ring buffer; [`capture::socket`] the `AF_PACKET` socket; [`capture::clock`] kernel time → wall clock; [`podinfo`] the ports a pod's annotations ask for, [`ports_watch`] watching them (`PORTS_FILE`) |
 //! | encode | [`encode`] | a kernel record → [`encode::record::Record`] → JSON; [`encode::batch`] the batch body; [`encode::Encoder`] bodies for the sender threads |
 //! | deliver | [`deliver`] | the [`deliver::Sink`] both outputs implement: [`deliver::stdout`] NDJSON lines, [`deliver::http`] batches ([`deliver::batch`]) POSTed by sender threads with [`deliver::retry`] and [`deliver::resolve`] |
 //! | account | [`metrics`] | every record's fate, Prometheus text, the `METRICS_ADDR` endpoint |
@@ -16,3 +16,6 @@ pub mod config;
 pub mod deliver;
 pub mod encode;
 pub mod metrics;
+pub mod podinfo;
+pub mod ports_watch;
+pub mod small_file;

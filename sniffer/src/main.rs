@@ -20,12 +20,16 @@ use sniffer::{
     deliver::{Sink, http::HttpOutput, stdout::Lines},
     encode::AgentInfo,
     metrics::{self, Stats, add, get},
+    podinfo::PortsChange,
+    ports_watch::{PortsWatch, Seen},
 };
 use sniffer_common::echo::Echo;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How often the kernel's counters are read (and new ring losses reported).
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
+/// How often `PORTS_FILE` is read (the kubelet itself updates it within about a minute).
+const PORTS_FILE_INTERVAL: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let args = match exit::parse_args::<Args>(
@@ -144,6 +148,9 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         ring_wakeup_bytes = config.ring_wakeup_bytes;
         "capture attached"
     );
+    stats
+        .ports_captured
+        .store(config.ports.len() as u64, Relaxed);
 
     let failure = match pump(&mut capture, sink.as_mut(), &stats, &mut signals, config).await {
         Ok(signal) => {
@@ -204,6 +211,12 @@ async fn pump(
     let mut stats_log = config
         .stats_interval
         .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
+    let mut ports = config.ports.clone();
+    let mut watch = config
+        .ports_file
+        .clone()
+        .map(|path| PortsWatch::new(path, config.ports.clone()));
+    let mut ports_file = tokio::time::interval(PORTS_FILE_INTERVAL);
     loop {
         let due = sink.due();
         tokio::select! {
@@ -230,8 +243,46 @@ async fn pump(
             _ = async { stats_log.as_mut().expect("guarded").tick().await }, if stats_log.is_some() => {
                 log_stats(stats);
             }
+            _ = ports_file.tick(), if watch.is_some() => {
+                let watch = watch.as_mut().expect("guarded");
+                if let Some(seen) = watch.poll(&ports) {
+                    follow_ports(capture, stats, &mut ports, seen, watch.path())?;
+                }
+            }
         }
     }
+}
+
+/// Acts on what `PORTS_FILE` says: changes the kernel's ports, or says why not.
+fn follow_ports(
+    capture: &mut Capture,
+    stats: &Stats,
+    ports: &mut Vec<u16>,
+    seen: Seen,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    match seen {
+        Seen::Change(PortsChange::Unchanged) => {}
+        Seen::Change(PortsChange::Apply(new)) => {
+            capture
+                .set_ports(ports, &new)
+                .context("cannot change the captured ports")?;
+            info!(ports:serde = new, previous:serde = *ports; "ports changed");
+            stats.ports_captured.store(new.len() as u64, Relaxed);
+            add(&stats.ports_changes_applied, 1);
+            *ports = new;
+        }
+        Seen::Change(PortsChange::Refuse(reason)) => {
+            add(&stats.ports_changes_refused, 1);
+            warn!(error = reason.to_string().as_str(), ports:serde = *ports;
+                  "ports not changed: {reason}");
+        }
+        Seen::Unreadable(err) => {
+            warn!(path = path.display().to_string().as_str(), error = err.to_string().as_str(),
+                  ports:serde = *ports; "cannot read PORTS_FILE; ports not changed");
+        }
+    }
+    Ok(())
 }
 
 /// Resolves at `deadline`, or never.

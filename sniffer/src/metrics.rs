@@ -51,6 +51,12 @@ pub struct Stats {
     pub last_delivery_unix: AtomicU64,
     /// A sender thread failed (a bug): `/healthz` fails and the agent stops with exit code 2.
     pub sender_failed: AtomicBool,
+    /// Ports captured now.
+    pub ports_captured: AtomicU64,
+    /// New `tcp-sniffer/ports` values applied while running (`PORTS_FILE`).
+    pub ports_changes_applied: AtomicU64,
+    /// New `tcp-sniffer/ports` values refused (invalid; the ports stayed).
+    pub ports_changes_refused: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -94,6 +100,9 @@ impl Stats {
             last_status,
             last_delivery_unix,
             sender_failed,
+            ports_captured,
+            ports_changes_applied,
+            ports_changes_refused,
         } = self;
         let mut text = Exposition::default();
         let one = |text: &mut Exposition, name, kind, help, value| {
@@ -186,6 +195,24 @@ impl Stats {
             "1 while the agent works; 0 once a sender thread failed.",
         )
         .sample(&[], u64::from(!sender_failed.load(Relaxed)));
+        one(
+            &mut text,
+            "tcp_sniffer_ports_captured",
+            Kind::Gauge,
+            "TCP ports the kernel program matches now.",
+            ports_captured,
+        );
+        let mut family = text.family(
+            "tcp_sniffer_ports_changes_total",
+            Kind::Counter,
+            "New tcp-sniffer/ports values seen in PORTS_FILE, by result.",
+        );
+        for (result, value) in [
+            ("applied", ports_changes_applied),
+            ("refused", ports_changes_refused),
+        ] {
+            family.sample(&[("result", result)], get(value));
+        }
         text.finish()
     }
 
@@ -285,8 +312,9 @@ mod tests {
         assert!(text.contains("tcp_sniffer_last_delivery_status 503\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
-        assert_eq!((samples, helps), (16, 11));
-        assert!(text.ends_with("tcp_sniffer_healthy 1\n"));
+        assert_eq!((samples, helps), (19, 13));
+        assert!(text.contains("tcp_sniffer_healthy 1\n"));
+        assert!(text.contains("tcp_sniffer_ports_changes_total{result=\"refused\"} 0\n"));
     }
 
     #[test]

@@ -64,6 +64,15 @@ impl Netns {
     ///
     /// When the namespace cannot be joined, or `f` panics.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("netns thread panicked")
+    }
+
+    /// Starts `f` on a thread that joins this namespace first, as [`Netns::run`] does, without
+    /// waiting for it.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         thread::spawn(move || {
             let file = File::open(&path).expect("open netns");
@@ -72,8 +81,6 @@ impl Netns {
             assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
             f()
         })
-        .join()
-        .expect("netns thread panicked")
     }
 
     /// `program` run inside this namespace through `ip netns exec` (which execs it: the child's

@@ -14,7 +14,8 @@ use aya::{
 };
 use sniffer_common::{
     COUNTERS_MAP, Counter, EVENTS_MAP, LINK_LAYER_GLOBAL, PORTS_MAP, PROGRAM_NAME, PacketRecord,
-    RECORD_SIZE, WAKEUP_BYTES_GLOBAL, ports::port_bitmap,
+    RECORD_SIZE, WAKEUP_BYTES_GLOBAL,
+    ports::{bitmap_changes, port_bitmap},
 };
 use thiserror::Error;
 use tokio::{
@@ -238,6 +239,25 @@ impl Capture {
                 *malformed += 1;
             }
         });
+    }
+
+    /// Captures `new` instead of `old` from now on, changing the kernel's port bitmap in place:
+    /// ports in both keep matching throughout (see [`bitmap_changes`]).
+    pub fn set_ports(&mut self, old: &[u16], new: &[u16]) -> Result<(), CaptureError> {
+        let map_error = |source| CaptureError::Map {
+            name: PORTS_MAP,
+            source,
+        };
+        let mut port_map: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(PORTS_MAP)
+                .ok_or(CaptureError::Missing(PORTS_MAP))?,
+        )
+        .map_err(map_error)?;
+        for (word, bits) in bitmap_changes(old, new) {
+            port_map.set(word, bits, 0).map_err(map_error)?;
+        }
+        Ok(())
     }
 
     /// Reads the kernel's counters.

@@ -14,8 +14,6 @@
 //! the deadline is settled as undeliverable at once, without waiting for requests in flight.
 
 use std::{
-    io::Read as _,
-    os::unix::fs::OpenOptionsExt as _,
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     sync::{
@@ -45,6 +43,7 @@ use crate::{
     config::DeliveryConfig,
     encode::{AgentInfo, Body, Encoder, Format, otlp, proto, record::Record},
     metrics::{Stats, add, get},
+    small_file::{SmallFileError, read_small_file},
 };
 
 /// Largest accepted `OUTPUT_CA_FILE`: a bundle of every public root is about 220 KiB.
@@ -227,40 +226,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads `OUTPUT_CA_FILE`, refusing what cannot be a CA bundle before reading it: a device such
-/// as `/dev/zero` would otherwise be read until memory runs out.
+/// Reads `OUTPUT_CA_FILE`, refusing what cannot be a CA bundle before reading it.
 fn read_ca_file(path: &Path) -> Result<Vec<u8>, DeliveryError> {
-    let io = |source| DeliveryError::CaFile {
-        path: path.to_owned(),
-        source,
-    };
-    // Non-blocking, so that opening a FIFO does not wait for a writer.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io)?;
-    let metadata = file.metadata().map_err(io)?;
-    if !metadata.is_file() {
-        return Err(DeliveryError::CaFileKind {
+    read_small_file(path, MAX_CA_FILE_BYTES).map_err(|err| match err {
+        SmallFileError::Io(source) => DeliveryError::CaFile {
             path: path.to_owned(),
-        });
-    }
-    let too_large = || DeliveryError::CaFileSize {
-        path: path.to_owned(),
-    };
-    if metadata.len() > MAX_CA_FILE_BYTES {
-        return Err(too_large());
-    }
-    let mut pem = Vec::new();
-    // Bounded again while reading, for a file that grows meanwhile.
-    file.take(MAX_CA_FILE_BYTES + 1)
-        .read_to_end(&mut pem)
-        .map_err(io)?;
-    if pem.len() as u64 > MAX_CA_FILE_BYTES {
-        return Err(too_large());
-    }
-    Ok(pem)
+            source,
+        },
+        SmallFileError::NotRegular => DeliveryError::CaFileKind {
+            path: path.to_owned(),
+        },
+        SmallFileError::TooLarge { .. } => DeliveryError::CaFileSize {
+            path: path.to_owned(),
+        },
+    })
 }
 
 fn http_agent(config: &DeliveryConfig) -> Result<ureq::Agent, DeliveryError> {

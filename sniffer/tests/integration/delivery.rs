@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     thread,
     time::Duration,
 };
@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::{
     agent::{Agent, Finished, SNIFFER},
     collector::{Collector, Received, Reply, accept_all},
-    netns::{CLIENT_V4, SERVER_V4, Topology, privileged, topology},
+    netns::{CLIENT_V4, SERVER_V4, Topology, http_get, privileged, topology},
     traffic::{MATCHED, check_flow, exchange, serve},
 };
 
@@ -105,16 +105,6 @@ fn assert_token_never_logged(finished: &Finished) {
     for line in &finished.logs {
         assert!(!line.to_string().contains(TOKEN), "token logged: {line}");
     }
-}
-
-fn http_get(topology: &Topology, addr: SocketAddr, path: &'static str) -> String {
-    topology.server.run(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect metrics");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: metrics\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    })
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod collector;
 mod delivery;
 mod dissector;
 mod formats;
+mod live_ports;
 mod netns;
 mod overload;
 mod process;
