@@ -11,7 +11,7 @@ use crate::{
     annotations::{INJECT as INJECT_ANNOTATION, PORTS as PORTS_ANNOTATION},
     options::InjectorOptions,
     patch::{self, Add},
-    sidecar::{CONTAINER_NAME, sniffer_container},
+    sidecar::{CONTAINER_NAME, PODINFO_VOLUME, podinfo_volume, sniffer_container},
 };
 
 /// The parts of an admission request the decision depends on.
@@ -111,6 +111,8 @@ pub enum Decision {
         source: PortSource,
         /// The JSON Patch.
         patch: Vec<Add>,
+        /// Shown to the user by `kubectl`: the Pod Security level the pod now needs.
+        warning: String,
     },
     /// Allowed unchanged.
     Skip {
@@ -226,12 +228,80 @@ pub fn decide(request: &Request<'_>, pod: Option<&Pod>, options: &InjectorOption
         }
         (declared.into_iter().collect(), PortSource::ContainerPorts)
     };
+    let volume = options.live_ports.then(podinfo_volume);
+    if volume.is_some()
+        && spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == PODINFO_VOLUME)
+    {
+        return Decision::Deny {
+            reason: format!(
+                "the pod already has a volume named {PODINFO_VOLUME}, which the tcp-sniffer \
+                 container needs: rename it, or opt out with {INJECT_ANNOTATION}: \"false\""
+            ),
+        };
+    }
     let container = sniffer_container(options, &ports);
     Decision::Inject {
-        patch: patch::injection(pod, &container, options.native_sidecar),
+        patch: patch::injection(pod, &container, options.native_sidecar, volume.as_ref()),
         ports,
         source,
+        warning: pod_security_warning(options),
     }
+}
+
+/// Capabilities the Pod Security Standards' `baseline` level lets a container add.
+const BASELINE_CAPABILITIES: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// What an injected pod asks of Pod Security admission, said on every injection: the sidecar's
+/// capabilities (and an `Unconfined` seccomp profile) are beyond `baseline`, so a namespace
+/// enforcing `baseline` or `restricted` refuses the pod after this webhook allowed it.
+fn pod_security_warning(options: &InjectorOptions) -> String {
+    let beyond_baseline: Vec<&str> = options
+        .capabilities
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !BASELINE_CAPABILITIES.contains(c))
+        .collect();
+    let seccomp = options
+        .seccomp_profile
+        .as_ref()
+        .map_or("the pod's", |p| p.type_.as_str());
+    let mut reasons = Vec::new();
+    if !beyond_baseline.is_empty() {
+        reasons.push(format!("capabilities {}", beyond_baseline.join(", ")));
+    }
+    if seccomp == "Unconfined" {
+        reasons.push("seccomp profile Unconfined".to_owned());
+    }
+    if reasons.is_empty() {
+        // Running as UID 0 is still beyond `restricted`.
+        return format!(
+            "tcp-sniffer added a sidecar that runs as root with seccomp {seccomp}: the namespace's \
+             Pod Security level must be baseline or privileged"
+        );
+    }
+    format!(
+        "tcp-sniffer added a sidecar with {}: the namespace's Pod Security level must be \
+         privileged (pod-security.kubernetes.io/enforce), or the pod is refused",
+        reasons.join(" and ")
+    )
 }
 
 #[cfg(test)]
@@ -292,6 +362,97 @@ mod tests {
         assert_eq!(
             injected_ports(decide(&CREATE, Some(&annotated), &with_defaults)),
             (vec![8080, 8443], PortSource::Annotation)
+        );
+    }
+
+    fn warning_of(decision: Decision) -> String {
+        match decision {
+            Decision::Inject { warning, .. } => warning,
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_injection_says_which_pod_security_level_the_pod_needs() {
+        let p = app(json!([{"containerPort":8080}]));
+        assert_eq!(
+            warning_of(decide(&CREATE, Some(&p), &InjectorOptions::default())),
+            "tcp-sniffer added a sidecar with capabilities NET_RAW, BPF and seccomp profile \
+             Unconfined: the namespace's Pod Security level must be privileged \
+             (pod-security.kubernetes.io/enforce), or the pod is refused"
+        );
+        let localhost = InjectorOptions {
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "Localhost".into(),
+                localhost_profile: Some("profiles/tcp-sniffer.json".into()),
+            }),
+            ..InjectorOptions::default()
+        };
+        assert_eq!(
+            warning_of(decide(&CREATE, Some(&p), &localhost)),
+            "tcp-sniffer added a sidecar with capabilities NET_RAW, BPF: the namespace's Pod \
+             Security level must be privileged (pod-security.kubernetes.io/enforce), or the pod \
+             is refused"
+        );
+        let baseline_only = InjectorOptions {
+            capabilities: vec!["NET_BIND_SERVICE".into()],
+            ..localhost
+        };
+        assert_eq!(
+            warning_of(decide(&CREATE, Some(&p), &baseline_only)),
+            "tcp-sniffer added a sidecar that runs as root with seccomp Localhost: the \
+             namespace's Pod Security level must be baseline or privileged"
+        );
+    }
+
+    #[test]
+    fn live_ports_mount_the_annotations_unless_the_volume_name_is_taken() {
+        let p = app(json!([{"containerPort":8080}]));
+        let Decision::Inject { patch, .. } = decide(&CREATE, Some(&p), &InjectorOptions::default())
+        else {
+            panic!("not injected")
+        };
+        let ops = serde_json::to_value(&patch).unwrap();
+        let volume = &ops.as_array().unwrap().last().unwrap();
+        assert_eq!(volume["path"], "/spec/volumes");
+        assert_eq!(
+            volume["value"],
+            json!([{"name":"tcp-sniffer-podinfo","downwardAPI":{"items":[
+                {"path":"annotations","fieldRef":{"apiVersion":"v1","fieldPath":"metadata.annotations"}}]}}])
+        );
+        let container = &ops[ops.as_array().unwrap().len() - 2]["value"];
+        assert_eq!(
+            container["volumeMounts"],
+            json!([{"name":"tcp-sniffer-podinfo","mountPath":"/etc/tcp-sniffer/podinfo","readOnly":true}])
+        );
+        assert!(container["env"].as_array().unwrap().contains(
+            &json!({"name":"PORTS_FILE","value":"/etc/tcp-sniffer/podinfo/annotations"})
+        ));
+
+        let fixed = InjectorOptions {
+            live_ports: false,
+            ..InjectorOptions::default()
+        };
+        let Decision::Inject { patch, .. } = decide(&CREATE, Some(&p), &fixed) else {
+            panic!("not injected")
+        };
+        let text = serde_json::to_string(&patch).unwrap();
+        assert!(
+            !text.contains("PORTS_FILE") && !text.contains("podinfo"),
+            "{text}"
+        );
+
+        let taken = pod(
+            json!({"spec":{"containers":[{"name":"app","ports":[{"containerPort":80}]}],
+                                       "volumes":[{"name":"tcp-sniffer-podinfo","emptyDir":{}}]}}),
+        );
+        let Decision::Deny { reason } = decide(&CREATE, Some(&taken), &InjectorOptions::default())
+        else {
+            panic!("not denied")
+        };
+        assert!(
+            reason.contains("volume named tcp-sniffer-podinfo"),
+            "{reason}"
         );
     }
 

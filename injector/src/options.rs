@@ -71,6 +71,10 @@ pub struct InjectorOptions {
     /// Inject as an init container with `restartPolicy: Always` (Kubernetes ≥ 1.29), so the
     /// sniffer starts before and stops after the app containers.
     pub native_sidecar: bool,
+    /// Mount the pod's annotations (a downward-API volume) into the sniffer and point
+    /// `PORTS_FILE` at them, so that editing `tcp-sniffer/ports` on a running pod changes the
+    /// captured ports without a restart.
+    pub live_ports: bool,
 }
 
 impl Default for InjectorOptions {
@@ -107,6 +111,7 @@ impl Default for InjectorOptions {
                 ..ResourceRequirements::default()
             },
             native_sidecar: false,
+            live_ports: true,
         }
     }
 }
@@ -183,6 +188,7 @@ impl InjectorOptions {
             seccomp_profile,
             resources,
             native_sidecar: _,
+            live_ports: _,
         } = self;
         if image.is_empty() || image.chars().any(char::is_whitespace) {
             return Err(invalid(

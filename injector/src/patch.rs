@@ -1,6 +1,6 @@
 //! RFC 6902 JSON Patch operations that inject the container into a pod, with RFC 6901 pointers.
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -47,13 +47,20 @@ pub fn escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
-/// The operations that add `container` and the injection annotations to `pod`.
+/// The operations that add `container` (and `volume`, when it has one) and the injection
+/// annotations to `pod`.
 ///
-/// Paths depend on what the pod already has: a missing `metadata.annotations` or
-/// `spec.initContainers` is added whole, since JSON Patch cannot add into a missing parent.
+/// Paths depend on what the pod already has: a missing `metadata.annotations`,
+/// `spec.initContainers` or `spec.volumes` is added whole, since JSON Patch cannot add into a
+/// missing parent.
 #[must_use]
-pub fn injection(pod: &Pod, container: &Container, native_sidecar: bool) -> Vec<Add> {
-    let mut ops = Vec::with_capacity(3);
+pub fn injection(
+    pod: &Pod,
+    container: &Container,
+    native_sidecar: bool,
+    volume: Option<&Volume>,
+) -> Vec<Add> {
+    let mut ops = Vec::with_capacity(4);
     let mut annotations = vec![(INJECTED_ANNOTATION, "true".to_owned())];
     let existing = pod.metadata.annotations.as_ref();
     let first_app = pod
@@ -89,6 +96,13 @@ pub fn injection(pod: &Pod, container: &Container, native_sidecar: bool) -> Vec<
     } else {
         ops.push(Add::new("/spec/containers/-".to_owned(), container));
     }
+    if let Some(volume) = volume {
+        if spec.is_some_and(|s| s.volumes.is_some()) {
+            ops.push(Add::new("/spec/volumes/-".to_owned(), volume));
+        } else {
+            ops.push(Add::new("/spec/volumes".to_owned(), &[volume]));
+        }
+    }
     ops
 }
 
@@ -113,7 +127,7 @@ mod tests {
     fn pod_without_annotations_gets_the_whole_map() {
         let p =
             pod(json!({"metadata":{"generateName":"web-"},"spec":{"containers":[{"name":"app"}]}}));
-        let ops = serde_json::to_value(injection(&p, &sidecar(), false)).unwrap();
+        let ops = serde_json::to_value(injection(&p, &sidecar(), false, None)).unwrap();
         assert_eq!(
             ops,
             json!([
@@ -129,7 +143,7 @@ mod tests {
         let p = pod(
             json!({"metadata":{"annotations":{"a":"b"}},"spec":{"containers":[{"name":"app"}]}}),
         );
-        let paths: Vec<String> = injection(&p, &sidecar(), false)
+        let paths: Vec<String> = injection(&p, &sidecar(), false, None)
             .into_iter()
             .map(|op| op.path)
             .collect();
@@ -149,7 +163,7 @@ mod tests {
             json!({"metadata":{"annotations":{"kubectl.kubernetes.io/default-container":"web"}},
                            "spec":{"containers":[{"name":"app"}]}}),
         );
-        let ops = injection(&p, &sidecar(), false);
+        let ops = injection(&p, &sidecar(), false, None);
         assert_eq!(ops.len(), 2);
         assert_eq!(ops[0].path, "/metadata/annotations/tcp-sniffer~1injected");
     }
@@ -157,15 +171,41 @@ mod tests {
     #[test]
     fn native_sidecar_goes_first_in_init_containers() {
         let without = pod(json!({"spec":{"containers":[{"name":"app"}]}}));
-        let ops = injection(&without, &sidecar(), true);
+        let ops = injection(&without, &sidecar(), true, None);
         assert_eq!(ops.last().unwrap().path, "/spec/initContainers");
         let value: Value = serde_json::from_str(ops.last().unwrap().value.get()).unwrap();
         assert_eq!(value, json!([{"name":"tcp-sniffer"}]));
         let with =
             pod(json!({"spec":{"containers":[{"name":"app"}],"initContainers":[{"name":"init"}]}}));
         assert_eq!(
-            injection(&with, &sidecar(), true).last().unwrap().path,
+            injection(&with, &sidecar(), true, None)
+                .last()
+                .unwrap()
+                .path,
             "/spec/initContainers/0"
+        );
+    }
+
+    #[test]
+    fn the_volume_is_appended_or_added_with_its_list() {
+        let volume = Volume {
+            name: "tcp-sniffer-podinfo".into(),
+            ..Volume::default()
+        };
+        let without = pod(json!({"spec":{"containers":[{"name":"app"}]}}));
+        let ops = injection(&without, &sidecar(), false, Some(&volume));
+        assert_eq!(ops.last().unwrap().path, "/spec/volumes");
+        let value: Value = serde_json::from_str(ops.last().unwrap().value.get()).unwrap();
+        assert_eq!(value, json!([{"name":"tcp-sniffer-podinfo"}]));
+        let with = pod(
+            json!({"spec":{"containers":[{"name":"app"}],"volumes":[{"name":"data","emptyDir":{}}]}}),
+        );
+        assert_eq!(
+            injection(&with, &sidecar(), false, Some(&volume))
+                .last()
+                .unwrap()
+                .path,
+            "/spec/volumes/-"
         );
     }
 

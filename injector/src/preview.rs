@@ -96,7 +96,12 @@ pub fn preview(
     )?;
     let answer: Value = serde_json::from_slice(&outcome.body).expect("the response is JSON");
     let summary = match &outcome.decision {
-        Decision::Inject { ports, source, .. } => {
+        Decision::Inject {
+            ports,
+            source,
+            warning,
+            ..
+        } => {
             let encoded = answer["response"]["patch"].as_str().unwrap_or_default();
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
@@ -104,7 +109,10 @@ pub fn preview(
             let patch: json_patch::Patch =
                 serde_json::from_slice(&bytes).map_err(|e| PreviewError::Patch(e.to_string()))?;
             json_patch::patch(&mut pod, &patch).map_err(|e| PreviewError::Patch(e.to_string()))?;
-            format!("injected: ports {ports:?} from {}", source.label())
+            format!(
+                "injected: ports {ports:?} from {}; warning: {warning}",
+                source.label()
+            )
         }
         Decision::Skip { reason, warning } => match warning {
             Some(warning) => format!("not injected ({}): {warning}", reason.label()),
@@ -195,9 +203,12 @@ mod tests {
     #[test]
     fn yaml_pod_is_injected() {
         let preview = preview(POD, "shop", &InjectorOptions::default()).unwrap();
-        assert_eq!(
-            preview.summary,
-            "injected: ports [8080] from container_ports"
+        assert!(
+            preview
+                .summary
+                .starts_with("injected: ports [8080] from container_ports; warning: tcp-sniffer added a sidecar with capabilities NET_RAW, BPF"),
+            "{}",
+            preview.summary
         );
         assert_eq!(preview.pod["spec"]["containers"][1]["name"], "tcp-sniffer");
         assert_eq!(

@@ -261,10 +261,11 @@ pub fn respond(uid: &str, decision: &Decision) -> Vec<u8> {
         warnings: None,
     };
     match decision {
-        Decision::Inject { patch, .. } => {
+        Decision::Inject { patch, warning, .. } => {
             let json = serde_json::to_vec(patch).expect("patch operations always serialize");
             response.patch_type = Some("JSONPatch");
             response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
+            response.warnings = Some([warning.as_str()]);
         }
         Decision::Skip { warning, .. } => {
             response.warnings = warning.as_deref().map(|w| [w]);
@@ -377,9 +378,23 @@ mod tests {
             .unwrap();
         let ops: Value = serde_json::from_slice(&patch).unwrap();
         assert_eq!(ops[0]["op"], "add");
+        let paths: Vec<&str> = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|op| op["path"].as_str().unwrap())
+            .collect();
         assert_eq!(
-            ops.as_array().unwrap().last().unwrap()["path"],
-            "/spec/containers/-"
+            &paths[paths.len() - 2..],
+            ["/spec/containers/-", "/spec/volumes"]
+        );
+        let warnings = answer["response"]["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0]
+                .as_str()
+                .unwrap()
+                .contains("Pod Security level must be privileged")
         );
     }
 

@@ -1,8 +1,8 @@
 //! The `tcp-sniffer` container the injector adds, built from the options and the chosen ports.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector,
-    SecurityContext,
+    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use sniffer_common::ports::format_ports;
 
@@ -10,6 +10,33 @@ use crate::options::{InjectorOptions, SecretKeyRef};
 
 /// Name of the injected container; its presence makes injection a no-op.
 pub const CONTAINER_NAME: &str = "tcp-sniffer";
+/// Name of the volume holding the pod's annotations (with `livePorts`).
+pub const PODINFO_VOLUME: &str = "tcp-sniffer-podinfo";
+/// Where the sniffer sees that volume.
+pub const PODINFO_DIR: &str = "/etc/tcp-sniffer/podinfo";
+/// The annotations file in it, which `PORTS_FILE` names.
+pub const PORTS_FILE: &str = "/etc/tcp-sniffer/podinfo/annotations";
+
+/// The downward-API volume of the pod's annotations, which the kubelet keeps up to date when
+/// they change.
+#[must_use]
+pub fn podinfo_volume() -> Volume {
+    Volume {
+        name: PODINFO_VOLUME.to_owned(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: "annotations".to_owned(),
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: Some("v1".to_owned()),
+                    field_path: "metadata.annotations".to_owned(),
+                }),
+                ..DownwardAPIVolumeFile::default()
+            }]),
+            ..DownwardAPIVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
 
 fn value(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -81,6 +108,7 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
         seccomp_profile,
         resources,
         native_sidecar,
+        live_ports,
     } = options;
     let mut env = vec![
         value("PORTS", format_ports(ports)),
@@ -121,6 +149,9 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
     if let Some(secret) = output_headers_secret {
         env.push(secret_env("OUTPUT_HEADERS", secret));
     }
+    if *live_ports {
+        env.push(value("PORTS_FILE", PORTS_FILE));
+    }
     env.push(field("POD_NAME", "metadata.name"));
     env.push(field("POD_NAMESPACE", "metadata.namespace"));
     env.push(field("NODE_NAME", "spec.nodeName"));
@@ -129,6 +160,14 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
         image: Some(image.clone()),
         image_pull_policy: Some(image_pull_policy.clone()),
         env: Some(env),
+        volume_mounts: live_ports.then(|| {
+            vec![VolumeMount {
+                name: PODINFO_VOLUME.to_owned(),
+                mount_path: PODINFO_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
         resources: Some(resources.clone()),
         // A native sidecar is an init container that keeps running beside the app.
         restart_policy: native_sidecar.then(|| "Always".to_owned()),
