@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 batch collector for the benchmark: answers 204 to every POST and counts the
-//! distinct batches, their records and their `dropped` field.
+//! A minimal HTTP/1.1 collector for the benchmark: answers 204 to every POST and counts the
+//! distinct batches, their records and their `dropped` field — or, for the flood, only reads
+//! the bodies (any format) and counts their bytes, so that it costs little beside the sniffer.
 
 use std::{
     collections::HashSet,
@@ -35,6 +36,8 @@ pub struct Tally {
     pub records: u64,
     /// Sum of `dropped` over distinct batches.
     pub dropped: u64,
+    /// Body bytes read (every request, parsed or not).
+    pub bytes: u64,
 }
 
 /// A running collector; stops on drop.
@@ -47,10 +50,24 @@ pub struct BenchCollector {
     connections: Arc<Mutex<Vec<TcpStream>>>,
 }
 
+/// What the collector does with a body.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bodies {
+    /// Parses it as a `batch` body and counts distinct batches.
+    Count,
+    /// Only reads it.
+    Discard,
+}
+
 impl BenchCollector {
     /// Listens on 127.0.0.1 inside network namespace `netns`, on a free port.
     pub fn start(netns: &str) -> Result<Self> {
         Self::start_on(netns, 0, Arc::default())
+    }
+
+    /// Like [`BenchCollector::start`], but bodies are only read and their bytes counted.
+    pub fn start_discarding(netns: &str) -> Result<Self> {
+        Self::listen(netns, 0, Arc::default(), Bodies::Discard)
     }
 
     /// Listens on 127.0.0.1:`port` inside `netns`, adding to the counts in `seen` (so a restarted
@@ -59,6 +76,15 @@ impl BenchCollector {
         netns: &str,
         port: u16,
         seen: Arc<Mutex<(HashSet<u64>, Tally)>>,
+    ) -> Result<Self> {
+        Self::listen(netns, port, seen, Bodies::Count)
+    }
+
+    fn listen(
+        netns: &str,
+        port: u16,
+        seen: Arc<Mutex<(HashSet<u64>, Tally)>>,
+        bodies: Bodies,
     ) -> Result<Self> {
         let path = format!("/run/netns/{netns}");
         let listener = thread::spawn(move || -> Result<TcpListener> {
@@ -89,7 +115,7 @@ impl BenchCollector {
                             connections.lock().expect("lock").push(clone);
                         }
                         let seen = Arc::clone(&seen);
-                        thread::spawn(move || serve(stream, &seen));
+                        thread::spawn(move || serve(stream, &seen, bodies));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(10)),
                 }
@@ -118,7 +144,7 @@ impl Drop for BenchCollector {
     }
 }
 
-fn serve(stream: TcpStream, seen: &Mutex<(HashSet<u64>, Tally)>) {
+fn serve(stream: TcpStream, seen: &Mutex<(HashSet<u64>, Tally)>, bodies: Bodies) {
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -145,7 +171,10 @@ fn serve(stream: TcpStream, seen: &Mutex<(HashSet<u64>, Tally)>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        if let Ok(batch) = serde_json::from_slice::<BatchView>(&body) {
+        seen.lock().expect("lock").1.bytes += body.len() as u64;
+        if bodies == Bodies::Count
+            && let Ok(batch) = serde_json::from_slice::<BatchView>(&body)
+        {
             let mut guard = seen.lock().expect("lock");
             let (seqs, tally) = &mut *guard;
             if seqs.insert(batch.seq) {

@@ -12,6 +12,7 @@ use testbed::Topology;
 
 use anyhow::{Context as _, Result};
 
+mod flood;
 mod report;
 mod trial;
 
@@ -40,6 +41,9 @@ pub struct BenchArgs {
     /// Runs per capturer; medians are reported.
     #[arg(long, default_value_t = 3)]
     repeat: u32,
+    /// Frames per flood.
+    #[arg(long, default_value_t = 2_000_000)]
+    flood_packets: u64,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -48,6 +52,8 @@ pub struct BenchArgs {
 /// The parts of the report, each its own section of docs/benchmarks.md.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
+    /// The highest packet rate (`trafgen`): CPU per packet of every capturer and format.
+    Flood,
     /// Small packets at the highest rate: completeness and CPU per packet vs tcpdump.
     Capture,
     /// iperf3 with its defaults, with and without a capturer.
@@ -61,6 +67,7 @@ pub enum Part {
 impl Part {
     fn section(self) -> &'static str {
         match self {
+            Self::Flood => "flood",
             Self::Capture => "capture",
             Self::Throughput => "throughput",
             Self::Encode => "encode",
@@ -73,6 +80,9 @@ impl Part {
 /// docs/benchmarks.md.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let wanted = |part: Part| args.only.is_empty() || args.only.contains(&part);
+    if wanted(Part::Flood) {
+        publish(Part::Flood, &flood_report(args)?)?;
+    }
     if wanted(Part::Capture) || wanted(Part::Throughput) {
         bootstrap::ensure_debian_packages(&[
             ("ip", "iproute2"),
@@ -134,6 +144,43 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         publish(Part::Injector, &bench_injector::run(args.seconds)?)?;
     }
     Ok(())
+}
+
+/// Every capturer under the flood, `repeat` rounds.
+fn flood_report(args: &BenchArgs) -> Result<String> {
+    bootstrap::ensure_debian_packages(&[
+        ("ip", "iproute2"),
+        ("tcpdump", "tcpdump"),
+        ("trafgen", "netsniff-ng"),
+        ("taskset", "util-linux"),
+    ])?;
+    ebpf::build()?;
+    let sniffer = cmd::build_binary("sniffer", true)?;
+    let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
+    fs::create_dir_all(target_dir().join("bench"))?;
+    let bed = Topology::new("tsflood")?;
+    let bare = Topology::new("tsbare")?;
+    let previous_stats = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+    let _ = fs::write(BPF_STATS, "0");
+    let mut trials = Vec::new();
+    let result = (|| -> Result<()> {
+        for round in 1..=args.repeat {
+            for capturer in flood::Flooded::ALL {
+                eprintln!("bench: flood, {} (round {round}) …", capturer.name());
+                trials.push(flood::trial(
+                    &bed,
+                    &bare,
+                    capturer,
+                    args.flood_packets,
+                    sniffer,
+                )?);
+            }
+        }
+        Ok(())
+    })();
+    let _ = fs::write(BPF_STATS, previous_stats.trim());
+    result?;
+    Ok(flood::report(&trials, args.flood_packets, args.repeat))
 }
 
 /// Prints a section, keeps a copy in `target/bench/` and writes it into docs/benchmarks.md.

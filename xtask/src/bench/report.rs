@@ -19,7 +19,8 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**not met**" }
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
+/// The median of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
 }
@@ -78,17 +79,26 @@ pub fn capture_report(trials: &[Trial], paced: &[Trial], args: &BenchArgs) -> St
     );
     let _ = writeln!(
         out,
-        "| capturer | iperf3 Mbit/s | packets/s on the wire | packets on the wire | seen by capturer | captured | captured / wire | kernel drops | peak RSS MiB |"
+        "| capturer | iperf3 Mbit/s | packets/s on the wire | payload bytes/packet | packets on the wire | seen by capturer | captured | captured / wire | kernel drops | peak RSS MiB |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let mut coalesced = Vec::new();
     for g in &groups {
         let none = g.capturer == Capturer::Nobody;
         let dash = |s: String| if none { "–".to_owned() } else { s };
         let wire = g.sum(|t| t.wire_packets);
         let captured = g.sum(|t| t.captured);
+        // iperf3's payload bytes per packet on the wire.
+        let bytes = g.median(|t| t.gbits * 1e9 / 8.0 / (t.wire_packets.max(1) as f64 / t.seconds));
+        if bytes > 4.0 * f64::from(args.write_size) {
+            coalesced.push(format!(
+                "{} ({bytes:.0} bytes per packet)",
+                g.capturer.name()
+            ));
+        }
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.0} | {wire} | {} | {} | {} | {} | {} |",
+            "| {} | {:.1} | {:.0} | {bytes:.0} | {wire} | {} | {} | {} | {} | {} |",
             g.capturer.name(),
             g.median(|t| t.gbits * 1000.0),
             g.median(|t| t.wire_packets as f64 / t.seconds),
@@ -103,6 +113,16 @@ pub fn capture_report(trials: &[Trial], paced: &[Trial], args: &BenchArgs) -> St
                 "{:.1}",
                 g.runs.iter().map(|t| t.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0
             )),
+        );
+    }
+    if !coalesced.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nIn the runs of {}, iperf3's small writes went out coalesced into large segments \
+             (once its sender falls behind, `TCP_NODELAY` still merges what is queued): those runs \
+             did not load the capturer at the small-packet rate. The flood above does not depend \
+             on a sender's pacing.",
+            coalesced.join(", ")
         );
     }
     let paced_groups = Runs::group(paced);

@@ -1,0 +1,351 @@
+//! The flood: the highest packet rate this machine makes, side by side for every capturer.
+//!
+//! `trafgen` (Debian's netsniff-ng) sends crafted TCP frames through the veth from the client
+//! namespace, pinned to CPU 0; the capturer watches the server's `eth0`, pinned to CPU 1. The
+//! frames carry another host's MAC address, so the server's stack drops them at once, but every
+//! packet tap still sees them: what is measured is capture alone.
+//!
+//! - *Process CPU* is the capturer's own (every thread, from `/proc/PID/task/*/schedstat`, to
+//!   the nanosecond) from just before the flood until it has delivered everything, divided by
+//!   the packets it captured: the sniffer's userspace, tcpdump's copy loop. Start-up (the
+//!   verifier runs in the loader's `bpf()` call) and shutdown are left out.
+//! - *Kernel side*: on a veth, the receive path — packet taps, the sniffer's eBPF program and
+//!   ring buffer, tcpdump's `tpacket_rcv` copy — runs on the sender's CPU, in the sender's
+//!   context or in `ksoftirqd/0` when softirqs are deferred (this kernel counts softirq time to
+//!   the task it interrupts: no `CONFIG_IRQ_TIME_ACCOUNTING`). So it is the CPU per packet of the
+//!   sender and `ksoftirqd/0` on the watched veth minus on a second, identical veth nobody
+//!   watches. This machine's speed drifts by a third from one second to the next, more than
+//!   the difference, so the flood is sent in short bursts alternating between the two veths
+//!   (A B B A …) and the difference is the median over adjacent pairs.
+
+use std::{fmt::Write as _, fs, process::Command, thread, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use testbed::{Netns, Topology};
+
+use super::report::median;
+use crate::{
+    collector::BenchCollector,
+    target_dir,
+    watch::{Watched, cpu_ns, kernel_thread, run_measured},
+};
+
+/// How long after the flood the capturer's CPU is still counted: longer than the sniffer's
+/// default `BATCH_MAX_WAIT_MS`, so the last partial batch is encoded and sent within it.
+const SETTLE: Duration = Duration::from_millis(1300);
+
+/// The port the frames go to.
+const PORT: u16 = 5201;
+
+/// Bursts per flood, alternating between the watched and the unwatched veth.
+const BURSTS: u64 = 10;
+
+/// Who watches during a flood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flooded {
+    /// `tcpdump -s 96 -w /dev/null`.
+    Tcpdump,
+    /// The sniffer writing NDJSON to stdout (`/dev/null`).
+    Stdout,
+    /// The sniffer delivering to a local collector that only reads bodies, in a format.
+    Http(&'static str, &'static str),
+}
+
+impl Flooded {
+    /// Every capturer, in the order they run in a round.
+    pub const ALL: [Self; 7] = [
+        Self::Tcpdump,
+        Self::Stdout,
+        Self::Http("batch", "protobuf"),
+        Self::Http("ndjson", "protobuf"),
+        Self::Http("otlp", "protobuf"),
+        Self::Http("otlp", "json"),
+        Self::Http("loki", "protobuf"),
+    ];
+
+    /// Name in the report.
+    pub fn name(self) -> String {
+        match self {
+            Self::Tcpdump => "tcpdump -s 96 -w /dev/null".to_owned(),
+            Self::Stdout => "sniffer → stdout".to_owned(),
+            Self::Http("otlp", encoding) => format!("sniffer → HTTP, otlp ({encoding})"),
+            Self::Http(format, _) => format!("sniffer → HTTP, {format}"),
+        }
+    }
+}
+
+/// What one flood measured.
+pub struct FloodTrial {
+    /// Who watched.
+    pub capturer: Flooded,
+    /// Frames sent to the watched veth (as many went to the unwatched one).
+    pub sent: u64,
+    /// Packets per second the sender reached on the watched veth.
+    pub rate: f64,
+    /// The sender's CPU nanoseconds per packet on the unwatched veth (median of the bursts).
+    pub bare_ns: f64,
+    /// The kernel side: nanoseconds per packet more on the watched veth than on the unwatched one
+    /// (median over adjacent pairs of bursts).
+    pub kernel_ns: f64,
+    /// The capturer's CPU seconds during the flood and peak RSS (KiB).
+    pub process: (f64, u64),
+    /// Records written (sniffer) or packets captured (tcpdump).
+    pub captured: u64,
+    /// Losses: the sniffer's ring-full and delivery drops, tcpdump's kernel drops.
+    pub dropped: u64,
+    /// Records the collector took (the sniffer's `delivered`), for HTTP runs.
+    pub delivered: Option<u64>,
+}
+
+/// The flood's frames: from the client's MAC to another host's, TCP to `PORT`, source ports
+/// counting up, 64 bytes in all.
+fn config(client_mac: &str) -> String {
+    format!(
+        "{{ eth(da=02:00:00:00:00:99, sa={client_mac}), ipv4(saddr=10.0.0.1, daddr=10.0.0.2), \
+         tcp(sp=dinc(20000,60000), dp={PORT}, ack), fill(0x41, 10) }}\n"
+    )
+}
+
+/// `program` in `ns`, on `cpu` only.
+fn pinned(cpu: u8, ns: &Netns, program: &str) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args([
+        "-c",
+        &cpu.to_string(),
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        program,
+    ]);
+    cmd
+}
+
+fn mac(ns: &Netns) -> Result<String> {
+    let out = ns
+        .command("cat")
+        .arg("/sys/class/net/eth0/address")
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// The sender on `bed`'s client, `packets` frames from `cfg`: wall-clock seconds and CPU
+/// nanoseconds of the sender and `ksoftirqd/0` (`softirq`) together.
+fn burst(bed: &Topology, cfg: &std::path::Path, packets: u64, softirq: u32) -> Result<(f64, u64)> {
+    let mut sender = pinned(0, &bed.client, "trafgen");
+    sender.args(["--dev", "eth0", "--conf"]).arg(cfg).args([
+        "-n",
+        &packets.to_string(),
+        "-P",
+        "1",
+        "-C",
+        "-q",
+    ]);
+    let before = cpu_ns(softirq)?;
+    let (wall, cpu) = run_measured(&mut sender)?;
+    let softirq_ns = cpu_ns(softirq)? - before;
+    Ok((wall, (cpu * 1e9) as u64 + softirq_ns))
+}
+
+/// One flood of `packets` frames with `capturer` watching `bed`'s server, in bursts alternating
+/// with as many frames through `bare`, which nobody watches.
+pub fn trial(
+    bed: &Topology,
+    bare: &Topology,
+    capturer: Flooded,
+    packets: u64,
+    sniffer: &str,
+) -> Result<FloodTrial> {
+    let cfg = target_dir().join("bench/flood.cfg");
+    let bare_cfg = target_dir().join("bench/flood-bare.cfg");
+    fs::write(&cfg, config(&mac(&bed.client)?))?;
+    fs::write(&bare_cfg, config(&mac(&bare.client)?))?;
+    let collector = match capturer {
+        Flooded::Http(..) => Some(BenchCollector::start_discarding(&bed.server.name)?),
+        _ => None,
+    };
+    let watched = match capturer {
+        Flooded::Tcpdump => {
+            let mut cmd = pinned(1, &bed.server, "tcpdump");
+            cmd.args(["-i", "eth0", "-s", "96", "-w", "/dev/null", "tcp", "port"])
+                .arg(PORT.to_string());
+            let mut watched = Watched::spawn(cmd)?;
+            watched.wait_for("listening on")?;
+            watched
+        }
+        Flooded::Stdout | Flooded::Http(..) => {
+            let mut cmd = pinned(1, &bed.server, sniffer);
+            cmd.env("PORTS", PORT.to_string()).env("INTERFACE", "eth0");
+            if let (Flooded::Http(format, encoding), Some(collector)) = (capturer, &collector) {
+                cmd.env("OUTPUT_URL", format!("http://{}/", collector.addr))
+                    .env("OUTPUT_FORMAT", format)
+                    .env("OTLP_ENCODING", encoding);
+            }
+            let mut watched = Watched::spawn(cmd)?;
+            watched.wait_for("capture attached")?;
+            watched
+        }
+    };
+    thread::sleep(Duration::from_millis(300));
+    let softirq = kernel_thread("ksoftirqd/0")?;
+    let per_burst = packets / BURSTS;
+    let capturer_before = cpu_ns(watched.pid())?;
+    let (mut watched_wall, mut pairs, mut bare_ns) = (0.0, Vec::new(), Vec::new());
+    for pair in 0..BURSTS {
+        // A B, then B A: a steady drift of the machine's speed weighs on both sides alike.
+        let (a, b) = if pair % 2 == 0 {
+            let a = burst(bed, &cfg, per_burst, softirq)?;
+            (a, burst(bare, &bare_cfg, per_burst, softirq)?)
+        } else {
+            let b = burst(bare, &bare_cfg, per_burst, softirq)?;
+            (burst(bed, &cfg, per_burst, softirq)?, b)
+        };
+        watched_wall += a.0;
+        pairs.push((a.1 as f64 - b.1 as f64) / per_burst as f64);
+        bare_ns.push(b.1 as f64 / per_burst as f64);
+    }
+    // Let the capturer read and deliver what is still in its ring.
+    thread::sleep(SETTLE);
+    let process_cpu = cpu_ns(watched.pid())? - capturer_before;
+    let sent = per_burst * BURSTS;
+    let mut trial = FloodTrial {
+        capturer,
+        sent,
+        rate: sent as f64 / watched_wall,
+        bare_ns: median(bare_ns).unwrap_or(f64::NAN),
+        kernel_ns: median(pairs).unwrap_or(f64::NAN),
+        process: (process_cpu as f64 / 1e9, 0),
+        captured: 0,
+        dropped: 0,
+        delivered: None,
+    };
+    let (_, rss, lines) = watched.stop()?;
+    trial.process.1 = rss;
+    if capturer == Flooded::Tcpdump {
+        let number = |suffix: &str| -> Result<u64> {
+            lines
+                .iter()
+                .find_map(|l| l.strip_suffix(suffix).and_then(|n| n.trim().parse().ok()))
+                .with_context(|| format!("tcpdump printed no \"N{suffix}\""))
+        };
+        trial.captured = number(" packets captured")?;
+        trial.dropped = number(" packets dropped by kernel")?;
+    } else {
+        let stopped: Value = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["msg"] == "stopped")
+            .context("the sniffer logged no \"stopped\" line")?;
+        let field = |name: &str| {
+            stopped[name]
+                .as_u64()
+                .with_context(|| format!("stopped line lacks {name}"))
+        };
+        trial.captured = field("records")?;
+        trial.dropped = field("dropped")?;
+        if collector.is_some() {
+            trial.delivered = Some(field("delivered")?);
+            ensure!(
+                collector.as_ref().is_some_and(|c| c.tally().bytes > 0),
+                "the collector received nothing"
+            );
+        }
+    }
+    Ok(trial)
+}
+
+/// Nanoseconds per packet of `seconds` over `packets`.
+fn ns(seconds: f64, packets: u64) -> f64 {
+    seconds * 1e9 / packets.max(1) as f64
+}
+
+/// The Markdown section of the flood's trials.
+pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "`trafgen` floods a veth with {packets} TCP frames of 64 bytes per run (to another \
+         host's MAC: the server's stack drops them, every packet tap sees them), pinned to CPU \
+         0; the capturer watches the server's `eth0` pinned to CPU 1. {rounds} rounds, every \
+         capturer once per round in turn. *Process*: the capturer's CPU (all threads, from \
+         `schedstat`, to the nanosecond) from the flood's start until {settle} ms after its end, \
+         per packet captured; start-up and shutdown are left out. *Kernel side*: the CPU per \
+         packet of the sender and `ksoftirqd/0` on the watched veth minus on an identical veth \
+         nobody watches (on a veth the receive path, taps and eBPF included, runs on the \
+         sender's CPU; this kernel counts softirq time to the task it interrupts). The frames \
+         go in {BURSTS} bursts alternating between the two veths, and the difference is the \
+         median over adjacent pairs: this machine's speed drifts by a third from one second to \
+         the next, more than the difference. Medians over rounds; *captured / sent* sums all \
+         rounds; the last columns list every run's figures.\n",
+        settle = SETTLE.as_millis()
+    );
+    let _ = writeln!(
+        text,
+        "| capturer | sender packets/s | captured / sent | losses | process ns/packet | kernel side ns/packet | total ns/packet | peak RSS MiB | process, all runs | kernel side, all runs |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let bare = median(trials.iter().map(|t| t.bare_ns).collect());
+    let _ = writeln!(
+        text,
+        "| nobody (the unwatched veth) | – | – | – | – | – (sender {:.0} ns/packet) | – | – | – | – |",
+        bare.unwrap_or(f64::NAN)
+    );
+    let mut medians = Vec::new();
+    for capturer in Flooded::ALL {
+        let runs: Vec<&FloodTrial> = trials.iter().filter(|t| t.capturer == capturer).collect();
+        let figure = |f: &dyn Fn(&FloodTrial) -> f64| -> (f64, String) {
+            let all: Vec<f64> = runs.iter().map(|t| f(t)).collect();
+            let listed: Vec<String> = all.iter().map(|v| format!("{v:.0}")).collect();
+            (median(all).unwrap_or(f64::NAN), listed.join(", "))
+        };
+        let (p, p_all) = figure(&|t| ns(t.process.0, t.captured));
+        let (k, k_all) = figure(&|t| t.kernel_ns);
+        let (rate, _) = figure(&|t| t.rate);
+        let (rss, _) = figure(&|t| t.process.1 as f64 / 1024.0);
+        let captured: u64 = runs.iter().map(|t| t.captured).sum();
+        let sent: u64 = runs.iter().map(|t| t.sent).sum();
+        let losses: u64 = runs.iter().map(|t| t.dropped).sum();
+        let delivered = runs
+            .iter()
+            .map(|t| t.delivered)
+            .sum::<Option<u64>>()
+            .map_or(String::new(), |d| format!(", {d} delivered"));
+        medians.push((capturer, p, k));
+        let _ = writeln!(
+            text,
+            "| {} | {rate:.0} | {captured} / {sent}{delivered} | {losses} | {p:.0} | {k:.0} | {:.0} | {rss:.1} | {p_all} | {k_all} |",
+            capturer.name(),
+            p + k,
+        );
+    }
+    let find = |c: Flooded| medians.iter().find(|m| m.0 == c).map(|m| (m.1, m.2));
+    if let (Some((tp, tk)), Some((sp, _)), Some((hp, hk))) = (
+        find(Flooded::Tcpdump),
+        find(Flooded::Stdout),
+        find(Flooded::Http("batch", "protobuf")),
+    ) {
+        let verdict = |met: bool| if met { "met" } else { "**not met**" };
+        let complete = trials
+            .iter()
+            .filter(|t| t.capturer != Flooded::Tcpdump)
+            .all(|t| {
+                t.captured == t.sent && t.dropped == 0 && t.delivered.is_none_or(|d| d == t.sent)
+            });
+        let _ = writeln!(
+            text,
+            "\nGoals (`batch` is the default format): HTTP process CPU {:.2} × tcpdump's (≤ 2 ×: {}); \
+             stdout {:.2} × (≤ 1.5 ×: {}); HTTP total (process + kernel side) {:.0} ns against \
+             tcpdump's {:.0} ns (≤ tcpdump's: {}); every packet recorded and delivered, no loss, in \
+             every sniffer run: {}.",
+            hp / tp,
+            verdict(hp <= 2.0 * tp),
+            sp / tp,
+            verdict(sp <= 1.5 * tp),
+            hp + hk,
+            tp + tk,
+            verdict(hp + hk <= tp + tk),
+            verdict(complete)
+        );
+    }
+    text
+}
