@@ -1,12 +1,7 @@
 //! `injector gen-certs`: a CA and a serving certificate for the webhook Service, for clusters
 //! without cert-manager (the "internal CA" option).
 
-use std::{
-    fs,
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use base64::Engine as _;
 use rcgen::{
@@ -14,6 +9,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use thiserror::Error;
+
+use crate::files;
 use time::{Duration, OffsetDateTime};
 
 /// Generating or writing the certificates failed.
@@ -150,42 +147,11 @@ impl GeneratedCerts {
     }
 }
 
-/// Writes `contents` to a new file beside `path` created with `mode` (`O_EXCL`: never an existing
-/// file or link), then renames it over `path`.
 fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), CertsError> {
-    let error = |source| CertsError::Write {
+    files::replace(path, contents.as_bytes(), mode).map_err(|source| CertsError::Write {
         path: path.display().to_string(),
         source,
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut suffix = [0u8; 8];
-    getrandom::getrandom(&mut suffix).map_err(|e| error(std::io::Error::other(e)))?;
-    let temporary: PathBuf = path.with_file_name(format!(
-        ".{name}.{}.tmp",
-        suffix
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ));
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temporary)
-        .and_then(|mut file| {
-            // The umask may have narrowed the mode; never widened it: set it exactly.
-            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-            file.write_all(contents.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&temporary, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    written.map_err(error)
+    })
 }
 
 #[cfg(test)]

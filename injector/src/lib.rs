@@ -14,15 +14,19 @@
 //! | [`metrics`] | counters and the latency histogram |
 //! | [`certs`] | `injector gen-certs` |
 //! | [`preview`] | `injector inject -f` |
+//! | [`profile`] | `injector install-seccomp-profile` |
+//! | [`files`] | replacing files atomically, never through a link |
 
 pub mod annotations;
 pub mod certs;
 pub mod decide;
+pub mod files;
 pub mod limits;
 pub mod metrics;
 pub mod options;
 pub mod patch;
 pub mod preview;
+pub mod profile;
 pub mod review;
 pub mod server;
 pub mod sidecar;

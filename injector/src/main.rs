@@ -14,10 +14,11 @@ use injector::{
     limits::{DEFAULT_MAX_CONNECTIONS, Limits},
     options::{InjectorOptions, OptionsError},
     preview,
+    profile::{self, Installed, ProfileError},
     server::{self, App},
     tls::{CertPaths, CertStore},
 };
-use log::{error, info};
+use log::{error, info, warn};
 use sniffer_common::{echo::Echo, ports::parse_ports};
 
 #[derive(Parser)]
@@ -42,6 +43,22 @@ enum Command {
     GenCerts(GenCertsArgs),
     /// Print a pod as the webhook would mutate it.
     Inject(InjectArgs),
+    /// Keep a seccomp profile installed in this node's kubelet seccomp directory (the
+    /// seccomp-localhost DaemonSet); checks it again every interval until SIGTERM.
+    InstallSeccompProfile(InstallProfileArgs),
+}
+
+#[derive(Args)]
+struct InstallProfileArgs {
+    /// The profile to install (the DaemonSet mounts it from a ConfigMap).
+    #[arg(long)]
+    from: PathBuf,
+    /// Where the kubelet reads it: `<kubelet root>/seccomp/<localhostProfile>`.
+    #[arg(long)]
+    to: PathBuf,
+    /// Seconds between checks that the installed file is still the profile (1-86400).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    interval_secs: u64,
 }
 
 /// Options file and overrides, shared by `serve` and `inject`.
@@ -191,6 +208,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::GenCerts(args)) => gen_certs(&args).map_err(Failure::Runtime),
         Some(Command::Inject(args)) => inject(&args),
+        Some(Command::InstallSeccompProfile(args)) => install_profile(&args),
     };
     exit::code(result, "injector")
 }
@@ -266,6 +284,48 @@ async fn shutdown_signal() {
         _ = int.recv() => "SIGINT",
     };
     info!(signal = name; "stopping");
+}
+
+fn install_profile(args: &InstallProfileArgs) -> Result<(), Failure> {
+    let to = args.to.display().to_string();
+    // The first install must succeed, so that a node where it cannot shows a crash-looping pod.
+    let first = profile::install(&args.from, &args.to).map_err(|e| match e {
+        ProfileError::Write { .. } => Failure::Runtime(e.into()),
+        ProfileError::Read { .. } | ProfileError::Invalid { .. } => Failure::Config(e.into()),
+    })?;
+    let msg = match first {
+        Installed::Written => "seccomp profile installed",
+        Installed::Unchanged => "seccomp profile already installed",
+    };
+    info!(path = to.as_str(), interval_secs = args.interval_secs; "{msg}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(Failure::Runtime)?;
+    runtime.block_on(async {
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                () = tokio::time::sleep(Duration::from_secs(args.interval_secs)) => {}
+            }
+            match profile::install(&args.from, &args.to) {
+                Ok(Installed::Unchanged) => {}
+                Ok(Installed::Written) => {
+                    warn!(path = to.as_str(); "seccomp profile was missing or different: reinstalled");
+                }
+                Err(e) => {
+                    let error = format!("{:#}", anyhow::Error::new(e));
+                    error!(path = to.as_str(), error = error.as_str(); "cannot reinstall the seccomp profile");
+                }
+            }
+        }
+    });
+    // The file stays: running sniffers do not need it, but pods created during a rollout do.
+    info!(path = to.as_str(); "stopped; the profile stays installed");
+    Ok(())
 }
 
 fn gen_certs(args: &GenCertsArgs) -> Result<()> {

@@ -140,7 +140,7 @@ pub fn ensure_python_venv() -> Result<PathBuf> {
 }
 
 /// Where project tools live across clones: `$XDG_CACHE_HOME/tcp-sniffer` or `~/.cache/tcp-sniffer`.
-fn tools_dir() -> Result<PathBuf> {
+pub fn tools_dir() -> Result<PathBuf> {
     if let Some(dir) = env::var_os("TCP_SNIFFER_TOOLS_DIR") {
         return Ok(PathBuf::from(dir));
     }

@@ -14,6 +14,7 @@ mod manifests;
 mod perf;
 mod report;
 mod run;
+mod seccomp;
 mod soak;
 mod test;
 mod watch;
@@ -47,6 +48,8 @@ enum Task {
     Image,
     /// Build the images, then run them with least privilege and check their behaviour.
     ImageTest,
+    /// Write the sniffer's seccomp profile (runtime default plus bpf) into manifests/components.
+    SeccompProfile,
     /// Run the sniffer for minutes under traffic with collector restarts; report memory over time.
     Soak(soak::SoakArgs),
     /// Fuzz the parsers (admission review, packets, records, ports and options) for a bounded time.
@@ -86,5 +89,6 @@ fn main() -> Result<()> {
         Task::Soak(args) => soak::run(&args),
         Task::Image => image::build(),
         Task::ImageTest => image::verify(),
+        Task::SeccompProfile => seccomp::write(),
     }
 }

@@ -19,6 +19,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "overlays/cert-manager",
     "overlays/internal-ca",
     "overlays/fail-closed",
+    "overlays/seccomp-localhost",
     "examples",
 ];
 /// Oldest supported (native sidecars) and newest bundled schema versions.
@@ -94,6 +95,7 @@ pub fn check() -> Result<()> {
             );
         }
     }
+    seccomp_component_follows_base(&root)?;
     cmd::run(
         Command::new(venv.join("python"))
             .arg(root.join("xtask/python/network_policy.py"))
@@ -101,6 +103,48 @@ pub fn check() -> Result<()> {
     )
     .context("the base manifests' NetworkPolicy check failed")?;
     roundtrip(&injector, &scratch, &venv, &root)
+}
+
+/// The seccomp component repeats the base's injector options (kustomize cannot patch inside the
+/// JSON string): they must differ only in `seccompProfile`, which must name the file the
+/// component's DaemonSet installs.
+fn seccomp_component_follows_base(root: &Path) -> Result<()> {
+    let component = root.join("manifests/components/seccomp-localhost");
+    let options = |path: &Path| -> Result<(Vec<String>, String)> {
+        let text = fs::read_to_string(path)?;
+        let mut seccomp = String::new();
+        let mut rest = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if line.trim_start().starts_with("\"seccompProfile\"") {
+                seccomp = line.trim().to_owned();
+            } else {
+                rest.push(line.to_owned());
+            }
+        }
+        Ok((rest, seccomp))
+    };
+    let (base, _) = options(&root.join("manifests/base/configmap.yaml"))?;
+    let (ours, seccomp) = options(&component.join("injector-options.yaml"))?;
+    anyhow::ensure!(
+        base == ours,
+        "manifests/components/seccomp-localhost/injector-options.yaml differs from the base's \
+         options in more than seccompProfile"
+    );
+    let profile = seccomp
+        .split("\"localhostProfile\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("the component's options set no localhostProfile")?;
+    let daemonset = fs::read_to_string(component.join("daemonset.yaml"))?;
+    anyhow::ensure!(
+        daemonset.contains(&format!("--to=/host/seccomp/{profile}"))
+            && daemonset.contains("path: /var/lib/kubelet/seccomp"),
+        "the DaemonSet does not install {profile} under /var/lib/kubelet/seccomp"
+    );
+    eprintln!(
+        "manifests/components/seccomp-localhost: options = base + Localhost {profile}, installed by the DaemonSet"
+    );
+    Ok(())
 }
 
 /// Serves the injector on loopback and sends it the example pod.
