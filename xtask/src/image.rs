@@ -19,7 +19,8 @@ use serde_json::Value;
 
 use crate::{bootstrap, certs, cmd, ebpf, target_dir, workspace_root};
 
-const MUSL: &str = "x86_64-unknown-linux-musl";
+/// The target of the static binaries in the images.
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
 /// Local image names.
 pub const SNIFFER_IMAGE: &str = concat!("localhost/tcp-sniffer:", env!("CARGO_PKG_VERSION"));
 /// Local image name of the injector.
@@ -27,7 +28,7 @@ pub const INJECTOR_IMAGE: &str =
     concat!("localhost/tcp-sniffer-injector:", env!("CARGO_PKG_VERSION"));
 
 /// Private container storage under `target/image`, so the host's configuration is untouched.
-struct Containers {
+pub struct Containers {
     dir: PathBuf,
 }
 
@@ -43,7 +44,8 @@ impl Containers {
         Ok(Self { dir })
     }
 
-    fn command(&self, program: &str) -> Command {
+    /// A buildah or podman command on this storage.
+    pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .arg("--storage-driver")
@@ -57,7 +59,7 @@ impl Containers {
 }
 
 /// Builds static binaries and both images; returns the storage wrapper for running them.
-fn build_images() -> Result<Containers> {
+pub fn build_images() -> Result<Containers> {
     bootstrap::ensure_debian_packages(&[
         ("buildah", "buildah"),
         ("podman", "podman"),
@@ -106,6 +108,12 @@ fn build_images() -> Result<Containers> {
             .arg(&root);
         cmd::run(&mut build).with_context(|| format!("building {tag} failed"))?;
     }
+    // Each rebuild leaves the previous images untagged; vfs keeps full copies of them.
+    cmd::run(
+        containers
+            .command("podman")
+            .args(["image", "prune", "--force"]),
+    )?;
     cmd::run(containers.command("podman").args(["images"]))?;
     Ok(containers)
 }
@@ -171,12 +179,16 @@ fn least_privilege(netns: &str, seccomp_unconfined: bool) -> Vec<String> {
 
 /// `cargo xtask image-test`.
 pub fn verify() -> Result<()> {
-    let containers = build_images()?;
+    verify_built(&build_images()?)
+}
+
+/// The image checks, on images already built into `containers`.
+pub fn verify_built(containers: &Containers) -> Result<()> {
     let bed = Topology::new("tsimage")?;
 
     // Exit 1 on bad PORTS, with the starting line first.
     let bad = run_sniffer(
-        &containers,
+        containers,
         &least_privilege(&bed.server.name, true),
         &[("PORTS", "0"), ("INTERFACE", "eth0")],
     )?;
@@ -204,7 +216,7 @@ pub fn verify() -> Result<()> {
 
     // The runtime's default seccomp profile refuses bpf() without CAP_SYS_ADMIN: exit 2.
     let filtered = run_sniffer(
-        &containers,
+        containers,
         &least_privilege(&bed.server.name, false),
         &[("PORTS", "8080"), ("INTERFACE", "eth0")],
     )?;
@@ -305,7 +317,7 @@ pub fn verify() -> Result<()> {
         records.len()
     );
 
-    verify_injector(&containers)?;
+    verify_injector(containers)?;
     eprintln!("image-test: all checks passed");
     Ok(())
 }

@@ -12,6 +12,7 @@ mod hygiene;
 mod image;
 mod manifests;
 mod perf;
+mod pod;
 mod report;
 mod run;
 mod seccomp;
@@ -48,6 +49,8 @@ enum Task {
     Image,
     /// Build the images, then run them with least privilege and check their behaviour.
     ImageTest,
+    /// Run the injected example pod under `podman kube play` and check the sidecar end to end.
+    PodTest,
     /// Write the sniffer's seccomp profile (runtime default plus bpf) into manifests/components.
     SeccompProfile,
     /// Run the sniffer for minutes under traffic with collector restarts; report memory over time.
@@ -89,6 +92,7 @@ fn main() -> Result<()> {
         Task::Soak(args) => soak::run(&args),
         Task::Image => image::build(),
         Task::ImageTest => image::verify(),
+        Task::PodTest => pod::run(),
         Task::SeccompProfile => seccomp::write(),
     }
 }

@@ -5,7 +5,9 @@
 //! `RuntimeDefault` comes from, which is what most Kubernetes nodes apply. (containers/common's
 //! default, which podman and CRI-O apply, allows `unshare`, `mount` and `ptrace` without
 //! `CAP_SYS_ADMIN`: a profile built on it would filter less than `RuntimeDefault` on containerd.)
-//! `cargo xtask seccomp-profile` writes it into the seccomp-localhost component.
+//! `cargo xtask seccomp-profile` writes it into the seccomp-localhost component; `cargo xtask
+//! pod-test` checks that the committed file is still what this derivation makes, then runs the
+//! sniffer under it.
 
 use std::{
     fs,
@@ -122,5 +124,17 @@ pub fn write() -> Result<()> {
     let profile = derive()?;
     fs::write(shipped(), profile)?;
     eprintln!("wrote {PROFILE_PATH}");
+    Ok(())
+}
+
+/// Fails unless the shipped profile is exactly what [`derive`] makes here.
+pub fn check_shipped() -> Result<()> {
+    let shipped =
+        fs::read_to_string(shipped()).with_context(|| format!("cannot read {PROFILE_PATH}"))?;
+    ensure!(
+        shipped == derive()?,
+        "{PROFILE_PATH} is not Docker's default profile ({PACKAGE}) plus bpf: \
+         run `cargo xtask seccomp-profile` and review the difference"
+    );
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::{bootstrap, cmd, ebpf, hygiene, manifests, workspace_root};
+use crate::{bootstrap, cmd, ebpf, hygiene, image, manifests, pod, workspace_root};
 
 /// Commands the tests run, and the Debian packages that provide them.
 const TEST_PACKAGES: &[(&str, &str)] = &[
@@ -13,7 +13,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 
 /// Checks the repository (no tracked private key, the Dockerfile's default target), installs what
 /// is missing, builds the kernel object, checks formatting and lints, runs the tests,
-/// then checks the Kubernetes manifests.
+/// then checks the Kubernetes manifests and, as root, the images and the injected pod under
+/// podman (`image-test` and `pod-test` on one build).
 pub fn run(test_args: &[String]) -> Result<()> {
     hygiene::no_private_keys()?;
     hygiene::dockerfile_default_is_sniffer()?;
@@ -43,9 +44,18 @@ pub fn run(test_args: &[String]) -> Result<()> {
         .env("TCP_SNIFFER_PYTHON", venv.join("python"));
     // As root, tests that need the kernel must run: a skip would hide a broken capture path.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
         test.env("TCP_SNIFFER_REQUIRE_PRIVILEGED", "1");
     }
     cmd::run(&mut test)?;
-    manifests::check()
+    manifests::check()?;
+    if root {
+        let containers = image::build_images()?;
+        image::verify_built(&containers)?;
+        pod::run_built(&containers)
+    } else {
+        eprintln!("image-test and pod-test skipped: rootful podman needs root (run them as root)");
+        Ok(())
+    }
 }
