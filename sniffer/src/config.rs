@@ -119,6 +119,20 @@ pub struct Args {
     /// traffic waits before it is read.
     #[arg(long, env = "RING_POLL_INTERVAL_MS", default_value_t = 50)]
     pub ring_poll_interval_ms: u64,
+    /// What to send: `packets` (a record per packet), `connections` (a record per connection),
+    /// or `both`.
+    #[arg(long, env = "RECORDS", default_value = "packets")]
+    pub records: String,
+    /// Connections tracked at once (`RECORDS` `connections` or `both`); beyond it the least
+    /// recently seen is reported as evicted.
+    #[arg(long, env = "CONNECTION_MAX", default_value_t = 32_768)]
+    pub connection_max: u64,
+    /// A connection with no packet for this long is reported as timed out.
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    pub connection_idle_timeout_ms: u64,
+    /// Open connections are reported this often; 0 never.
+    #[arg(long, env = "CONNECTION_REPORT_INTERVAL_MS", default_value_t = 60_000)]
+    pub connection_report_interval_ms: u64,
     /// Pod name (downward API), included in logs.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -220,6 +234,48 @@ pub struct Config {
     pub ring_wakeup_bytes: u64,
     /// How often the reader checks the ring without a wakeup.
     pub ring_poll_interval: Duration,
+    /// What records are sent (`RECORDS`).
+    pub records: Records,
+    /// The connection tracker's limits, used unless `records` is [`Records::Packets`].
+    pub tracker: TrackerConfig,
+}
+
+/// What the agent sends (`RECORDS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Records {
+    /// A record per packet (the default).
+    Packets,
+    /// A record per connection, no packet records.
+    Connections,
+    /// Both.
+    Both,
+}
+
+impl Records {
+    /// Whether packet records are sent.
+    #[must_use]
+    pub const fn packets(self) -> bool {
+        matches!(self, Self::Packets | Self::Both)
+    }
+
+    /// Whether connections are tracked and reported.
+    #[must_use]
+    pub const fn connections(self) -> bool {
+        matches!(self, Self::Connections | Self::Both)
+    }
+}
+
+/// Limits and timings of the connection tracker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// Connections tracked at once (`CONNECTION_MAX`).
+    pub max_connections: usize,
+    /// A connection with no packet for this long is reported as `timeout`
+    /// (`CONNECTION_IDLE_TIMEOUT_MS`).
+    pub idle_timeout: Duration,
+    /// Open connections are reported (`state` `open`) this often
+    /// (`CONNECTION_REPORT_INTERVAL_MS`); `None` never.
+    pub report_interval: Option<Duration>,
 }
 
 /// A configuration the sniffer cannot start with (exit code 1).
@@ -306,6 +362,9 @@ pub enum ConfigError {
         /// The values accepted.
         problem: &'static str,
     },
+    /// `RECORDS` names nothing known.
+    #[error("RECORDS {:?} is not one of packets, connections, both", Echo(.0))]
+    Records(String),
     /// `OUTPUT_FORMAT` is set, but records go to stdout.
     #[error("OUTPUT_FORMAT={0} needs OUTPUT_URL: stdout always carries NDJSON records")]
     FormatWithoutUrl(String),
@@ -355,6 +414,33 @@ impl Args {
         }
         range("SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 0, 600_000)?;
         range("STATS_INTERVAL_SECS", self.stats_interval_secs, 0, 86_400)?;
+        let records = match self.records.as_str() {
+            "packets" => Records::Packets,
+            "connections" => Records::Connections,
+            "both" => Records::Both,
+            other => return Err(ConfigError::Records(other.to_owned())),
+        };
+        range("CONNECTION_MAX", self.connection_max, 1, 10_000_000)?;
+        range(
+            "CONNECTION_IDLE_TIMEOUT_MS",
+            self.connection_idle_timeout_ms,
+            1_000,
+            86_400_000,
+        )?;
+        if self.connection_report_interval_ms != 0 {
+            range(
+                "CONNECTION_REPORT_INTERVAL_MS",
+                self.connection_report_interval_ms,
+                1_000,
+                86_400_000,
+            )?;
+        }
+        let tracker = TrackerConfig {
+            max_connections: usize::try_from(self.connection_max).unwrap_or(usize::MAX),
+            idle_timeout: Duration::from_millis(self.connection_idle_timeout_ms),
+            report_interval: (self.connection_report_interval_ms > 0)
+                .then(|| Duration::from_millis(self.connection_report_interval_ms)),
+        };
         let page = page_size();
         if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < page {
             return Err(ConfigError::RingBufferSize {
@@ -395,6 +481,8 @@ impl Args {
             ring_buffer_bytes: self.ring_buffer_bytes,
             ring_wakeup_bytes: wakeup,
             ring_poll_interval: Duration::from_millis(self.ring_poll_interval_ms),
+            records,
+            tracker,
         })
     }
 

@@ -16,7 +16,8 @@ use cli_support::exit::{self, Failure};
 use log::{error, info, warn};
 use sniffer::{
     capture::{Capture, CaptureOptions, KernelCounters, MAX_BATCH, ProgramStats, clock::WallClock},
-    config::{Args, Config, Placement},
+    config::{Args, Config, Placement, TrackerConfig},
+    connections::Tracking,
     deliver::{Sink, http::HttpOutput, stdout::Lines},
     encode::AgentInfo,
     metrics::{self, Stats, add, get},
@@ -117,13 +118,35 @@ fn sink(
     Ok(Box::new(output))
 }
 
+/// The output, behind the connection tracker when connection records are wanted.
+fn pipeline(output: Box<dyn Sink>, config: &Config, stats: &Arc<Stats>) -> Box<dyn Sink> {
+    if !config.records.connections() {
+        return output;
+    }
+    let TrackerConfig {
+        max_connections,
+        idle_timeout,
+        report_interval,
+    } = config.tracker;
+    info!(packets = config.records.packets(), max_connections,
+          idle_timeout_ms = idle_timeout.as_millis() as u64,
+          report_interval_ms = report_interval.map_or(0, |i| i.as_millis() as u64);
+          "tracking connections");
+    Box::new(Tracking::new(
+        output,
+        config.tracker,
+        config.records.packets(),
+        Arc::clone(stats),
+    ))
+}
+
 async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     let mut signals = Signals {
         terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
         interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
     };
     let stats = Arc::new(Stats::default());
-    let mut sink = sink(config, placement, &stats)?;
+    let mut sink = pipeline(sink(config, placement, &stats)?, config, &stats);
     if let Some(addr) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -181,6 +204,7 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         .context("cannot read the program statistics")?;
     info!(
         records = get(&stats.records_read),
+        connection_records = get(&stats.connection_records),
         delivered = get(&stats.records_delivered),
         dropped = stats.dropped_total(),
         matched = get(&stats.packets_matched),
@@ -327,6 +351,7 @@ fn log_stats(stats: &Stats) {
     info!(
         matched = get(&stats.packets_matched),
         records = get(&stats.records_read),
+        connection_records = get(&stats.connection_records),
         delivered = get(&stats.records_delivered),
         dropped = stats.dropped_total(),
         queued = get(&stats.records_queued),

@@ -4,12 +4,17 @@
 //! `read = delivered + dropped_buffer_full + dropped_rejected + dropped_undeliverable + queued`.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
 use cli_support::prometheus::{Exposition, Kind};
 use log::debug;
+
+use crate::connections::{Counts, HANDSHAKE_BOUNDS_NS};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -57,6 +62,11 @@ pub struct Stats {
     pub ports_changes_applied: AtomicU64,
     /// New `tcp-sniffer/ports` values refused (invalid; the ports stayed).
     pub ports_changes_refused: AtomicU64,
+    /// Connection records made (`RECORDS=connections` or `both`); they are delivered and dropped
+    /// like packet records, and counted in those counters too.
+    pub connection_records: AtomicU64,
+    /// The connection tracker's counts and the connections tracked now, when it runs.
+    pub connections: Mutex<Option<(Counts, u64)>>,
 }
 
 /// Adds `n` to a counter.
@@ -103,6 +113,8 @@ impl Stats {
             ports_captured,
             ports_changes_applied,
             ports_changes_refused,
+            connection_records,
+            connections,
         } = self;
         let mut text = Exposition::default();
         let one = |text: &mut Exposition, name, kind, help, value| {
@@ -213,6 +225,17 @@ impl Stats {
         ] {
             family.sample(&[("result", result)], get(value));
         }
+        let tracked = *connections.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((counts, tracked)) = tracked {
+            one(
+                &mut text,
+                "tcp_sniffer_connection_records_total",
+                Kind::Counter,
+                "Connection records made (also counted as records delivered or dropped).",
+                connection_records,
+            );
+            render_connections(&mut text, &counts, tracked);
+        }
         text.finish()
     }
 
@@ -221,6 +244,64 @@ impl Stats {
     pub fn healthy(&self) -> bool {
         !self.sender_failed.load(Relaxed)
     }
+}
+
+/// The connection tracker's families: bounded labels only (how a connection ended), never an
+/// address or a port.
+fn render_connections(text: &mut Exposition, counts: &Counts, tracked: u64) {
+    let Counts {
+        opened,
+        closed,
+        interim: _,
+        retransmits,
+        handshakes,
+    } = counts;
+    text.family(
+        "tcp_sniffer_connections_tracked",
+        Kind::Gauge,
+        "Connections in the tracker's table now.",
+    )
+    .sample(&[], tracked);
+    text.family(
+        "tcp_sniffer_connections_opened_total",
+        Kind::Counter,
+        "Connections that entered the tracker (a SYN, or the first packet seen mid-stream).",
+    )
+    .sample(&[], *opened);
+    let mut family = text.family(
+        "tcp_sniffer_connections_closed_total",
+        Kind::Counter,
+        "Connections reported closed, by how they ended (evicted: pushed out of a full table).",
+    );
+    for (reason, value) in Counts::REASONS.iter().zip(closed) {
+        family.sample(&[("end_reason", reason)], *value);
+    }
+    text.family(
+        "tcp_sniffer_retransmitted_segments_total",
+        Kind::Counter,
+        "Payload segments starting before the highest sequence number already seen from their sender.",
+    )
+    .sample(&[], *retransmits);
+    let mut cumulative = 0;
+    let buckets: Vec<(f64, u64)> = HANDSHAKE_BOUNDS_NS
+        .iter()
+        .zip(handshakes.buckets)
+        .map(|(&bound, count)| {
+            cumulative += count;
+            (Duration::from_nanos(bound).as_secs_f64(), cumulative)
+        })
+        .collect();
+    text.family(
+        "tcp_sniffer_handshake_syn_to_synack_seconds",
+        Kind::Histogram,
+        "Time from the client's SYN to the server's SYN-ACK, as seen on the interface.",
+    )
+    .histogram(
+        &[],
+        &buckets,
+        Duration::from_nanos(handshakes.sum_ns).as_secs_f64(),
+        handshakes.count,
+    );
 }
 
 /// Serves `GET /metrics` and `GET /healthz` over plain HTTP/1.1, one request per connection.

@@ -9,6 +9,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     // The ndjson format is inserted into a real ClickHouse.
     ("clickhouse-server", "clickhouse-server"),
+    // Connection records are checked against tshark's analysis of a tcpdump capture, under loss
+    // induced with nftables.
+    ("tcpdump", "tcpdump"),
+    ("tshark", "tshark"),
+    ("nft", "nftables"),
 ];
 
 /// Checks the repository (no tracked private key, the Dockerfile's default target), installs what

@@ -5,20 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::encode::record::Record;
-
-/// Collects records into batches.
+/// Collects records (packet records, or connection records) into batches.
 #[derive(Debug)]
 #[must_use]
-pub struct Batcher {
+pub struct Batcher<T> {
     max_records: usize,
     max_wait: Duration,
-    current: Vec<Record>,
+    current: Vec<T>,
     /// When the oldest record of `current` arrived.
     opened: Option<Instant>,
 }
 
-impl Batcher {
+impl<T> Batcher<T> {
     /// A batcher closing batches at `max_records` records or `max_wait` after their first record.
     pub fn new(max_records: usize, max_wait: Duration) -> Self {
         Self {
@@ -36,9 +34,9 @@ impl Batcher {
     /// copy and a capacity check each.
     pub fn fill(
         &mut self,
-        records: &mut impl ExactSizeIterator<Item = Record>,
+        records: &mut impl ExactSizeIterator<Item = T>,
         now: impl FnOnce() -> Instant,
-    ) -> Option<Vec<Record>> {
+    ) -> Option<Vec<T>> {
         if records.len() == 0 {
             return None;
         }
@@ -58,13 +56,13 @@ impl Batcher {
     }
 
     /// Closes the open batch if it has reached its age at `now`.
-    pub fn close_if_due(&mut self, now: Instant) -> Option<Vec<Record>> {
+    pub fn close_if_due(&mut self, now: Instant) -> Option<Vec<T>> {
         let due = self.due().is_some_and(|due| now >= due);
         due.then(|| self.take_current())
     }
 
     /// Closes the open batch now, if it holds anything (at shutdown).
-    pub fn close(&mut self) -> Option<Vec<Record>> {
+    pub fn close(&mut self) -> Option<Vec<T>> {
         (!self.current.is_empty()).then(|| self.take_current())
     }
 
@@ -80,7 +78,7 @@ impl Batcher {
         self.current.is_empty()
     }
 
-    fn take_current(&mut self) -> Vec<Record> {
+    fn take_current(&mut self) -> Vec<T> {
         self.opened = None;
         std::mem::take(&mut self.current)
     }
@@ -91,7 +89,7 @@ mod tests {
     use sniffer_common::PacketRecord;
 
     use super::*;
-    use crate::capture::clock::WallClock;
+    use crate::{capture::clock::WallClock, encode::record::Record};
 
     fn record(port: u16) -> Record {
         let raw = PacketRecord {
@@ -103,7 +101,7 @@ mod tests {
     }
 
     fn push(
-        batcher: &mut Batcher,
+        batcher: &mut Batcher<Record>,
         port: u16,
         now: impl FnOnce() -> Instant,
     ) -> Option<Vec<Record>> {

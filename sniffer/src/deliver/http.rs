@@ -41,7 +41,8 @@ use super::{
 use crate::{
     capture::clock::WallClock,
     config::DeliveryConfig,
-    encode::{AgentInfo, Body, Encoder, Format, otlp, proto, record::Record},
+    connections::record::ConnectionRecord,
+    encode::{AgentInfo, Batch, Body, Encoder, Format, otlp, proto, record::Record},
     metrics::{Stats, add, get},
     small_file::{SmallFileError, read_small_file},
 };
@@ -87,8 +88,10 @@ pub enum DeliveryError {
 /// A [`Sink`] that batches records and hands them to the sender threads.
 #[derive(Debug)]
 pub struct HttpOutput {
-    batcher: Batcher,
-    tx: mpsc::Sender<Vec<Record>>,
+    batcher: Batcher<Record>,
+    /// Connection records travel in batches of their own.
+    connections: Batcher<ConnectionRecord>,
+    tx: mpsc::Sender<Batch>,
     shared: Arc<Shared>,
     buffer_max_records: u64,
     senders: Vec<JoinHandle<()>>,
@@ -97,6 +100,21 @@ pub struct HttpOutput {
 }
 
 impl HttpOutput {
+    /// How many of `count` new records fit in `BUFFER_MAX_RECORDS`; the rest are counted as
+    /// dropped (`buffer_full`), the kept ones as queued.
+    fn room(&self, count: usize) -> usize {
+        let stats = &self.shared.stats;
+        // The queue only grows while this runs (senders settle batches meanwhile): records past
+        // its room now are the ones a record-by-record check would drop.
+        let room = self
+            .buffer_max_records
+            .saturating_sub(get(&stats.records_queued));
+        let kept = count.min(usize::try_from(room).unwrap_or(usize::MAX));
+        add(&stats.dropped_buffer_full, (count - kept) as u64);
+        add(&stats.records_queued, kept as u64);
+        kept
+    }
+
     /// Starts the sender threads.
     pub fn start(
         config: &DeliveryConfig,
@@ -134,6 +152,7 @@ impl HttpOutput {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             batcher: Batcher::new(config.batch_max_records, config.batch_max_wait),
+            connections: Batcher::new(config.batch_max_records, config.batch_max_wait),
             tx,
             shared,
             buffer_max_records: config.buffer_max_records as u64,
@@ -142,7 +161,7 @@ impl HttpOutput {
         })
     }
 
-    fn enqueue(&mut self, batch: Vec<Record>) {
+    fn enqueue(&mut self, batch: Batch) {
         // `records_queued` already counts these records (see `accept`).
         add(&self.shared.stats.batches_queued, 1);
         if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
@@ -155,23 +174,25 @@ impl HttpOutput {
 
 impl Sink for HttpOutput {
     fn take(&mut self, records: &[PacketRecord], clock: &WallClock) -> std::io::Result<()> {
-        let stats = &self.shared.stats;
-        // The queue only grows while this runs (senders settle batches meanwhile): records past
-        // its room now are the ones a record-by-record check would drop.
-        let room = self
-            .buffer_max_records
-            .saturating_sub(get(&stats.records_queued));
-        let kept = records
-            .len()
-            .min(usize::try_from(room).unwrap_or(usize::MAX));
-        add(&stats.dropped_buffer_full, (records.len() - kept) as u64);
-        add(&stats.records_queued, kept as u64);
+        let kept = self.room(records.len());
         let mut records = records[..kept]
             .iter()
             .map(|raw| Record::from_kernel(raw, clock));
         while records.len() > 0 {
             if let Some(batch) = self.batcher.fill(&mut records, Instant::now) {
-                self.enqueue(batch);
+                self.enqueue(Batch::Packets(batch));
+            }
+        }
+        self.tick(Instant::now());
+        Ok(())
+    }
+
+    fn take_connections(&mut self, records: &[ConnectionRecord]) -> std::io::Result<()> {
+        let kept = self.room(records.len());
+        let mut records = records[..kept].iter().cloned();
+        while records.len() > 0 {
+            if let Some(batch) = self.connections.fill(&mut records, Instant::now) {
+                self.enqueue(Batch::Connections(batch));
             }
         }
         self.tick(Instant::now());
@@ -179,12 +200,18 @@ impl Sink for HttpOutput {
     }
 
     fn due(&self) -> Option<Instant> {
-        self.batcher.due()
+        match (self.batcher.due(), self.connections.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn tick(&mut self, now: Instant) {
         if let Some(batch) = self.batcher.close_if_due(now) {
-            self.enqueue(batch);
+            self.enqueue(Batch::Packets(batch));
+        }
+        if let Some(batch) = self.connections.close_if_due(now) {
+            self.enqueue(Batch::Connections(batch));
         }
     }
 
@@ -194,7 +221,10 @@ impl Sink for HttpOutput {
     /// records, if time remains.
     fn finish(mut self: Box<Self>, deadline: Instant) -> std::io::Result<()> {
         if let Some(batch) = self.batcher.close() {
-            self.enqueue(batch);
+            self.enqueue(Batch::Packets(batch));
+        }
+        if let Some(batch) = self.connections.close() {
+            self.enqueue(Batch::Connections(batch));
         }
         *lock(&self.shared.deadline) = Some(deadline);
         let Self {
@@ -215,7 +245,7 @@ impl Sink for HttpOutput {
         if shared.stats.dropped_total() > lock(&shared.ledger).assigned_dropped
             && !shared.past_deadline()
         {
-            shared.deliver(Vec::new(), &mut last_words);
+            shared.deliver(Batch::Packets(Vec::new()), &mut last_words);
         }
         Ok(())
     }
@@ -386,7 +416,7 @@ const SLEEP_SLICE: Duration = Duration::from_millis(50);
 impl Shared {
     /// A sender thread: delivers batches until the channel is closed and empty, or until a
     /// delivery panics (a bug), which marks the agent failed.
-    fn work(&self, rx: &Mutex<Receiver<Vec<Record>>>, mut encoder: Encoder) {
+    fn work(&self, rx: &Mutex<Receiver<Batch>>, mut encoder: Encoder) {
         loop {
             let next = lock(rx).recv();
             let Ok(records) = next else { return };
@@ -502,11 +532,15 @@ impl Shared {
     }
 
     /// Delivers one batch, retrying until it is accepted, refused, or the deadline passes.
-    fn deliver(&self, records: Vec<Record>, encoder: &mut Encoder) {
-        let ticket = self.ticket(records.len() as u64);
+    fn deliver(&self, batch: Batch, encoder: &mut Encoder) {
+        let ticket = self.ticket(batch.len() as u64);
         let dropped = ticket.dropped;
         let seq = self.seq.fetch_add(1, Relaxed);
-        let body = match encoder.body(seq, dropped, &records) {
+        let encoded = match &batch {
+            Batch::Packets(records) => encoder.body(seq, dropped, records),
+            Batch::Connections(records) => encoder.connection_body(seq, dropped, records),
+        };
+        let body = match encoded {
             Ok(body) => body,
             Err(err) => {
                 error!(seq, error = err.to_string().as_str(); "cannot encode batch; dropped");
@@ -514,7 +548,7 @@ impl Shared {
                 return;
             }
         };
-        drop(records);
+        drop(batch);
         self.send(&body, encoder, ticket, seq);
         encoder.recycle(body);
     }

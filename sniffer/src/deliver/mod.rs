@@ -13,7 +13,7 @@ use std::{io, time::Instant};
 
 use sniffer_common::PacketRecord;
 
-use crate::capture::clock::WallClock;
+use crate::{capture::clock::WallClock, connections::record::ConnectionRecord};
 
 /// Receives the records read from the ring, in capture order, and hands them over.
 pub trait Sink {
@@ -23,6 +23,14 @@ pub trait Sink {
     ///
     /// When the records cannot be handed over at all (stdout closed): the agent stops.
     fn take(&mut self, records: &[PacketRecord], clock: &WallClock) -> io::Result<()>;
+
+    /// Takes connection records (`RECORDS=connections` or `both`), delivered like packet
+    /// records and accounted with them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sink::take`].
+    fn take_connections(&mut self, records: &[ConnectionRecord]) -> io::Result<()>;
 
     /// When [`Sink::tick`] is due next (an open batch reaching its age), if ever.
     fn due(&self) -> Option<Instant> {

@@ -12,6 +12,7 @@ use sniffer_common::{PacketRecord, time::Rfc3339Writer};
 use super::Sink;
 use crate::{
     capture::clock::WallClock,
+    connections::record::ConnectionRecord,
     encode::record::Record,
     metrics::{Stats, add},
 };
@@ -79,6 +80,17 @@ impl<W: Write> Sink for Lines<W> {
             if self.pending.len() >= CHUNK_BYTES {
                 self.write_pending()?;
             }
+        }
+        self.write_pending()?;
+        self.out.flush()?;
+        add(&self.stats.records_delivered, records.len() as u64);
+        Ok(())
+    }
+
+    fn take_connections(&mut self, records: &[ConnectionRecord]) -> io::Result<()> {
+        for record in records {
+            record.write_json(&mut self.pending);
+            self.pending.push(b'\n');
         }
         self.write_pending()?;
         self.out.flush()?;

@@ -1,9 +1,11 @@
 //! Encode: records become bytes. [`record`] writes one record's JSON (a line on stdout, an
 //! element of every JSON body). An [`Encoder`] turns a batch of records into a request body in
 //! the configured [`Format`] — [`batch`], [`ndjson`], [`otlp`] (protobuf or JSON, with
-//! [`proto`]) or [`loki`]; each sender thread has its own.
+//! [`proto`]) or [`loki`]; [`connection`] writes connection records in each; each sender thread
+//! has its own encoder.
 
 pub mod batch;
+pub mod connection;
 pub mod loki;
 pub mod ndjson;
 pub mod otlp;
@@ -22,6 +24,7 @@ use serde::Serialize;
 use sniffer_common::time::Rfc3339Writer;
 
 use self::record::Record;
+use crate::connections::record::ConnectionRecord;
 
 /// Who sent a batch; identical in every batch of one process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -187,6 +190,48 @@ enum Fixed {
     Loki(Vec<u8>),
 }
 
+/// What a body carries.
+#[derive(Clone, Copy)]
+enum Items<'a> {
+    Packets(&'a [Record]),
+    Connections(&'a [ConnectionRecord]),
+}
+
+impl Items<'_> {
+    const fn len(self) -> usize {
+        match self {
+            Self::Packets(records) => records.len(),
+            Self::Connections(records) => records.len(),
+        }
+    }
+}
+
+/// A closed batch on its way to a sender thread.
+#[derive(Debug)]
+pub enum Batch {
+    /// Packet records.
+    Packets(Vec<Record>),
+    /// Connection records.
+    Connections(Vec<ConnectionRecord>),
+}
+
+impl Batch {
+    /// Records in it.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Packets(records) => records.len(),
+            Self::Connections(records) => records.len(),
+        }
+    }
+
+    /// Whether it holds no record (the last batch reporting losses only).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// About how many bytes a record takes in a body, to size buffers.
 const RECORD_BYTES: usize = 320;
 
@@ -274,24 +319,53 @@ impl Encoder {
     ///
     /// Only if compression fails, which in-memory compression does not.
     pub fn body(&mut self, seq: u64, dropped: u64, records: &[Record]) -> io::Result<Body> {
+        self.encode(seq, dropped, Items::Packets(records))
+    }
+
+    /// Like [`Encoder::body`], for a batch of connection records.
+    ///
+    /// # Errors
+    ///
+    /// As [`Encoder::body`].
+    pub fn connection_body(
+        &mut self,
+        seq: u64,
+        dropped: u64,
+        records: &[ConnectionRecord],
+    ) -> io::Result<Body> {
+        self.encode(seq, dropped, Items::Connections(records))
+    }
+
+    fn encode(&mut self, seq: u64, dropped: u64, items: Items<'_>) -> io::Result<Body> {
         let mut bytes = std::mem::take(&mut self.spare);
         bytes.clear();
-        bytes.reserve(512 + records.len() * RECORD_BYTES);
+        bytes.reserve(512 + items.len() * RECORD_BYTES);
         let mut start = 0;
         match &self.fixed {
             Fixed::Batch(agent) => {
                 batch::start(&mut bytes, agent, seq, dropped);
-                batch::write(&mut bytes, records, &mut self.times);
+                match items {
+                    Items::Packets(records) => batch::write(&mut bytes, records, &mut self.times),
+                    Items::Connections(records) => connection::batch(&mut bytes, records),
+                }
                 bytes.extend_from_slice(batch::END);
             }
-            Fixed::Ndjson(line_end) => {
-                ndjson::write(&mut bytes, records, line_end, &mut self.times);
-            }
+            Fixed::Ndjson(line_end) => match items {
+                Items::Packets(records) => {
+                    ndjson::write(&mut bytes, records, line_end, &mut self.times);
+                }
+                Items::Connections(records) => connection::ndjson(&mut bytes, records, line_end),
+            },
             Fixed::OtlpProtobuf(fixed) => {
                 // Room for the header, written once the records' length is known.
                 let room = fixed.0.len() + fixed.1.len() + otlp::PROTO_PREFIX_HEADERS;
                 bytes.resize(room, 0);
-                otlp::write_proto(&mut bytes, records, &mut self.scratch);
+                match items {
+                    Items::Packets(records) => {
+                        otlp::write_proto(&mut bytes, records, &mut self.scratch);
+                    }
+                    Items::Connections(records) => connection::otlp_proto(&mut bytes, records),
+                }
                 self.scratch.clear();
                 otlp::proto_prefix(&mut self.scratch, fixed, bytes.len() - room);
                 start = room - self.scratch.len();
@@ -299,12 +373,18 @@ impl Encoder {
             }
             Fixed::OtlpJson(body_start) => {
                 bytes.extend_from_slice(body_start);
-                otlp::write_json(&mut bytes, records);
+                match items {
+                    Items::Packets(records) => otlp::write_json(&mut bytes, records),
+                    Items::Connections(records) => connection::otlp_json(&mut bytes, records),
+                }
                 bytes.extend_from_slice(otlp::JSON_END);
             }
             Fixed::Loki(body_start) => {
                 bytes.extend_from_slice(body_start);
-                loki::write(&mut bytes, records, &mut self.times);
+                match items {
+                    Items::Packets(records) => loki::write(&mut bytes, records, &mut self.times),
+                    Items::Connections(records) => connection::loki(&mut bytes, records),
+                }
                 bytes.extend_from_slice(loki::BODY_END);
             }
         }

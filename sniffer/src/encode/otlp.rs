@@ -170,7 +170,7 @@ pub fn write_json(out: &mut Vec<u8>, records: &[Record]) {
 }
 
 /// Protobuf field numbers (opentelemetry-proto).
-mod field {
+pub(super) mod field {
     pub const REQUEST_RESOURCE_LOGS: u32 = 1;
     pub const RESOURCE_LOGS_RESOURCE: u32 = 1;
     pub const RESOURCE_LOGS_SCOPE_LOGS: u32 = 2;
@@ -185,12 +185,18 @@ mod field {
     pub const KEY_VALUE_KEY: u32 = 1;
     pub const KEY_VALUE_VALUE: u32 = 2;
     pub const ANY_STRING: u32 = 1;
+    pub const ANY_BOOL: u32 = 2;
     pub const ANY_INT: u32 = 3;
     pub const ANY_ARRAY: u32 = 5;
     pub const ARRAY_VALUES: u32 = 1;
 }
 
-fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn key_value(
+    out: &mut Vec<u8>,
+    field: u32,
+    key: &str,
+    value: impl FnOnce(&mut Vec<u8>),
+) {
     proto::message(out, field, |out| {
         proto::string(out, field::KEY_VALUE_KEY, key);
         proto::message(out, field::KEY_VALUE_VALUE, value);

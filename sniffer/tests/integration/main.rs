@@ -6,6 +6,7 @@
 mod agent;
 mod capture;
 mod collector;
+mod connections;
 mod delivery;
 mod dissector;
 mod formats;

@@ -1,0 +1,475 @@
+//! Connection tracking (`RECORDS=connections` or `both`): packets grouped into connections by
+//! their endpoints, each analysed as it goes ([`analysis`]) and reported once when it ends, as a
+//! [`record::ConnectionRecord`]; [`Tracking`] is the pipeline stage between the ring and the
+//! output.
+//!
+//! Memory is bounded: at most `CONNECTION_MAX` connections are tracked; a new one beyond that
+//! pushes out the least recently seen (approximately: a second-chance queue, so that a flood of
+//! new connections costs O(1) per packet), which is reported with `end_reason` `evicted`.
+
+pub mod analysis;
+pub mod record;
+mod stage;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
+
+use sniffer_common::PacketRecord;
+
+pub use self::stage::Tracking;
+use self::{
+    analysis::{Analysis, End, Key},
+    record::Report,
+};
+pub use crate::config::TrackerConfig;
+
+/// How long a connection that ended (FIN exchange or RST) stays in the table before it is
+/// reported: the last ACK, retransmitted FINs and further RSTs still count in it.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// A tracked connection.
+#[derive(Debug)]
+struct Entry {
+    /// Tells this connection from an earlier one on the same endpoints in the eviction queue.
+    id: u64,
+    analysis: Analysis,
+    /// When it was last reported (or first seen), monotonic nanoseconds.
+    reported_ns: u64,
+}
+
+/// Upper bounds of the handshake-time histogram's buckets, in nanoseconds (10 µs to 2.5 s).
+pub const HANDSHAKE_BOUNDS_NS: [u64; 17] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+];
+
+/// Handshake times (SYN → SYN-ACK) of the connections whose handshake was seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeHistogram {
+    /// Times at most each bound of [`HANDSHAKE_BOUNDS_NS`] and above the one before.
+    pub buckets: [u64; 17],
+    /// Every time observed.
+    pub count: u64,
+    /// Their sum, nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl HandshakeHistogram {
+    fn observe(&mut self, ns: u64) {
+        if let Some(i) = HANDSHAKE_BOUNDS_NS.iter().position(|&bound| ns <= bound) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+}
+
+/// What the tracker has done, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Connections that entered the table.
+    pub opened: u64,
+    /// Connections reported with each end: fin, rst, timeout, evicted, shutdown.
+    pub closed: [u64; 5],
+    /// Interim reports of open connections.
+    pub interim: u64,
+    /// Retransmitted segments (as [`analysis::Sent::retransmits`] counts them), both directions.
+    pub retransmits: u64,
+    /// SYN → SYN-ACK times.
+    pub handshakes: HandshakeHistogram,
+}
+
+impl Counts {
+    /// The index of `end` in [`Counts::closed`], and its `end_reason` name.
+    #[must_use]
+    pub const fn slot(end: End) -> (usize, &'static str) {
+        match end {
+            End::Fin => (0, "fin"),
+            End::Rst(_) => (1, "rst"),
+            End::Timeout => (2, "timeout"),
+            End::Evicted => (3, "evicted"),
+            End::Shutdown => (4, "shutdown"),
+        }
+    }
+
+    /// The `end_reason` names, in [`Counts::closed`] order.
+    pub const REASONS: [&'static str; 5] = ["fin", "rst", "timeout", "evicted", "shutdown"];
+}
+
+/// The table of connections.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use sniffer::connections::{Tracker, TrackerConfig};
+/// use sniffer_common::{PacketRecord, tcp_flags};
+///
+/// let mut tracker = Tracker::new(TrackerConfig {
+///     max_connections: 100, idle_timeout: Duration::from_secs(60), report_interval: None,
+/// });
+/// let syn = PacketRecord { ip_version: 4, src_port: 51000, dst_port: 8080,
+///                          tcp_flags: tcp_flags::SYN, ..PacketRecord::default() };
+/// let mut reports = Vec::new();
+/// tracker.observe(&syn, &mut reports);
+/// assert_eq!(tracker.len(), 1);
+/// tracker.finish(1_000, &mut reports);
+/// assert_eq!(reports.len(), 1);
+/// ```
+#[derive(Debug)]
+pub struct Tracker {
+    config: TrackerConfig,
+    table: HashMap<Key, Entry>,
+    /// Connections in the order they were last queued, with the last-seen time they had then:
+    /// the front is the eviction candidate unless seen since (then it goes to the back).
+    queue: VecDeque<(Key, u64, u64)>,
+    next_id: u64,
+    counts: Counts,
+}
+
+impl Tracker {
+    /// An empty table.
+    #[must_use]
+    pub fn new(config: TrackerConfig) -> Self {
+        Self {
+            config,
+            table: HashMap::new(),
+            queue: VecDeque::new(),
+            next_id: 0,
+            counts: Counts::default(),
+        }
+    }
+
+    /// Connections tracked now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no connection is tracked.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// What the tracker has done so far.
+    #[must_use]
+    pub const fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Adds one packet; a connection it pushes out (a full table, or its endpoints reused after
+    /// it ended) is reported into `out`.
+    pub fn observe(&mut self, raw: &PacketRecord, out: &mut Vec<Report>) {
+        let (key, side) = Key::of(raw);
+        if let Some(entry) = self.table.get_mut(&key) {
+            if !entry.analysis.is_reuse(raw) {
+                let analysis = &mut entry.analysis;
+                let retransmits = analysis.sent(side).retransmits;
+                let handshake = analysis.handshake.synack_ns;
+                analysis.observe(side, raw);
+                self.counts.retransmits += analysis.sent(side).retransmits - retransmits;
+                if handshake.is_none()
+                    && let (Some(syn), Some(synack)) =
+                        (analysis.handshake.syn_ns, analysis.handshake.synack_ns)
+                {
+                    self.counts.handshakes.observe(synack.saturating_sub(syn));
+                }
+                return;
+            }
+            let old = self.table.remove(&key).expect("just found");
+            self.report(key, old, None, raw.ts_ns, out);
+        }
+        if self.table.len() >= self.config.max_connections {
+            self.evict(raw.ts_ns, out);
+        }
+        let mut analysis = Analysis::new(side, raw.ts_ns);
+        analysis.observe(side, raw);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.push_back((key, id, raw.ts_ns));
+        self.table.insert(
+            key,
+            Entry {
+                id,
+                analysis,
+                reported_ns: raw.ts_ns,
+            },
+        );
+        self.counts.opened += 1;
+        // Entries of connections that left the table otherwise stay queued: drop them now and
+        // then, so that the queue stays proportional to the table.
+        if self.queue.len() > 2 * self.table.len() + 1024 {
+            let table = &self.table;
+            self.queue
+                .retain(|(key, id, _)| table.get(key).is_some_and(|e| e.id == *id));
+        }
+    }
+
+    /// Pushes out the least recently seen connection (second chance: one seen since it was
+    /// queued goes back to the end of the queue).
+    fn evict(&mut self, now_ns: u64, out: &mut Vec<Report>) {
+        while let Some((key, id, queued_seen)) = self.queue.pop_front() {
+            let Some(entry) = self.table.get(&key).filter(|e| e.id == id) else {
+                continue;
+            };
+            if entry.analysis.last_ns != queued_seen {
+                self.queue.push_back((key, id, entry.analysis.last_ns));
+                continue;
+            }
+            let entry = self.table.remove(&key).expect("just found");
+            self.report(key, entry, Some(End::Evicted), now_ns, out);
+            return;
+        }
+    }
+
+    /// Reports and removes the connection: with its own end (FIN, RST) if it has one,
+    /// otherwise with `end`, or `Timeout` when `end` is `None`.
+    fn report(
+        &mut self,
+        key: Key,
+        entry: Entry,
+        end: Option<End>,
+        at_ns: u64,
+        out: &mut Vec<Report>,
+    ) {
+        let end = entry.analysis.end.or(end).unwrap_or(End::Timeout);
+        self.counts.closed[Counts::slot(end).0] += 1;
+        out.push(Report {
+            key,
+            analysis: entry.analysis,
+            end: Some(end),
+            at_ns,
+        });
+    }
+
+    /// Time-driven work at `now_ns` (monotonic): connections that ended and lingered
+    /// [`LINGER`], and open ones idle for the idle timeout, are reported and removed; open ones
+    /// due an interim report get one.
+    pub fn sweep(&mut self, now_ns: u64, out: &mut Vec<Report>) {
+        let linger = duration_ns(LINGER);
+        let idle = duration_ns(self.config.idle_timeout);
+        let interval = self.config.report_interval.map(duration_ns);
+        let mut done = Vec::new();
+        for (key, entry) in &mut self.table {
+            let quiet = now_ns.saturating_sub(entry.analysis.last_ns);
+            match entry.analysis.end {
+                Some(_) if quiet >= linger => done.push(*key),
+                None if quiet >= idle => done.push(*key),
+                None => {
+                    if let Some(interval) = interval
+                        && now_ns.saturating_sub(entry.reported_ns) >= interval
+                    {
+                        entry.reported_ns = now_ns;
+                        self.counts.interim += 1;
+                        out.push(Report {
+                            key: *key,
+                            analysis: entry.analysis.clone(),
+                            end: None,
+                            at_ns: now_ns,
+                        });
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for key in done {
+            let entry = self.table.remove(&key).expect("collected from the table");
+            self.report(key, entry, None, now_ns, out);
+        }
+    }
+
+    /// Reports every connection still tracked (`shutdown` unless it ended), emptying the table.
+    pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Report>) {
+        let table = std::mem::take(&mut self.table);
+        self.queue.clear();
+        for (key, entry) in table {
+            self.report(key, entry, Some(End::Shutdown), now_ns, out);
+        }
+    }
+}
+
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use sniffer_common::tcp_flags;
+
+    use super::*;
+
+    fn config(max_connections: usize) -> TrackerConfig {
+        TrackerConfig {
+            max_connections,
+            idle_timeout: Duration::from_secs(10),
+            report_interval: Some(Duration::from_secs(3)),
+        }
+    }
+
+    /// A packet from client port `port` to 8080.
+    fn packet(ts_ns: u64, port: u16, flags: u8) -> PacketRecord {
+        PacketRecord {
+            ts_ns,
+            ip_version: 4,
+            src_port: port,
+            dst_port: 8080,
+            tcp_flags: flags,
+            ..PacketRecord::default()
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn both_directions_are_one_connection() {
+        let mut tracker = Tracker::new(config(10));
+        let mut out = Vec::new();
+        tracker.observe(&packet(0, 40000, tcp_flags::SYN), &mut out);
+        let reply = PacketRecord {
+            src_port: 8080,
+            dst_port: 40000,
+            ..packet(1, 0, tcp_flags::SYN | tcp_flags::ACK)
+        };
+        tracker.observe(&reply, &mut out);
+        assert_eq!(tracker.len(), 1);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_least_recently_seen() {
+        let mut tracker = Tracker::new(config(3));
+        let mut out = Vec::new();
+        for (ts, port) in [(1, 1), (2, 2), (3, 3)] {
+            tracker.observe(&packet(ts, port, tcp_flags::ACK), &mut out);
+        }
+        // Port 1 is seen again: port 2 is now the least recently seen.
+        tracker.observe(&packet(4, 1, tcp_flags::ACK), &mut out);
+        tracker.observe(&packet(5, 4, tcp_flags::ACK), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].end, Some(End::Evicted));
+        assert_eq!(out[0].key.a.port.min(out[0].key.b.port), 2);
+        assert_eq!(tracker.len(), 3);
+        assert_eq!(tracker.counts().closed, [0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_flood_of_new_connections_keeps_the_table_and_queue_bounded() {
+        let mut tracker = Tracker::new(config(1000));
+        let mut out = Vec::new();
+        for i in 0..200_000u64 {
+            let port = u16::try_from(i % 60_000).unwrap() + 1;
+            let raw = PacketRecord {
+                src_addr: [u32::try_from(i / 60_000).unwrap(), 0, 0, 0],
+                ..packet(i, port, tcp_flags::SYN)
+            };
+            tracker.observe(&raw, &mut out);
+        }
+        assert_eq!(tracker.len(), 1000);
+        assert_eq!(out.len(), 199_000);
+        assert!(tracker.queue.len() <= 2 * 1000 + 1024);
+        assert_eq!(tracker.counts().opened, 200_000);
+    }
+
+    #[test]
+    fn ended_connections_linger_then_leave_idle_ones_time_out() {
+        let mut tracker = Tracker::new(config(10));
+        let mut out = Vec::new();
+        tracker.observe(&packet(0, 1, tcp_flags::SYN), &mut out);
+        tracker.observe(&packet(0, 2, tcp_flags::SYN), &mut out);
+        tracker.observe(&packet(S / 2, 1, tcp_flags::RST), &mut out);
+        tracker.sweep(S, &mut out);
+        assert!(out.is_empty(), "the reset one lingers a second");
+        tracker.sweep(S / 2 + S, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].end, Some(End::Rst(_))));
+        tracker.sweep(4 * S, &mut out);
+        tracker.sweep(10 * S, &mut out);
+        assert_eq!(
+            out.len(),
+            3,
+            "an interim report at 4 s, then the timeout at 10 s"
+        );
+        assert_eq!(out[1].end, None);
+        assert_eq!(out[2].end, Some(End::Timeout));
+        assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn open_connections_get_interim_reports() {
+        let mut tracker = Tracker::new(config(10));
+        let mut out = Vec::new();
+        tracker.observe(&packet(0, 1, tcp_flags::SYN), &mut out);
+        for second in 1..=7 {
+            tracker.observe(&packet(second * S, 1, tcp_flags::ACK), &mut out);
+            tracker.sweep(second * S, &mut out);
+        }
+        let interim: Vec<u64> = out.iter().map(|r| r.at_ns / S).collect();
+        assert_eq!(interim, [3, 6]);
+        assert!(out.iter().all(|r| r.end.is_none()));
+        assert_eq!(out[1].analysis.sent(out[1].analysis.client().0).packets, 7);
+    }
+
+    #[test]
+    fn handshakes_and_retransmissions_are_counted_as_they_happen() {
+        let mut tracker = Tracker::new(config(10));
+        let mut out = Vec::new();
+        tracker.observe(&packet(0, 1, tcp_flags::SYN), &mut out);
+        let synack = PacketRecord {
+            src_port: 8080,
+            dst_port: 1,
+            ..packet(30_000, 0, tcp_flags::SYN | tcp_flags::ACK)
+        };
+        tracker.observe(&synack, &mut out);
+        tracker.observe(&synack, &mut out);
+        let data = PacketRecord {
+            seq: 1,
+            payload_len: 10,
+            ..packet(40_000, 1, tcp_flags::ACK)
+        };
+        tracker.observe(&data, &mut out);
+        tracker.observe(&data, &mut out);
+        let counts = tracker.counts();
+        assert_eq!(
+            counts.handshakes.count, 1,
+            "the repeated SYN-ACK is not a new handshake"
+        );
+        assert_eq!(
+            counts.handshakes.buckets[2], 1,
+            "30 µs: the bucket above 25 µs, up to 50 µs"
+        );
+        assert_eq!(counts.handshakes.sum_ns, 30_000);
+        assert_eq!(counts.retransmits, 1);
+    }
+
+    #[test]
+    fn a_new_syn_after_the_end_starts_a_new_connection() {
+        let mut tracker = Tracker::new(config(10));
+        let mut out = Vec::new();
+        tracker.observe(&packet(0, 1, tcp_flags::SYN), &mut out);
+        tracker.observe(&packet(1, 1, tcp_flags::RST), &mut out);
+        tracker.observe(&packet(2, 1, tcp_flags::SYN), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(tracker.len(), 1);
+        tracker.finish(3, &mut out);
+        assert_eq!(out[1].end, Some(End::Shutdown));
+        assert_eq!(tracker.counts().closed, [0, 1, 0, 0, 1]);
+    }
+}

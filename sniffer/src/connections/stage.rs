@@ -1,0 +1,158 @@
+//! The tracking stage: a [`Sink`] in front of the output that feeds every packet to the
+//! [`Tracker`], passes packets on when they are wanted (`RECORDS=both`), and hands the output a
+//! connection record for each connection reported.
+
+use std::{
+    io,
+    sync::{Arc, PoisonError},
+    time::{Duration, Instant},
+};
+
+use cli_support::clock::monotonic_ns;
+use sniffer_common::PacketRecord;
+
+use super::{
+    Tracker, TrackerConfig,
+    record::{ConnectionRecord, Report},
+};
+use crate::{
+    capture::clock::WallClock,
+    deliver::Sink,
+    metrics::{Stats, add},
+};
+
+/// How often ended, idle and long-lived connections are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Tracks connections in front of `output`.
+///
+/// # Examples
+///
+/// ```
+/// use std::{sync::Arc, time::{Duration, Instant}};
+/// use sniffer::{capture::clock::WallClock, config::TrackerConfig, connections::Tracking,
+///               deliver::{Sink, stdout::Lines}, metrics::{Stats, get}};
+/// use sniffer_common::{PacketRecord, tcp_flags};
+///
+/// let stats = Arc::new(Stats::default());
+/// let output = Box::new(Lines::new(Vec::new(), Arc::clone(&stats)));
+/// let config = TrackerConfig { max_connections: 10, idle_timeout: Duration::from_secs(60),
+///                              report_interval: None };
+/// let mut stage = Box::new(Tracking::new(output, config, false, Arc::clone(&stats)));
+/// let syn = PacketRecord { ip_version: 4, src_port: 51000, dst_port: 8080,
+///                          tcp_flags: tcp_flags::SYN, ..PacketRecord::default() };
+/// stage.take(&[syn], &WallClock::from_offset(0)).unwrap();
+/// stage.finish(Instant::now()).unwrap();
+/// assert_eq!(get(&stats.connection_records), 1);
+/// assert_eq!(get(&stats.records_delivered), 1, "the connection record, not the packet");
+/// ```
+pub struct Tracking {
+    output: Box<dyn Sink>,
+    tracker: Tracker,
+    /// Whether packet records are passed on too.
+    packets: bool,
+    reports: Vec<Report>,
+    records: Vec<ConnectionRecord>,
+    next_sweep: Instant,
+    /// A failure to hand over records during [`Sink::tick`], returned by the next call that can.
+    failed: Option<io::Error>,
+    stats: Arc<Stats>,
+}
+
+impl Tracking {
+    /// Connections tracked within `config`, reported to `output` along with the packets when
+    /// `packets`.
+    #[must_use]
+    pub fn new(
+        output: Box<dyn Sink>,
+        config: TrackerConfig,
+        packets: bool,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            output,
+            tracker: Tracker::new(config),
+            packets,
+            reports: Vec::new(),
+            records: Vec::new(),
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
+            failed: None,
+            stats,
+        }
+    }
+
+    /// Hands the reports made so far to the output as records, and publishes the counts.
+    fn hand_over(&mut self, clock: &WallClock) -> io::Result<()> {
+        *self
+            .stats
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((self.tracker.counts(), self.tracker.len() as u64));
+        if self.reports.is_empty() {
+            return Ok(());
+        }
+        self.records.clear();
+        self.records.extend(
+            self.reports
+                .drain(..)
+                .map(|report| ConnectionRecord::new(&report, clock)),
+        );
+        add(&self.stats.connection_records, self.records.len() as u64);
+        self.output.take_connections(&self.records)
+    }
+}
+
+impl Sink for Tracking {
+    fn take(&mut self, records: &[PacketRecord], clock: &WallClock) -> io::Result<()> {
+        if let Some(err) = self.failed.take() {
+            return Err(err);
+        }
+        for raw in records {
+            self.tracker.observe(raw, &mut self.reports);
+        }
+        if self.packets {
+            self.output.take(records, clock)?;
+        }
+        self.hand_over(clock)
+    }
+
+    fn take_connections(&mut self, records: &[ConnectionRecord]) -> io::Result<()> {
+        self.output.take_connections(records)
+    }
+
+    fn due(&self) -> Option<Instant> {
+        Some(
+            self.output
+                .due()
+                .map_or(self.next_sweep, |due| due.min(self.next_sweep)),
+        )
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_INTERVAL;
+            self.tracker.sweep(
+                u64::try_from(monotonic_ns()).unwrap_or(0),
+                &mut self.reports,
+            );
+            // Only stdout fails to take records (closed): the agent stops at the next take.
+            if let Err(err) = self.hand_over(&WallClock::now()) {
+                self.failed = Some(err);
+            }
+        }
+        self.output.tick(now);
+    }
+
+    fn finish(mut self: Box<Self>, deadline: Instant) -> io::Result<()> {
+        if let Some(err) = self.failed.take() {
+            return Err(err);
+        }
+        self.tracker.finish(
+            u64::try_from(monotonic_ns()).unwrap_or(0),
+            &mut self.reports,
+        );
+        self.hand_over(&WallClock::now())?;
+        self.output.finish(deadline)
+    }
+}
