@@ -396,6 +396,53 @@ mod tests {
         assert_eq!((samples, helps), (19, 13));
         assert!(text.contains("tcp_sniffer_healthy 1\n"));
         assert!(text.contains("tcp_sniffer_ports_changes_total{result=\"refused\"} 0\n"));
+        assert!(
+            !text.contains("tcp_sniffer_connection") && !text.contains("handshake"),
+            "no connection families unless tracking"
+        );
+    }
+
+    #[test]
+    fn connection_families_have_bounded_labels() {
+        let stats = Stats::default();
+        let mut counts = Counts {
+            opened: 7,
+            retransmits: 3,
+            ..Counts::default()
+        };
+        counts.closed[Counts::slot(crate::connections::analysis::End::Evicted).0] = 2;
+        counts.handshakes.buckets[2] = 1;
+        counts.handshakes.buckets[6] = 1;
+        counts.handshakes.count = 2;
+        counts.handshakes.sum_ns = 1_030_000;
+        *stats.connections.lock().unwrap() = Some((counts, 5));
+        add(&stats.connection_records, 9);
+        let text = stats.render();
+        for line in [
+            "tcp_sniffer_connection_records_total 9\n",
+            "tcp_sniffer_connections_tracked 5\n",
+            "tcp_sniffer_connections_opened_total 7\n",
+            "tcp_sniffer_connections_closed_total{end_reason=\"evicted\"} 2\n",
+            "tcp_sniffer_connections_closed_total{end_reason=\"fin\"} 0\n",
+            "tcp_sniffer_retransmitted_segments_total 3\n",
+            "tcp_sniffer_handshake_syn_to_synack_seconds_bucket{le=\"0.00005\"} 1\n",
+            "tcp_sniffer_handshake_syn_to_synack_seconds_bucket{le=\"0.001\"} 2\n",
+            "tcp_sniffer_handshake_syn_to_synack_seconds_bucket{le=\"+Inf\"} 2\n",
+            "tcp_sniffer_handshake_syn_to_synack_seconds_sum 0.00103\n",
+            "tcp_sniffer_handshake_syn_to_synack_seconds_count 2\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let labels: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("connection") || l.contains("handshake"))
+            .filter_map(|l| l.split_once('{').map(|(_, rest)| rest))
+            .map(|rest| rest.split('=').next().unwrap())
+            .collect();
+        assert!(
+            labels.iter().all(|l| ["end_reason", "le"].contains(l)),
+            "{labels:?}"
+        );
     }
 
     #[test]

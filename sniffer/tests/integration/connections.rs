@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::{
     agent::{Agent, SNIFFER},
-    netns::{Netns, SERVER_V4, SERVER_V6, privileged, topology},
+    netns::{Netns, SERVER_V4, SERVER_V6, http_get, privileged, topology},
 };
 
 /// The port most connections use.
@@ -31,6 +31,8 @@ const PORT: u16 = 8090;
 const SMALL_WINDOW_PORT: u16 = 8091;
 /// The sniffer's idle timeout in this test.
 const IDLE_TIMEOUT_MS: u64 = 2_000;
+/// The sniffer's metrics endpoint, inside the server namespace.
+const METRICS: &str = "127.0.0.1:9465";
 /// Percent of data segments dropped in each direction.
 const LOSS_PERCENT: u32 = 3;
 
@@ -493,7 +495,8 @@ fn connection_records_match_tshark_under_induced_loss() {
         .env("PORTS", format!("{PORT},{SMALL_WINDOW_PORT}"))
         .env("INTERFACE", "eth0")
         .env("RECORDS", "both")
-        .env("CONNECTION_IDLE_TIMEOUT_MS", IDLE_TIMEOUT_MS.to_string());
+        .env("CONNECTION_IDLE_TIMEOUT_MS", IDLE_TIMEOUT_MS.to_string())
+        .env("METRICS_ADDR", METRICS);
     let agent = Agent::attached(sniffer);
 
     let v4: SocketAddr = format!("{SERVER_V4}:{PORT}").parse().unwrap();
@@ -519,6 +522,7 @@ fn connection_records_match_tshark_under_induced_loss() {
     // Past the idle timeout, and the 1 s linger of the last closed connection, plus a sweep.
     thread::sleep(Duration::from_millis(IDLE_TIMEOUT_MS + 1_500));
     let pcap = pcap.stop();
+    let metrics = http_get(&topology, METRICS.parse().unwrap(), "/metrics");
     let finished = agent.terminate();
     drop(idle);
     assert!(finished.status.success(), "{:?}", finished.status);
@@ -603,6 +607,35 @@ fn connection_records_match_tshark_under_induced_loss() {
         assert!(
             (recorded - from_records).abs() <= 1_000,
             "SYN→SYN-ACK {recorded} ns, packet records say {from_records} ns"
+        );
+    }
+    // The metrics count what the records say (every connection was reported before the scrape).
+    for (name, value) in [
+        (
+            "tcp_sniffer_retransmitted_segments_total",
+            totals.retransmits,
+        ),
+        (
+            "tcp_sniffer_connections_opened_total",
+            expected.len() as u64,
+        ),
+        (
+            "tcp_sniffer_handshake_syn_to_synack_seconds_count",
+            expected.len() as u64,
+        ),
+        (
+            "tcp_sniffer_connections_closed_total{end_reason=\"timeout\"}",
+            1,
+        ),
+        (
+            "tcp_sniffer_connections_closed_total{end_reason=\"rst\"}",
+            1,
+        ),
+        ("tcp_sniffer_connections_tracked", 0),
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{name} {value}\n")),
+            "{name} {value} in {metrics}"
         );
     }
     assert!(

@@ -725,3 +725,175 @@ fn the_plain_receiver_recipe_works() {
     assert_eq!(sorted(records), sorted(run.expected));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The OTLP attributes of a connection's log record, back under the record's own names.
+fn connection_of_log(log: &Value) -> Value {
+    assert_eq!(log["event_name"], "tcp.connection", "{log}");
+    let mut record = serde_json::Map::new();
+    record.insert("type".into(), json!("connection"));
+    for (key, value) in log["attributes"].as_object().expect("attributes") {
+        let (name, value) = match key.as_str() {
+            "network.transport" => continue,
+            "network.type" => ("ip_version", json!(if value == "ipv6" { 6 } else { 4 })),
+            "client.address" => ("client_ip", value.clone()),
+            "client.port" => ("client_port", value.clone()),
+            "server.address" => ("server_ip", value.clone()),
+            "server.port" => ("server_port", value.clone()),
+            other => (
+                other
+                    .strip_prefix("tcp.connection.")
+                    .unwrap_or_else(|| panic!("unexpected attribute {other}")),
+                value.clone(),
+            ),
+        };
+        record.insert(name.into(), value);
+    }
+    Value::Object(record)
+}
+
+/// Every connection record the collector received, as flat JSON objects.
+fn connection_records(
+    python: &Path,
+    format: &str,
+    encoding: &str,
+    received: &[Received],
+) -> Vec<Value> {
+    let mut records = Vec::new();
+    match format {
+        "batch" => {
+            for request in received {
+                records.extend(
+                    request.body["records"]
+                        .as_array()
+                        .expect("records")
+                        .iter()
+                        .cloned(),
+                );
+            }
+        }
+        "ndjson" => {
+            for request in received {
+                for line in String::from_utf8(request.raw.clone()).unwrap().lines() {
+                    let record: Value = serde_json::from_str(line).unwrap();
+                    assert_eq!(record["pod"], "web-7d9c", "{record}");
+                    records.push(record);
+                }
+            }
+        }
+        "loki" => {
+            for request in received {
+                for value in request.body["streams"][0]["values"].as_array().unwrap() {
+                    records.push(serde_json::from_str(value[1].as_str().unwrap()).unwrap());
+                }
+            }
+        }
+        _ => {
+            let dir = scratch(&format!("otlp-connections-{encoding}"));
+            let files: Vec<PathBuf> = received
+                .iter()
+                .enumerate()
+                .map(|(i, request)| {
+                    let file = dir.join(format!("body-{i}"));
+                    std::fs::write(&file, &request.raw).unwrap();
+                    file
+                })
+                .collect();
+            let out = Command::new(python)
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/python/otlp_decode.py"
+                ))
+                .arg(encoding)
+                .args(&files)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "the official protos refused a connection body: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for line in String::from_utf8(out.stdout).unwrap().lines() {
+                records.push(connection_of_log(&serde_json::from_str(line).unwrap()));
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+    records
+}
+
+#[test]
+fn connection_records_reach_every_format_with_the_capture_s_counts() {
+    if !privileged("connection_records_reach_every_format_with_the_capture_s_counts") {
+        return;
+    }
+    let Some(python) = otlp_python("connection_records_reach_every_format") else {
+        return;
+    };
+    for (format, encoding) in [
+        ("batch", ""),
+        ("ndjson", ""),
+        ("loki", ""),
+        ("otlp", "protobuf"),
+        ("otlp", "json"),
+    ] {
+        let topology = topology();
+        let collector = Collector::start(listen(&topology), accept_all);
+        let url = format!("http://{}/ingest", collector.addr);
+        let mut env = vec![("OUTPUT_FORMAT", format), ("RECORDS", "connections")];
+        if !encoding.is_empty() {
+            env.push(("OTLP_ENCODING", encoding));
+        }
+        let run = run_traffic(&topology, &url, &env);
+        let records = connection_records(&python, format, encoding, &collector.received());
+        assert_eq!(
+            records.len(),
+            run.connections.len(),
+            "{format} {encoding}: {records:#?}"
+        );
+        for port in &run.connections {
+            let record = records
+                .iter()
+                .find(|r| r["client_port"] == *port)
+                .unwrap_or_else(|| panic!("{format}: no record of client port {port}"));
+            assert_eq!(record["type"], "connection", "{record}");
+            assert_eq!(record["server_port"], MATCHED, "{record}");
+            assert_eq!(record["end_reason"], "fin", "{record}");
+            assert_eq!(record["handshake_seen"], true, "{record}");
+            // Each side's packets and bytes, from the independent capture.
+            for (prefix, from) in [("client", *port), ("server", MATCHED)] {
+                let sent: Vec<&Value> = run
+                    .expected
+                    .iter()
+                    .filter(|r| {
+                        r["src_port"] == from && (r["dst_port"] == *port || r["src_port"] == *port)
+                    })
+                    .collect();
+                let bytes: u64 = sent
+                    .iter()
+                    .map(|r| r["payload_len"].as_u64().unwrap())
+                    .sum();
+                assert_eq!(
+                    record[format!("{prefix}_packets")],
+                    sent.len() as u64,
+                    "{format}: {record}"
+                );
+                assert_eq!(
+                    record[format!("{prefix}_bytes")],
+                    bytes,
+                    "{format}: {record}"
+                );
+            }
+        }
+        let made = stopped(&run.finished, "connection_records");
+        assert_eq!(made, run.connections.len() as u64);
+        assert_eq!(
+            stopped(&run.finished, "delivered"),
+            made,
+            "only connection records are sent"
+        );
+        assert_eq!(
+            stopped(&run.finished, "records"),
+            stopped(&run.finished, "matched")
+        );
+    }
+}

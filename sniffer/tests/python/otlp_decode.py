@@ -19,6 +19,8 @@ def value(any_value):
         return any_value.string_value
     if kind == "int_value":
         return any_value.int_value
+    if kind == "bool_value":
+        return any_value.bool_value
     if kind == "array_value":
         return [value(v) for v in any_value.array_value.values]
     raise SystemExit(f"unexpected AnyValue kind {kind!r}")
