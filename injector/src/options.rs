@@ -10,7 +10,7 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Serialize};
 use sniffer_common::{
-    OTLP_ENCODINGS, OUTPUT_FORMATS,
+    OTLP_ENCODINGS, OUTPUT_FORMATS, RECORDS,
     echo::Echo,
     headers,
     ports::PortsError,
@@ -53,6 +53,8 @@ pub struct InjectorOptions {
     pub output_format: String,
     /// With `outputFormat: otlp`, `protobuf` or `json` (`OTLP_ENCODING`).
     pub otlp_encoding: String,
+    /// What the sniffer sends (`RECORDS`): `packets`, `connections` or `both`.
+    pub records: String,
     /// The header carrying the token (`OUTPUT_AUTH_HEADER`).
     pub output_auth_header: String,
     /// The word before the token (`OUTPUT_AUTH_SCHEME`); empty: the token alone.
@@ -95,6 +97,7 @@ impl Default for InjectorOptions {
             output_allow_plaintext_token: false,
             output_format: "batch".to_owned(),
             otlp_encoding: "protobuf".to_owned(),
+            records: "packets".to_owned(),
             output_auth_header: "Authorization".to_owned(),
             output_auth_scheme: "Bearer".to_owned(),
             output_headers: BTreeMap::new(),
@@ -180,6 +183,7 @@ impl InjectorOptions {
             // Checked together by `validate_delivery`.
             output_format: _,
             otlp_encoding: _,
+            records: _,
             output_auth_header: _,
             output_auth_scheme: _,
             output_headers: _,
@@ -340,6 +344,16 @@ impl InjectorOptions {
                     "{:?} is not one of {}",
                     Echo(&self.output_format),
                     OUTPUT_FORMATS.join(", ")
+                ),
+            ));
+        }
+        if !RECORDS.contains(&self.records.as_str()) {
+            return Err(invalid(
+                "records",
+                format!(
+                    "{:?} is not one of {}",
+                    Echo(&self.records),
+                    RECORDS.join(", ")
                 ),
             ));
         }
@@ -608,6 +622,10 @@ mod tests {
             (
                 r#"{"outputFormat":"ndjson"}"#,
                 "option outputFormat: needs outputUrl",
+            ),
+            (
+                r#"{"records":"flows"}"#,
+                "option records: \"flows\" is not one of packets, connections, both",
             ),
             (
                 r#"{"outputUrl":"https://c/","otlpEncoding":"grpc"}"#,

@@ -100,6 +100,7 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
         output_allow_plaintext_token,
         output_format,
         otlp_encoding,
+        records,
         output_auth_header,
         output_auth_scheme,
         output_headers: _,
@@ -128,6 +129,7 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
     for (name, option, default) in [
         ("OUTPUT_FORMAT", output_format, &defaults.output_format),
         ("OTLP_ENCODING", otlp_encoding, &defaults.otlp_encoding),
+        ("RECORDS", records, &defaults.records),
         (
             "OUTPUT_AUTH_HEADER",
             output_auth_header,

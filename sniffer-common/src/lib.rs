@@ -34,6 +34,8 @@ pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 /// The values of `OUTPUT_FORMAT` (the sniffer's body formats), as the injector checks its
 /// `outputFormat` option.
 pub const OUTPUT_FORMATS: [&str; 4] = ["batch", "ndjson", "otlp", "loki"];
+/// The values of `RECORDS`: what the sniffer sends.
+pub const RECORDS: [&str; 3] = ["packets", "connections", "both"];
 /// The values of `OTLP_ENCODING`.
 pub const OTLP_ENCODINGS: [&str; 2] = ["protobuf", "json"];
 

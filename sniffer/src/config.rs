@@ -767,6 +767,44 @@ mod tests {
     }
 
     #[test]
+    fn records_and_tracker_settings() {
+        for (name, records) in sniffer_common::RECORDS.iter().zip([
+            Records::Packets,
+            Records::Connections,
+            Records::Both,
+        ]) {
+            let mut ok = args("8080", "lo");
+            ok.records = (*name).to_owned();
+            assert_eq!(ok.validate().unwrap().records, records);
+        }
+        let mut bad = args("8080", "lo");
+        bad.records = "flows".to_owned();
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "RECORDS \"flows\" is not one of packets, connections, both"
+        );
+        let mut never = args("8080", "lo");
+        never.connection_report_interval_ms = 0;
+        let config = never.validate().unwrap();
+        assert_eq!(config.tracker.report_interval, None);
+        assert_eq!(config.tracker.max_connections, 32_768);
+        for (field, value, name) in [
+            (0, 0, "CONNECTION_MAX=0"),
+            (1, 999, "CONNECTION_IDLE_TIMEOUT_MS=999"),
+            (2, 10, "CONNECTION_REPORT_INTERVAL_MS=10"),
+        ] {
+            let mut bad = args("8080", "lo");
+            match field {
+                0 => bad.connection_max = value,
+                1 => bad.connection_idle_timeout_ms = value,
+                _ => bad.connection_report_interval_ms = value,
+            }
+            let message = bad.validate().unwrap_err().to_string();
+            assert!(message.starts_with(name), "{message}");
+        }
+    }
+
+    #[test]
     fn validate_rejects_bad_wakeup_and_poll_interval() {
         for value in [0, 100, 3 << 20, 4 << 20] {
             let mut bad = args("8080", "lo");

@@ -243,7 +243,8 @@ fn native_sidecar_goes_first_among_init_containers() {
     }
 }
 
-/// The collector format and header options reach the sidecar's environment through `/mutate`:
+/// The collector format, header and records options reach the sidecar's environment through
+/// `/mutate`:
 /// plain values as values, secret ones only as Secret references.
 #[test]
 fn format_and_header_options_reach_the_sidecar_over_https() {
@@ -275,8 +276,10 @@ fn format_and_header_options_reach_the_sidecar_over_https() {
         ),
         (
             r#"{"outputUrl":"https://loki.logging.svc:3100/loki/api/v1/push","outputFormat":"loki",
+                "records":"connections",
                 "outputHeadersSecret":{"name":"loki-headers","key":"headers"}}"#,
             json!({"OUTPUT_FORMAT":{"name":"OUTPUT_FORMAT","value":"loki"},
+                   "RECORDS":{"name":"RECORDS","value":"connections"},
                    "OUTPUT_HEADERS":{"name":"OUTPUT_HEADERS","valueFrom":
                        {"secretKeyRef":{"name":"loki-headers","key":"headers","optional":false}}}}),
         ),
