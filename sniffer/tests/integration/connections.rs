@@ -663,3 +663,146 @@ fn packet_record<'a>(records: &[&'a Value], (from, to): (u16, u16), flags: &str)
         })
         .unwrap_or_else(|| panic!("no {flags} packet record from {from}"))
 }
+
+/// The MAC address of `interface` in `ns`.
+fn mac(ns: &Netns, interface: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", &ns.name, "-j", "link", "show", interface])
+        .output()
+        .expect("ip link");
+    let links: Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    let text = links[0]["address"].as_str().expect("address");
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// Sends `count` SYNs from distinct (address, port) pairs in 10.1.0.0/16 to the server's port,
+/// `per_burst` at a time with a pause between bursts. The server's answers have no route back,
+/// so every one of them stays an open, silent connection for the tracker.
+fn syn_flood(client: &Netns, server: &Netns, count: u32, per_burst: u32) {
+    let (src_mac, dst_mac) = (mac(client, "eth0"), mac(server, "eth0"));
+    client.run(move || {
+        let socket = crate::dissector::open("eth0");
+        let server_ip: std::net::Ipv4Addr = SERVER_V4.parse().unwrap();
+        let mut frame = Vec::with_capacity(64);
+        for i in 0..count {
+            let host = i / 50_000;
+            let port = u16::try_from(1024 + i % 50_000).unwrap();
+            let builder = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+                .ipv4(
+                    [10, 1, u8::try_from(host).unwrap(), 1],
+                    server_ip.octets(),
+                    64,
+                )
+                .tcp(port, PORT, i, 64_240)
+                .syn();
+            frame.clear();
+            builder.write(&mut frame, &[]).expect("build SYN");
+            // SAFETY: send(2) of an initialised buffer on a bound packet socket.
+            let sent =
+                unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            assert_eq!(
+                sent,
+                frame.len() as isize,
+                "send: {}",
+                std::io::Error::last_os_error()
+            );
+            if (i + 1) % per_burst == 0 {
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+}
+
+/// A memory figure of a process (`VmHWM` peak or `VmRSS` now), in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field}"))
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .expect("integer sample")
+}
+
+#[test]
+fn a_flood_of_connections_is_bounded_by_the_cap_and_every_eviction_counted() {
+    if !privileged("a_flood_of_connections_is_bounded_by_the_cap_and_every_eviction_counted") {
+        return;
+    }
+    const SYNS: u32 = 200_000;
+    const CAP: u64 = 50_000;
+    let topology = topology();
+    // Records go to /dev/null: the counts come from the metrics and the stopped line.
+    let mut sniffer = topology.server.command("sh");
+    sniffer
+        .args(["-c", "exec \"$0\" > /dev/null", SNIFFER])
+        .env("PORTS", PORT.to_string())
+        .env("INTERFACE", "eth0")
+        .env("RECORDS", "connections")
+        .env("CONNECTION_MAX", CAP.to_string())
+        .env("METRICS_ADDR", METRICS);
+    let agent = Agent::attached(sniffer);
+    let before = memory_kib(agent.pid(), "VmRSS");
+    syn_flood(&topology.client, &topology.server, SYNS, 10_000);
+    // Let the reader take the last bursts off the ring.
+    thread::sleep(Duration::from_millis(1_500));
+    let (after, peak) = (
+        memory_kib(agent.pid(), "VmRSS"),
+        memory_kib(agent.pid(), "VmHWM"),
+    );
+    let metrics = http_get(&topology, METRICS.parse().unwrap(), "/metrics");
+    let finished = agent.terminate();
+    assert!(finished.status.success(), "{:?}", finished.status);
+
+    let opened = metric(&metrics, "tcp_sniffer_connections_opened_total");
+    let evicted = metric(
+        &metrics,
+        "tcp_sniffer_connections_closed_total{end_reason=\"evicted\"}",
+    );
+    let ring_lost = metric(
+        &metrics,
+        "tcp_sniffer_records_dropped_total{reason=\"ring_full\"}",
+    );
+    assert_eq!(
+        opened + ring_lost,
+        u64::from(SYNS),
+        "every SYN opened a connection or was counted as lost in the ring"
+    );
+    assert_eq!(metric(&metrics, "tcp_sniffer_connections_tracked"), CAP);
+    assert_eq!(
+        evicted,
+        opened - CAP,
+        "everything beyond the cap was evicted"
+    );
+    let stopped = finished.log("stopped");
+    assert_eq!(
+        stopped["connection_records"], opened,
+        "evicted ones, then the rest at shutdown: {stopped}"
+    );
+    assert_eq!(stopped["delivered"], opened, "{stopped}");
+    let steady = after.saturating_sub(before) * 1024 / CAP;
+    let at_peak = peak.saturating_sub(before) * 1024 / CAP;
+    println!(
+        "{SYNS} SYNs, cap {CAP}: opened {opened}, evicted {evicted}, ring losses {ring_lost}; \
+         RSS {before} KiB attached, {after} KiB with the table full (peak {peak} KiB): \
+         {steady} bytes per tracked connection ({at_peak} at the peak, while the table grows)"
+    );
+    // The table's memory doubles when it grows, old and new side by side for a moment; the
+    // figures also hold what evicted connections' records cost on their way out (this is the
+    // debug build).
+    assert!(
+        steady <= 2_048 && at_peak <= 3_072,
+        "{steady} bytes per tracked connection, {at_peak} at the peak"
+    );
+}

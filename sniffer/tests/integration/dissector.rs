@@ -123,7 +123,8 @@ fn dropped(fd: &OwnedFd) -> u32 {
     stats.drops
 }
 
-fn open(interface: &str) -> OwnedFd {
+/// A raw `AF_PACKET` socket bound to `interface` (of the calling thread's namespace).
+pub fn open(interface: &str) -> OwnedFd {
     let protocol = i32::from((libc::ETH_P_ALL as u16).to_be());
     // SAFETY: plain system calls; every result is checked.
     unsafe {
