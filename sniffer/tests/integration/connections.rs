@@ -567,6 +567,7 @@ fn connection_records_match_tshark_under_induced_loss() {
             .iter()
             .find(|r| r["client_port"] == client)
             .unwrap_or_else(|| panic!("no connection record for client port {client}"));
+        println!("{record}");
         assert_eq!(record["server_port"], server, "{record}");
         assert_eq!(record["handshake_seen"], true, "{record}");
         assert_eq!(record["state"], "closed", "{record}");
