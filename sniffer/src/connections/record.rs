@@ -26,13 +26,15 @@ pub struct Report {
     pub at_ns: u64,
 }
 
-/// One connection record, ready to be written in any output format.
-#[derive(Clone, Debug, PartialEq)]
+/// One connection record, ready to be written in any output format. It keeps the report
+/// (about 300 bytes) and makes the fields only when the record is written, so that records
+/// waiting for delivery cost little more memory than the connections did.
+#[derive(Clone, Debug)]
 pub struct ConnectionRecord {
     /// When the record was made.
     pub ts: Timestamp,
-    /// The record's fields in the contract's order (`type` first).
-    fields: Vec<(&'static str, Value)>,
+    report: Report,
+    clock: WallClock,
 }
 
 fn ip(ip_version: u8, endpoint: &Endpoint) -> IpAddr {
@@ -103,16 +105,26 @@ const SERVER: [&str; 8] = [
 impl ConnectionRecord {
     /// The record of `report`, its monotonic times placed on `clock`.
     #[must_use]
-    pub fn new(report: &Report, clock: &WallClock) -> Self {
+    pub fn new(report: Report, clock: &WallClock) -> Self {
+        Self {
+            ts: clock.wall(report.at_ns),
+            report,
+            clock: *clock,
+        }
+    }
+
+    /// The record's fields in the contract's order (`type` first).
+    #[must_use]
+    pub fn fields(&self) -> Vec<(&'static str, Value)> {
         let Report {
             key,
             analysis,
             end,
             at_ns,
-        } = report;
+        } = &self.report;
         let (client, handshake_seen) = analysis.client();
         let server = client.other();
-        let wall = |ns: u64| Value::from(clock.wall(ns).to_string());
+        let wall = |ns: u64| Value::from(self.clock.wall(ns).to_string());
         let (state, reason, rst_by) = match end {
             None => ("open", Value::Null, Value::Null),
             Some(end) => {
@@ -163,16 +175,7 @@ impl ConnectionRecord {
         ];
         push_sent(&mut fields, &CLIENT, analysis.sent(client));
         push_sent(&mut fields, &SERVER, analysis.sent(server));
-        Self {
-            ts: clock.wall(*at_ns),
-            fields,
-        }
-    }
-
-    /// The fields, in order.
-    #[must_use]
-    pub fn fields(&self) -> &[(&'static str, Value)] {
-        &self.fields
+        fields
     }
 
     /// Appends the record as one JSON object, no newline.
@@ -191,7 +194,7 @@ impl ConnectionRecord {
     /// analysis.observe(side, &syn);
     /// let report = Report { key, analysis, end: None, at_ns: 0 };
     /// let mut json = Vec::new();
-    /// ConnectionRecord::new(&report, &WallClock::from_offset(0)).write_json(&mut json);
+    /// ConnectionRecord::new(report, &WallClock::from_offset(0)).write_json(&mut json);
     /// let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
     /// assert_eq!(value["type"], "connection");
     /// assert_eq!(value["server_port"], 8080);
@@ -199,7 +202,7 @@ impl ConnectionRecord {
     /// ```
     pub fn write_json(&self, out: &mut Vec<u8>) {
         // Serializing JSON values into memory cannot fail.
-        let _ = serde_json::to_writer(out, &OrderedObject(&self.fields));
+        let _ = serde_json::to_writer(out, &OrderedObject(&self.fields()));
     }
 }
 
@@ -273,7 +276,7 @@ mod tests {
             at_ns: 1_000_000_000,
         };
         let mut json = Vec::new();
-        ConnectionRecord::new(&report, &WallClock::from_offset(0)).write_json(&mut json);
+        ConnectionRecord::new(report, &WallClock::from_offset(0)).write_json(&mut json);
         let value: Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(
             value,

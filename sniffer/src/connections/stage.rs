@@ -96,7 +96,7 @@ impl Tracking {
         self.records.extend(
             self.reports
                 .drain(..)
-                .map(|report| ConnectionRecord::new(&report, clock)),
+                .map(|report| ConnectionRecord::new(report, clock)),
         );
         add(&self.stats.connection_records, self.records.len() as u64);
         self.output.take_connections(&self.records)

@@ -95,11 +95,11 @@ fn attributes(record: &ConnectionRecord) -> Vec<(Cow<'static, str>, Value)> {
         let Some(key) = otlp_attribute(name) else {
             continue;
         };
-        let value = match (*name, value) {
+        let value = match (name, value) {
             (_, Value::Null) => continue,
             ("ip_version", Value::Number(n)) if n.as_u64() == Some(6) => Value::from("ipv6"),
             ("ip_version", _) => Value::from("ipv4"),
-            (_, value) => value.clone(),
+            (_, value) => value,
         };
         attributes.push((key, value));
     }
