@@ -5,23 +5,23 @@
 //!
 //! Memory is bounded: at most `CONNECTION_MAX` connections are tracked; a new one beyond that
 //! pushes out the least recently seen (approximately: a second-chance queue, so that a flood of
-//! new connections costs O(1) per packet), which is reported with `end_reason` `evicted`.
+//! new connections costs O(1) per packet), which is reported with `end_reason` `evicted`. The
+//! connections live in a [`table::Table`] built for the memory latency of many connections.
 
 pub mod analysis;
 pub mod record;
 mod stage;
+pub mod table;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    time::Duration,
-};
+use std::{collections::VecDeque, time::Duration};
 
 use sniffer_common::PacketRecord;
 
 pub use self::stage::Tracking;
 use self::{
-    analysis::{Analysis, End, Key},
+    analysis::{Analysis, End, Key, Side},
     record::Report,
+    table::Table,
 };
 pub use crate::config::TrackerConfig;
 
@@ -136,14 +136,14 @@ impl Counts {
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
-    /// foldhash, seeded at random per process: SipHash was 15 % of the tracker's time under a
-    /// flood, and a per-process seed still keeps the buckets of crafted addresses unpredictable.
-    table: HashMap<Key, Entry, foldhash::fast::RandomState>,
+    table: Table<Entry>,
     /// Connections in the order they were last queued, with the last-seen time they had then:
     /// the front is the eviction candidate unless seen since (then it goes to the back).
     queue: VecDeque<(Key, u64, u64)>,
     next_id: u64,
     counts: Counts,
+    /// The keys of the packets of one [`Tracker::observe_all`] call (memory kept between calls).
+    keys: Vec<(Key, Side, u64)>,
 }
 
 impl Tracker {
@@ -152,7 +152,8 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Self {
             config,
-            table: HashMap::default(),
+            table: Table::default(),
+            keys: Vec::new(),
             queue: VecDeque::new(),
             next_id: 0,
             counts: Counts::default(),
@@ -181,7 +182,44 @@ impl Tracker {
     /// it ended) is reported into `out`.
     pub fn observe(&mut self, raw: &PacketRecord, out: &mut Vec<Report>) {
         let (key, side) = Key::of(raw);
-        if let Some(entry) = self.table.get_mut(&key) {
+        let hash = self.table.hash(&key);
+        self.observe_keyed(key, side, hash, raw, out);
+    }
+
+    /// Adds the packets of one read from the ring, in order, as [`Tracker::observe`] does; while
+    /// one packet is analysed, the connections of packets a few places ahead are fetched from
+    /// memory (with many connections, waiting for memory was most of the tracker's time).
+    pub fn observe_all(&mut self, records: &[PacketRecord], out: &mut Vec<Report>) {
+        const AHEAD: usize = 8;
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        keys.extend(records.iter().map(|raw| {
+            let (key, side) = Key::of(raw);
+            (key, side, self.table.hash(&key))
+        }));
+        for (i, raw) in records.iter().enumerate() {
+            // Two steps, as reading a slot is itself a wait: its slot first, its entry later.
+            if let Some(&(_, _, hash)) = keys.get(i + 2 * AHEAD) {
+                self.table.prefetch_slot(hash);
+            }
+            if let Some(&(_, _, hash)) = keys.get(i + AHEAD) {
+                self.table.prefetch(hash);
+            }
+            let (key, side, hash) = keys[i];
+            self.observe_keyed(key, side, hash, raw, out);
+        }
+        self.keys = keys;
+    }
+
+    fn observe_keyed(
+        &mut self,
+        key: Key,
+        side: Side,
+        hash: u64,
+        raw: &PacketRecord,
+        out: &mut Vec<Report>,
+    ) {
+        if let Some(entry) = self.table.get_mut(&key, hash) {
             if !entry.analysis.is_reuse(raw) {
                 let analysis = &mut entry.analysis;
                 let retransmits = analysis.sent(side).retransmits;
@@ -196,7 +234,7 @@ impl Tracker {
                 }
                 return;
             }
-            let old = self.table.remove(&key).expect("just found");
+            let old = self.table.remove(&key, hash).expect("just found");
             self.report(key, old, None, raw.ts_ns, out);
         }
         if self.table.len() >= self.config.max_connections {
@@ -209,6 +247,7 @@ impl Tracker {
         self.queue.push_back((key, id, raw.ts_ns));
         self.table.insert(
             key,
+            hash,
             Entry {
                 id,
                 analysis,
@@ -220,8 +259,9 @@ impl Tracker {
         // then, so that the queue stays proportional to the table.
         if self.queue.len() > 2 * self.table.len() + 1024 {
             let table = &self.table;
-            self.queue
-                .retain(|(key, id, _)| table.get(key).is_some_and(|e| e.id == *id));
+            self.queue.retain(|(key, id, _)| {
+                table.get(key, table.hash(key)).is_some_and(|e| e.id == *id)
+            });
         }
     }
 
@@ -229,14 +269,15 @@ impl Tracker {
     /// queued goes back to the end of the queue).
     fn evict(&mut self, now_ns: u64, out: &mut Vec<Report>) {
         while let Some((key, id, queued_seen)) = self.queue.pop_front() {
-            let Some(entry) = self.table.get(&key).filter(|e| e.id == id) else {
+            let hash = self.table.hash(&key);
+            let Some(entry) = self.table.get(&key, hash).filter(|e| e.id == id) else {
                 continue;
             };
             if entry.analysis.last_ns != queued_seen {
                 self.queue.push_back((key, id, entry.analysis.last_ns));
                 continue;
             }
-            let entry = self.table.remove(&key).expect("just found");
+            let entry = self.table.remove(&key, hash).expect("just found");
             self.report(key, entry, Some(End::Evicted), now_ns, out);
             return;
         }
@@ -270,7 +311,7 @@ impl Tracker {
         let idle = duration_ns(self.config.idle_timeout);
         let interval = self.config.report_interval.map(duration_ns);
         let mut done = Vec::new();
-        for (key, entry) in &mut self.table {
+        for (key, entry) in self.table.iter_mut() {
             let quiet = now_ns.saturating_sub(entry.analysis.last_ns);
             match entry.analysis.end {
                 Some(_) if quiet >= linger => done.push(*key),
@@ -293,14 +334,18 @@ impl Tracker {
             }
         }
         for key in done {
-            let entry = self.table.remove(&key).expect("collected from the table");
+            let hash = self.table.hash(&key);
+            let entry = self
+                .table
+                .remove(&key, hash)
+                .expect("collected from the table");
             self.report(key, entry, None, now_ns, out);
         }
     }
 
     /// Reports every connection still tracked (`shutdown` unless it ended), emptying the table.
     pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Report>) {
-        let table = std::mem::take(&mut self.table);
+        let table = self.table.take_all();
         self.queue.clear();
         for (key, entry) in table {
             self.report(key, entry, Some(End::Shutdown), now_ns, out);

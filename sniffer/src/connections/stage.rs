@@ -108,9 +108,7 @@ impl Sink for Tracking {
         if let Some(err) = self.failed.take() {
             return Err(err);
         }
-        for raw in records {
-            self.tracker.observe(raw, &mut self.reports);
-        }
+        self.tracker.observe_all(records, &mut self.reports);
         if self.packets {
             self.output.take(records, clock)?;
         }
