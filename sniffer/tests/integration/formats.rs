@@ -48,6 +48,41 @@ fn otlp_python(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The log records of OTLP `bodies` in `encoding`, as decoded by the official protos
+/// (`tests/python/otlp_decode.py`), one JSON object each; fails on a body they refuse.
+fn decode_otlp(python: &Path, encoding: &str, bodies: &[Received]) -> Vec<Value> {
+    let dir = scratch(&format!("otlp-{encoding}"));
+    let files: Vec<PathBuf> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, request)| {
+            let file = dir.join(format!("body-{i}"));
+            std::fs::write(&file, &request.raw).unwrap();
+            file
+        })
+        .collect();
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/otlp_decode.py"
+        ))
+        .arg(encoding)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the official protos refused an {encoding} body: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// A scratch directory under the target directory, removed first.
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
@@ -201,9 +236,7 @@ fn otlp_bodies_parse_with_the_official_protos_and_match_an_independent_capture()
             &[("OUTPUT_FORMAT", "otlp"), ("OTLP_ENCODING", encoding)],
         );
         let received = collector.received();
-        let dir = scratch(&format!("otlp-{encoding}"));
-        let mut files = Vec::new();
-        for (i, request) in received.iter().enumerate() {
+        for request in &received {
             assert_eq!(request.headers["content-type"], content_type);
             assert_eq!(request.headers["authorization"], format!("Bearer {TOKEN}"));
             assert_eq!(request.target, "/v1/logs");
@@ -216,29 +249,8 @@ fn otlp_bodies_parse_with_the_official_protos_and_match_an_independent_capture()
                     "{log}"
                 );
             }
-            let file = dir.join(format!("body-{i}"));
-            std::fs::write(&file, &request.raw).unwrap();
-            files.push(file);
         }
-        let out = Command::new(&python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/otlp_decode.py"
-            ))
-            .arg(encoding)
-            .args(&files)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "the official protos refused an {encoding} body: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let logs: Vec<Value> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let logs = decode_otlp(&python, encoding, &received);
         let instance = logs[0]["resource"]["service.instance.id"].clone();
         for log in &logs {
             assert_eq!(
@@ -270,7 +282,6 @@ fn otlp_bodies_parse_with_the_official_protos_and_match_an_independent_capture()
         let matched = stopped(&run.finished, "matched");
         assert_eq!(logs.len() as u64, matched);
         assert_eq!(stopped(&run.finished, "delivered"), matched);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 
@@ -787,36 +798,11 @@ fn connection_records(
                 }
             }
         }
-        _ => {
-            let dir = scratch(&format!("otlp-connections-{encoding}"));
-            let files: Vec<PathBuf> = received
+        _ => records.extend(
+            decode_otlp(python, encoding, received)
                 .iter()
-                .enumerate()
-                .map(|(i, request)| {
-                    let file = dir.join(format!("body-{i}"));
-                    std::fs::write(&file, &request.raw).unwrap();
-                    file
-                })
-                .collect();
-            let out = Command::new(python)
-                .arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/tests/python/otlp_decode.py"
-                ))
-                .arg(encoding)
-                .args(&files)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "the official protos refused a connection body: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            for line in String::from_utf8(out.stdout).unwrap().lines() {
-                records.push(connection_of_log(&serde_json::from_str(line).unwrap()));
-            }
-            std::fs::remove_dir_all(&dir).unwrap();
-        }
+                .map(connection_of_log),
+        ),
     }
     records
 }
