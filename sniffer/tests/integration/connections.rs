@@ -756,13 +756,25 @@ fn a_flood_of_connections_is_bounded_by_the_cap_and_every_eviction_counted() {
     let agent = Agent::attached(sniffer);
     let before = memory_kib(agent.pid(), "VmRSS");
     syn_flood(&topology.client, &topology.server, SYNS, 10_000);
-    // Let the reader take the last bursts off the ring.
-    thread::sleep(Duration::from_millis(1_500));
+    // Until the reader has taken every SYN off the ring (or counted it lost): a loaded machine
+    // may take a while, and the kernel's loss counter is read once a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        thread::sleep(Duration::from_millis(500));
+        let metrics = http_get(&topology, METRICS.parse().unwrap(), "/metrics");
+        let seen = metric(&metrics, "tcp_sniffer_connections_opened_total")
+            + metric(
+                &metrics,
+                "tcp_sniffer_records_dropped_total{reason=\"ring_full\"}",
+            );
+        if seen >= u64::from(SYNS) || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+    };
     let (after, peak) = (
         memory_kib(agent.pid(), "VmRSS"),
         memory_kib(agent.pid(), "VmHWM"),
     );
-    let metrics = http_get(&topology, METRICS.parse().unwrap(), "/metrics");
     let finished = agent.terminate();
     assert!(finished.status.success(), "{:?}", finished.status);
 
