@@ -156,6 +156,17 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> OptionsError
     }
 }
 
+/// Refuses `value` unless it is one of `allowed`, naming them.
+fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), OptionsError> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    Err(invalid(
+        field,
+        format!("{:?} is not one of {}", Echo(value), allowed.join(", ")),
+    ))
+}
+
 impl InjectorOptions {
     /// Reads options from a JSON file; absent keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, OptionsError> {
@@ -337,36 +348,9 @@ impl SecretKeyRef {
 impl InjectorOptions {
     /// The format and header options, checked with the sniffer's own rules.
     fn validate_delivery(&self) -> Result<(), OptionsError> {
-        if !OUTPUT_FORMATS.contains(&self.output_format.as_str()) {
-            return Err(invalid(
-                "outputFormat",
-                format!(
-                    "{:?} is not one of {}",
-                    Echo(&self.output_format),
-                    OUTPUT_FORMATS.join(", ")
-                ),
-            ));
-        }
-        if !RECORDS.contains(&self.records.as_str()) {
-            return Err(invalid(
-                "records",
-                format!(
-                    "{:?} is not one of {}",
-                    Echo(&self.records),
-                    RECORDS.join(", ")
-                ),
-            ));
-        }
-        if !OTLP_ENCODINGS.contains(&self.otlp_encoding.as_str()) {
-            return Err(invalid(
-                "otlpEncoding",
-                format!(
-                    "{:?} is not one of {}",
-                    Echo(&self.otlp_encoding),
-                    OTLP_ENCODINGS.join(", ")
-                ),
-            ));
-        }
+        one_of("outputFormat", &self.output_format, &OUTPUT_FORMATS)?;
+        one_of("records", &self.records, &RECORDS)?;
+        one_of("otlpEncoding", &self.otlp_encoding, &OTLP_ENCODINGS)?;
         let delivers = self.output_url.is_some();
         for (set, field) in [
             (self.output_format != "batch", "outputFormat"),

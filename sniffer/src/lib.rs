@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | configure | [`config`] | environment/flags and their validation; [`small_file`] reading files the environment names |
 //! | capture | [`capture`] | load, attach, change the ports in place, read the kernel counters; [`capture::ring`] the ring buffer; [`capture::socket`] the `AF_PACKET` socket; [`capture::clock`] kernel time → wall clock; [`podinfo`] the ports a pod's annotations ask for, [`ports_watch`] watching them (`PORTS_FILE`) |
-//! | track | [`connections`] | `RECORDS=connections`/`both`: packets grouped into connections ([`connections::analysis`] the per-connection analysis, [`connections::record`] the connection record), reported to the output by the [`connections::Tracking`] stage |
+//! | track | [`connections`] | `RECORDS=connections`/`both`: packets grouped into connections ([`connections::analysis`] the per-connection analysis, [`connections::table`] the table of connections, [`connections::record`] the connection record), reported to the output by the [`connections::Tracking`] stage |
 //! | encode | [`encode`] | a kernel record → [`encode::record::Record`] → JSON; [`encode::batch`] the batch body; [`encode::Encoder`] bodies for the sender threads |
 //! | deliver | [`deliver`] | the [`deliver::Sink`] both outputs implement: [`deliver::stdout`] NDJSON lines, [`deliver::http`] batches ([`deliver::batch`]) POSTed by sender threads with [`deliver::retry`] and [`deliver::resolve`] |
 //! | account | [`metrics`] | every record's fate, Prometheus text, the `METRICS_ADDR` endpoint |

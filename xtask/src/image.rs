@@ -153,11 +153,12 @@ fn run_sniffer(
     })
 }
 
-/// Exactly what the injector grants the sniffer container.
-fn least_privilege(netns: &str, seccomp_unconfined: bool) -> Vec<String> {
+/// Exactly what the injector grants the sniffer container, on `network` (a podman `--network`
+/// value), with the seccomp profile `seccomp` (`None`: the runtime's default).
+pub fn least_privilege(network: &str, seccomp: Option<&str>) -> Vec<String> {
     let mut options: Vec<String> = [
         "--network",
-        &format!("ns:/run/netns/{netns}"),
+        network,
         "--cap-drop",
         "ALL",
         "--cap-add",
@@ -171,8 +172,8 @@ fn least_privilege(netns: &str, seccomp_unconfined: bool) -> Vec<String> {
     .into_iter()
     .map(str::to_owned)
     .collect();
-    if seccomp_unconfined {
-        options.extend(["--security-opt".to_owned(), "seccomp=unconfined".to_owned()]);
+    if let Some(profile) = seccomp {
+        options.extend(["--security-opt".to_owned(), format!("seccomp={profile}")]);
     }
     options
 }
@@ -185,11 +186,12 @@ pub fn verify() -> Result<()> {
 /// The image checks, on images already built into `containers`.
 pub fn verify_built(containers: &Containers) -> Result<()> {
     let bed = Topology::new("tsimage")?;
+    let netns = format!("ns:/run/netns/{}", bed.server.name);
 
     // Exit 1 on bad PORTS, with the starting line first.
     let bad = run_sniffer(
         containers,
-        &least_privilege(&bed.server.name, true),
+        &least_privilege(&netns, Some("unconfined")),
         &[("PORTS", "0"), ("INTERFACE", "eth0")],
     )?;
     ensure!(
@@ -217,7 +219,7 @@ pub fn verify_built(containers: &Containers) -> Result<()> {
     // The runtime's default seccomp profile refuses bpf() without CAP_SYS_ADMIN: exit 2.
     let filtered = run_sniffer(
         containers,
-        &least_privilege(&bed.server.name, false),
+        &least_privilege(&netns, None),
         &[("PORTS", "8080"), ("INTERFACE", "eth0")],
     )?;
     ensure!(
@@ -240,7 +242,7 @@ pub fn verify_built(containers: &Containers) -> Result<()> {
     let name = format!("tcp-sniffer-image-test-{}", std::process::id());
     let mut cmd = containers.command("podman");
     cmd.args(["run", "--name", &name])
-        .args(least_privilege(&bed.server.name, true));
+        .args(least_privilege(&netns, Some("unconfined")));
     for env in [
         "PORTS=8080",
         "INTERFACE=eth0",

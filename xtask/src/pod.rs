@@ -235,17 +235,8 @@ fn seccomp_refuses_what_it_should(containers: &Containers) -> Result<()> {
     let probe = |seccomp: &str| -> Result<std::process::Output> {
         containers
             .command("podman")
-            .args(["run", "--rm", "--network", "none"])
-            .args([
-                "--cap-drop",
-                "ALL",
-                "--cap-add",
-                "NET_RAW",
-                "--cap-add",
-                "BPF",
-            ])
-            .args(["--security-opt", "no-new-privileges", "--read-only"])
-            .args(["--security-opt", &format!("seccomp={seccomp}")])
+            .args(["run", "--rm"])
+            .args(image::least_privilege("none", Some(seccomp)))
             .args(["--entrypoint", "/bin/busybox", APP_IMAGE])
             .args(["unshare", "--user", "/bin/busybox", "true"])
             .output()

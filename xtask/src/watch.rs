@@ -162,3 +162,17 @@ pub fn run_measured(cmd: &mut Command) -> Result<(f64, f64)> {
         .with_context(|| format!("`{}` failed", cmd::display(cmd)))?;
     Ok((start.elapsed().as_secs_f64(), cpu))
 }
+
+/// The sniffer's `stopped` log line among `lines`, and a reader of its counters.
+pub fn stopped_line(lines: &[String]) -> Result<impl Fn(&str) -> Result<u64>> {
+    let stopped: serde_json::Value = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["msg"] == "stopped")
+        .context("the sniffer logged no \"stopped\" line")?;
+    Ok(move |name: &str| {
+        stopped[name]
+            .as_u64()
+            .with_context(|| format!("stopped line lacks {name}"))
+    })
+}

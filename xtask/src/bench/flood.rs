@@ -21,14 +21,13 @@
 use std::{fmt::Write as _, fs, process::Command, thread, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use serde_json::Value;
 use testbed::{Netns, Topology};
 
 use super::report::median;
 use crate::{
     collector::BenchCollector,
     target_dir,
-    watch::{Watched, cpu_ns, kernel_thread, run_measured},
+    watch::{Watched, cpu_ns, kernel_thread, run_measured, stopped_line},
 };
 
 /// How long after the flood the capturer's CPU is still counted: longer than the sniffer's
@@ -266,16 +265,7 @@ pub fn trial(
         trial.captured = number(" packets captured")?;
         trial.dropped = number(" packets dropped by kernel")?;
     } else {
-        let stopped: Value = lines
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|l| l["msg"] == "stopped")
-            .context("the sniffer logged no \"stopped\" line")?;
-        let field = |name: &str| {
-            stopped[name]
-                .as_u64()
-                .with_context(|| format!("stopped line lacks {name}"))
-        };
+        let field = stopped_line(&lines)?;
         trial.captured = field("records")?;
         trial.dropped = field("dropped")?;
         if collector.is_some() {

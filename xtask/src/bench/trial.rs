@@ -17,7 +17,7 @@ use crate::{
     collector::{BenchCollector, Tally},
     perf::{CpuShares, Sampler},
     target_dir,
-    watch::Watched,
+    watch::{Watched, stopped_line},
 };
 
 /// What iperf3 sends.
@@ -178,16 +178,7 @@ pub fn trial(
         result.cpu_seconds = cpu;
         result.peak_rss_kib = rss;
         if capturer != Capturer::Tcpdump {
-            let stopped: Value = lines
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|l| l["msg"] == "stopped")
-                .context("the sniffer logged no \"stopped\" line")?;
-            let field = |name: &str| {
-                stopped[name]
-                    .as_u64()
-                    .with_context(|| format!("stopped line lacks {name}"))
-            };
+            let field = stopped_line(&lines)?;
             result.captured = field("records")?;
             result.seen = field("matched")?;
             result.dropped = field("dropped_ring_full")?;
