@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
+use cli_support::small_file::{SmallFileError, read_small_file};
 use k8s_openapi::{
     api::core::v1::{ResourceRequirements, SeccompProfile},
     apimachinery::pkg::api::resource::Quantity,
@@ -17,6 +18,9 @@ use sniffer_common::{
     url::{Scheme, parse_http_url},
 };
 use thiserror::Error;
+
+/// The largest options file read: the options of a real deployment take about 1 KiB.
+pub const MAX_OPTIONS_BYTES: u64 = 1 << 20;
 
 /// Where the sniffer reads the token from: a key of a Secret in the pod's namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,14 +126,13 @@ impl Default for InjectorOptions {
 /// Options that cannot be used (exit code 1 at start).
 #[derive(Debug, Error)]
 pub enum OptionsError {
-    /// The config file could not be read.
-    #[error("cannot read the options file {path}")]
+    /// The config file could not be read, is not a regular file, or is too large.
+    #[error("cannot read the options file {path}: {problem}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        problem: SmallFileError,
     },
     /// The config file is not valid `InjectorOptions` JSON.
     #[error("the options file {path} is not valid InjectorOptions JSON: {problem}")]
@@ -168,13 +171,15 @@ fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), OptionsError
 }
 
 impl InjectorOptions {
-    /// Reads options from a JSON file; absent keys keep their defaults.
+    /// Reads options from a JSON file (a regular file of at most [`MAX_OPTIONS_BYTES`]); absent
+    /// keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, OptionsError> {
         let display = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| OptionsError::Read {
-            path: display.clone(),
-            source,
-        })?;
+        let text =
+            read_small_file(path, MAX_OPTIONS_BYTES).map_err(|problem| OptionsError::Read {
+                path: display.clone(),
+                problem,
+            })?;
         serde_json::from_slice(&text).map_err(|problem| OptionsError::Parse {
             path: display,
             problem,

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use cli_support::small_file::{SmallFileError, read_small_file};
 use log::{error, info};
 use thiserror::Error;
 use time::OffsetDateTime;
@@ -29,14 +30,13 @@ use tokio_rustls::rustls::{
 /// The certificate or key cannot be used.
 #[derive(Debug, Error)]
 pub enum TlsError {
-    /// A file cannot be read.
-    #[error("cannot read {path}")]
+    /// A file cannot be read, is not a regular file, or is larger than any PEM file would be.
+    #[error("cannot read {path}: {problem}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        problem: SmallFileError,
     },
     /// The certificate file holds no PEM certificate.
     #[error("{path} holds no PEM certificate")]
@@ -68,10 +68,14 @@ struct Contents {
     key: Vec<u8>,
 }
 
+/// The largest certificate chain or key file read: a chain of a few certificates is a few KiB.
+/// The files are re-read every few seconds, so a device or a huge file must never be read whole.
+pub const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    read_small_file(path, MAX_PEM_FILE_BYTES).map_err(|problem| TlsError::Read {
         path: path.to_owned(),
-        source,
+        problem,
     })
 }
 

@@ -15,8 +15,8 @@ use thiserror::Error;
 use crate::{
     encode::{Format, UnknownFormat},
     ports_watch::MAX_PORTS_FILE_BYTES,
-    small_file::{SmallFileError, read_small_file},
 };
+use cli_support::small_file::{SmallFileError, read_small_file};
 
 /// Command line and environment, as given. [`Args::validate`] turns it into a [`Config`].
 #[derive(Clone, Debug, Parser)]
@@ -290,12 +290,12 @@ pub enum ConfigError {
         problem: PortsError,
     },
     /// `PORTS_FILE` cannot be read.
-    #[error("PORTS_FILE {path:?} {source}")]
+    #[error("PORTS_FILE {path:?} {problem}")]
     PortsFile {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: SmallFileError,
+        /// Why (said in the message, so not a separate cause).
+        problem: SmallFileError,
     },
     /// `INTERFACE` does not exist in this network namespace.
     #[error("INTERFACE {:?} does not exist in this network namespace", Echo(name))]
@@ -394,10 +394,10 @@ impl Args {
         })?;
         if let Some(path) = &self.ports_file {
             // Read once now, so a wrong path stops the start instead of a warning later.
-            read_small_file(path, MAX_PORTS_FILE_BYTES).map_err(|source| {
+            read_small_file(path, MAX_PORTS_FILE_BYTES).map_err(|problem| {
                 ConfigError::PortsFile {
                     path: path.clone(),
-                    source,
+                    problem,
                 }
             })?;
         }

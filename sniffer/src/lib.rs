@@ -5,7 +5,7 @@
 //!
 //! | stage | module | role |
 //! |---|---|---|
-//! | configure | [`config`] | environment/flags and their validation; [`small_file`] reading files the environment names |
+//! | configure | [`config`] | environment/flags and their validation |
 //! | capture | [`capture`] | load, attach, change the ports in place, read the kernel counters; [`capture::ring`] the ring buffer; [`capture::socket`] the `AF_PACKET` socket; [`capture::clock`] kernel time → wall clock; [`podinfo`] the ports a pod's annotations ask for, [`ports_watch`] watching them (`PORTS_FILE`) |
 //! | track | [`connections`] | `RECORDS=connections`/`both`: packets grouped into connections ([`connections::analysis`] the per-connection analysis, [`connections::table`] the table of connections, [`connections::record`] the connection record), reported to the output by the [`connections::Tracking`] stage |
 //! | encode | [`encode`] | a kernel record → [`encode::record::Record`] → JSON; [`encode::batch`] the batch body; [`encode::Encoder`] bodies for the sender threads |
@@ -20,4 +20,3 @@ pub mod encode;
 pub mod metrics;
 pub mod podinfo;
 pub mod ports_watch;
-pub mod small_file;

@@ -6,10 +6,8 @@
 
 use std::path::PathBuf;
 
-use crate::{
-    podinfo::{self, PortsChange},
-    small_file::{SmallFileError, read_small_file},
-};
+use crate::podinfo::{self, PortsChange};
+use cli_support::small_file::{SmallFileError, read_small_file};
 
 /// The most a pod's annotations file can hold: Kubernetes caps all annotations at 256 KiB
 /// together; the rest is room for quoting.

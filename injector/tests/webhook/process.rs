@@ -1,22 +1,45 @@
 //! The command line: exit codes, `gen-certs`, `inject -f`, clean stop.
 
 use std::{
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use sniffer_common::url::url_cases;
 
-use crate::common::{INJECTOR, TempDir, localhost_certs, mount_secret, start_default};
+use crate::common::{INJECTOR, Server, TempDir, localhost_certs, mount_secret, start_default};
 
+/// Runs the injector to its end; killed, and the test failed, if that takes over 20 s.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(INJECTOR);
-    cmd.args(args).env_remove("INJECTOR_CONFIG");
+    cmd.args(args)
+        .env_remove("INJECTOR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    // The output is read to its end on another thread, so a full pipe never stalls the child.
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done.send(());
+        output
+    });
+    if finished.recv_timeout(Duration::from_secs(20)).is_err() {
+        // SAFETY: signalling our own child, which has not been reaped (the waiter is still in wait).
+        unsafe { libc_kill(i32::try_from(pid).unwrap(), 9) };
+        let out = waiter.join().unwrap().unwrap();
+        panic!(
+            "injector {args:?} still running after 20 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    waiter.join().unwrap().unwrap()
 }
 
 fn error_of(output: &Output) -> String {
@@ -106,6 +129,80 @@ fn unusable_certificate_exits_1() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(error_of(&out).contains("holds no PEM certificate"));
+}
+
+/// `--config` and the certificate files are read with a bound: a device is refused at start
+/// (before, `/dev/zero` was read until memory ran out), and a certificate replaced by one while
+/// serving is reported and the previous pair kept, with memory flat.
+#[test]
+fn devices_and_fifos_are_refused_as_options_and_certificates() {
+    let dir = TempDir::new();
+    let certs = localhost_certs();
+    mount_secret(&dir.0, &certs);
+    let cert = dir.0.join("tls.crt");
+    let key = dir.0.join("tls.key");
+    let fifo = dir.0.join("fifo");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { mkfifo(name.as_ptr(), 0o600) }, 0);
+    for (config, cert, key) in [
+        ("/dev/zero", cert.to_str().unwrap(), key.to_str().unwrap()),
+        (
+            fifo.to_str().unwrap(),
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+        ),
+        ("", "/dev/zero", key.to_str().unwrap()),
+        ("", cert.to_str().unwrap(), fifo.to_str().unwrap()),
+    ] {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ];
+        if !config.is_empty() {
+            args.extend(["--config", config]);
+        }
+        let start = Instant::now();
+        let out = run(&args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{args:?} took {:?}",
+            start.elapsed()
+        );
+        let error = error_of(&out);
+        assert_eq!(error.matches("is not a regular file").count(), 1, "{args:?}: {error}");
+    }
+
+    let server = Server::start(&dir.0, &[]);
+    let before = crate::limits::peak_rss_kib(server.child.id());
+    std::fs::remove_file(&cert).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &cert).unwrap();
+    let line = server.wait_for_log("still serving the previous one");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not a regular file"),
+        "{line}"
+    );
+    // Two more reloads pass; the old pair still serves and nothing was read whole.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(server.health(&[&certs.ca_pem]), Some(200));
+    let after = crate::limits::peak_rss_kib(server.child.id());
+    assert!(
+        after < before + 8 * 1024,
+        "VmHWM {before} KiB -> {after} KiB"
+    );
+}
+
+unsafe extern "C" {
+    fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
 }
 
 #[test]

@@ -44,8 +44,8 @@ use crate::{
     connections::record::ConnectionRecord,
     encode::{AgentInfo, Batch, Body, Encoder, Format, otlp, proto, record::Record},
     metrics::{Stats, add, get},
-    small_file::{SmallFileError, read_small_file},
 };
+use cli_support::small_file::{SmallFileError, read_small_file};
 
 /// Largest accepted `OUTPUT_CA_FILE`: a bundle of every public root is about 220 KiB.
 pub const MAX_CA_FILE_BYTES: u64 = 4 << 20;

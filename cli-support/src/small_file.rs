@@ -1,6 +1,7 @@
-//! Reading a small file named by the environment (`OUTPUT_CA_FILE`, `PORTS_FILE`) without
-//! trusting it: a device such as `/dev/zero` would be read until memory runs out, and opening a
-//! FIFO would wait for a writer, ignoring SIGTERM meanwhile.
+//! Reading a small file named by the environment or a flag (`OUTPUT_CA_FILE`, `PORTS_FILE`, the
+//! injector's options, certificate and key, a seccomp profile) without trusting it: a device
+//! such as `/dev/zero` would be read until memory runs out, and opening a FIFO would wait for a
+//! writer, ignoring SIGTERM meanwhile.
 
 use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _, path::Path};
 
