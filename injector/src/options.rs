@@ -11,11 +11,8 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Serialize};
 use sniffer_common::{
-    OTLP_ENCODINGS, OUTPUT_FORMATS, RECORDS,
-    echo::Echo,
-    headers,
-    ports::PortsError,
-    url::{Scheme, parse_http_url},
+    OTLP_ENCODINGS, OUTPUT_FORMATS, RECORDS, echo::Echo, headers, headers::Credential,
+    ports::PortsError, url::parse_http_url,
 };
 use thiserror::Error;
 
@@ -244,14 +241,31 @@ impl InjectorOptions {
             // The sniffer's own rules, so what is accepted here never makes a sidecar exit 1.
             let parsed = parse_http_url(url)
                 .map_err(|problem| invalid("outputUrl", format!("{:?} {problem}", Echo(url))))?;
-            if parsed.scheme == Scheme::Http
-                && output_url_auth_token_secret.is_some()
-                && !output_allow_plaintext_token
-            {
+            let credentials = [
+                output_url_auth_token_secret
+                    .as_ref()
+                    .map(|_| ("outputUrlAuthTokenSecret", Credential::Token)),
+                self.output_headers_secret
+                    .as_ref()
+                    .map(|_| ("outputHeadersSecret", Credential::SecretHeaders)),
+            ];
+            let fields = credentials.iter().flatten();
+            if let Err(refused) = headers::plaintext_credentials(
+                parsed.scheme,
+                *output_allow_plaintext_token,
+                fields.clone().map(|&(_, credential)| credential),
+            ) {
+                let (field, _) = fields
+                    .into_iter()
+                    .find(|&&(_, credential)| credential == refused)
+                    .expect("the refused credential is one of them");
                 return Err(invalid(
-                    "outputUrlAuthTokenSecret",
-                    "the token would travel in plaintext to an http:// outputUrl: use https://, \
-                     or set outputAllowPlaintextToken if the network already encrypts it",
+                    *field,
+                    format!(
+                        "{refused} would travel in plaintext to an http:// outputUrl: use \
+                         https://, or set outputAllowPlaintextToken if the network already \
+                         encrypts it"
+                    ),
                 ));
             }
         }
@@ -372,20 +386,33 @@ impl InjectorOptions {
         // A token is what the header carries: check name and scheme as the sniffer will.
         let auth = headers::auth(&self.output_auth_header, &self.output_auth_scheme, "token")
             .map_err(|err| invalid("outputAuthHeader/outputAuthScheme", err.to_string()))?;
-        if let Some(name) = self
-            .output_headers
-            .keys()
-            .find(|name| name.eq_ignore_ascii_case(&self.output_auth_header))
-        {
-            return Err(invalid(
-                "outputHeaders",
-                format!(
-                    "{} carries the credential: give it through outputUrlAuthTokenSecret (with \
-                     outputAuthHeader and outputAuthScheme) or outputHeadersSecret, never in \
-                     plain options",
-                    Echo(name)
-                ),
-            ));
+        // Names are checked here, by position, before they are rendered into `OUTPUT_HEADERS`:
+        // `{"X-A=B": "v"}` would otherwise become header `X-A: B=v`, and a name holding a
+        // credential must not be echoed.
+        for (index, name) in self.output_headers.keys().enumerate() {
+            let key = index + 1;
+            if !headers::is_token(name) {
+                return Err(invalid(
+                    "outputHeaders",
+                    format!(
+                        "key {key} (in alphabetical order) is not an HTTP header name (letters, \
+                         digits and !#$%&'*+-.^_`|~); it is not shown, it may hold a credential"
+                    ),
+                ));
+            }
+            if name.eq_ignore_ascii_case(&self.output_auth_header)
+                || headers::carries_credential(name)
+            {
+                return Err(invalid(
+                    "outputHeaders",
+                    format!(
+                        "{} carries a credential: give it through outputUrlAuthTokenSecret (with \
+                         outputAuthHeader and outputAuthScheme) or outputHeadersSecret, never in \
+                         plain options",
+                        Echo(name)
+                    ),
+                ));
+            }
         }
         if let Some(rendered) = self.rendered_headers() {
             headers::parse(&rendered, Some(&auth))
@@ -622,11 +649,11 @@ mod tests {
             ),
             (
                 r#"{"outputUrl":"https://c/","outputHeaders":{"Content-Type":"text/plain"}}"#,
-                "option outputHeaders: OUTPUT_HEADERS cannot set Content-Type",
+                "option outputHeaders: OUTPUT_HEADERS entry 1 sets Content-Type, which the sniffer sets itself",
             ),
             (
                 r#"{"outputUrl":"https://c/","outputHeaders":{"authorization":"Basic x"}}"#,
-                "option outputHeaders: authorization carries the credential",
+                "option outputHeaders: authorization carries a credential",
             ),
             (
                 r#"{"outputUrl":"https://c/","outputAuthHeader":"X Key"}"#,
@@ -644,6 +671,56 @@ mod tests {
             let err = with(json).unwrap_err();
             assert!(err.contains(needle), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn header_names_are_checked_before_rendering_and_never_echoed() {
+        for (headers, needle) in [
+            (
+                r#"{"X-A=B":"v"}"#,
+                "key 1 (in alphabetical order) is not an HTTP header name",
+            ),
+            (
+                r#"{"X-Tenant":"t","Authorization=Bearer s3cr3t":""}"#,
+                "key 1 (in alphabetical order) is not an HTTP header name",
+            ),
+            (
+                r#"{"X b":"v"}"#,
+                "key 1 (in alphabetical order) is not an HTTP header name",
+            ),
+            (
+                r#"{"X-Api-Key":"s3cr3t"}"#,
+                "X-Api-Key carries a credential",
+            ),
+            (r#"{"Cookie":"s3cr3t"}"#, "Cookie carries a credential"),
+        ] {
+            let err = with(&format!(
+                r#"{{"outputUrl":"https://c/","outputHeaders":{headers}}}"#
+            ))
+            .unwrap_err();
+            assert!(err.starts_with("option outputHeaders: "), "{err}");
+            assert!(err.contains(needle), "{headers}: {err}");
+            assert!(!err.contains("s3cr3t") && !err.contains("X-A=B"), "{err}");
+        }
+    }
+
+    #[test]
+    fn headers_from_a_secret_follow_the_token_s_rule() {
+        let secret = r#""outputHeadersSecret":{"name":"ch","key":"headers"}"#;
+        let err = with(&format!(r#"{{"outputUrl":"http://ch:8123/",{secret}}}"#)).unwrap_err();
+        assert!(
+            err.starts_with(
+                "option outputHeadersSecret: the headers from a Secret would travel in plaintext"
+            ),
+            "{err}"
+        );
+        with(&format!(
+            r#"{{"outputUrl":"http://ch:8123/",{secret},"outputAllowPlaintextToken":true}}"#
+        ))
+        .unwrap();
+        with(&format!(r#"{{"outputUrl":"https://ch:8443/",{secret}}}"#)).unwrap();
+        // Plain headers are not secret: they go over http:// as they always did.
+        with(r#"{"outputUrl":"http://loki:3100/","outputHeaders":{"X-Scope-OrgID":"t"}}"#).unwrap();
     }
 
     #[test]

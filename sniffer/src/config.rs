@@ -6,7 +6,7 @@ use clap::{ArgAction, Parser, builder::BoolishValueParser};
 use sniffer_common::{
     DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES,
     echo::Echo,
-    headers::{self, HeaderError},
+    headers::{self, Credential, HeaderError},
     ports::{PortsError, parse_ports},
     url::{Scheme, UrlError, parse_http_url},
 };
@@ -183,8 +183,9 @@ pub enum Warning {
     /// The token ended with a newline (`kubectl create secret --from-file` of a file written by
     /// `echo`), which was removed.
     TokenNewlineTrimmed,
-    /// The token goes over `http://` because `OUTPUT_ALLOW_PLAINTEXT_TOKEN` says so.
-    PlaintextToken,
+    /// A credential (the first, if several) goes over `http://` because
+    /// `OUTPUT_ALLOW_PLAINTEXT_TOKEN` says so.
+    PlaintextCredential(Credential),
     /// The token is set but empty: no `Authorization` header is sent.
     EmptyToken,
 }
@@ -192,18 +193,21 @@ pub enum Warning {
 impl Warning {
     /// The log message.
     #[must_use]
-    pub const fn message(self) -> &'static str {
-        match self {
+    pub fn message(self) -> String {
+        let text = match self {
             Self::TokenNewlineTrimmed => {
                 "OUTPUT_URL_AUTH_TOKEN ended with a newline, which was removed (a Secret made with --from-file of a file that ends in a newline)"
             }
-            Self::PlaintextToken => {
-                "OUTPUT_URL_AUTH_TOKEN is sent over http:// in plaintext, as OUTPUT_ALLOW_PLAINTEXT_TOKEN allows"
+            Self::PlaintextCredential(credential) => {
+                return format!(
+                    "{credential} is sent over http:// in plaintext, as OUTPUT_ALLOW_PLAINTEXT_TOKEN allows"
+                );
             }
             Self::EmptyToken => {
                 "OUTPUT_URL_AUTH_TOKEN is empty: batches are sent without an Authorization header"
             }
-        }
+        };
+        text.to_owned()
     }
 }
 
@@ -347,11 +351,12 @@ pub enum ConfigError {
         /// Its 0-based byte position.
         position: usize,
     },
-    /// A token would travel over plain HTTP.
+    /// A credential would travel over plain HTTP: the token, or a header whose name says it
+    /// carries one ([`headers::plaintext_credentials`], the rule the injector applies too).
     #[error(
-        "OUTPUT_URL_AUTH_TOKEN would be sent in plaintext to an http:// OUTPUT_URL: use https://, or set OUTPUT_ALLOW_PLAINTEXT_TOKEN=true if the network already encrypts it (e.g. a service mesh with mTLS)"
+        "{0} would be sent in plaintext to an http:// OUTPUT_URL: use https://, or set OUTPUT_ALLOW_PLAINTEXT_TOKEN=true if the network already encrypts it (e.g. a service mesh with mTLS)"
     )]
-    PlaintextToken,
+    PlaintextCredential(Credential),
     /// `OUTPUT_FORMAT` or `OTLP_ENCODING` names no format.
     #[error("{name} {:?} {problem}", Echo(value))]
     Format {
@@ -557,25 +562,34 @@ impl Args {
                     warnings.push(Warning::EmptyToken);
                     None
                 } else {
-                    if scheme == Scheme::Http {
-                        if !self.output_allow_plaintext_token {
-                            return Err(ConfigError::PlaintextToken);
-                        }
-                        warnings.push(Warning::PlaintextToken);
-                    }
                     Some(token.to_owned())
                 }
             }
         };
         let auth = token
-            .map(|token| headers::auth(&self.output_auth_header, &self.output_auth_scheme, &token))
+            .as_deref()
+            .map(|token| headers::auth(&self.output_auth_header, &self.output_auth_scheme, token))
             .transpose()
             .map_err(ConfigError::Header)?;
-        let mut headers_list: Vec<(String, String)> = auth.into_iter().collect();
-        if let Some(extra) = self.output_headers.as_deref() {
-            headers_list
-                .extend(headers::parse(extra, headers_list.first()).map_err(ConfigError::Header)?);
+        let extra = match self.output_headers.as_deref() {
+            Some(text) => headers::parse(text, auth.as_ref()).map_err(ConfigError::Header)?,
+            None => Vec::new(),
+        };
+        let credentials =
+            auth.iter()
+                .map(|_| Credential::Token)
+                .chain(extra.iter().enumerate().filter_map(|(index, (name, _))| {
+                    headers::carries_credential(name).then_some(Credential::Header {
+                        position: index + 1,
+                    })
+                }));
+        match headers::plaintext_credentials(scheme, self.output_allow_plaintext_token, credentials)
+        {
+            Ok(None) => {}
+            Ok(Some(credential)) => warnings.push(Warning::PlaintextCredential(credential)),
+            Err(credential) => return Err(ConfigError::PlaintextCredential(credential)),
         }
+        let headers_list: Vec<(String, String)> = auth.into_iter().chain(extra).collect();
         Ok(DeliveryConfig {
             url: url.to_owned(),
             format,
@@ -949,16 +963,55 @@ mod tests {
         let err = with_token("http://collector/", "s3cret")
             .validate()
             .unwrap_err();
-        assert!(matches!(err, ConfigError::PlaintextToken));
+        assert!(matches!(
+            err,
+            ConfigError::PlaintextCredential(Credential::Token)
+        ));
         assert!(!err.to_string().contains("s3cret"));
         let mut allowed = with_token("HTTP://collector/", "s3cret");
         allowed.output_allow_plaintext_token = true;
         let config = allowed.validate().unwrap();
-        assert_eq!(config.warnings, [Warning::PlaintextToken]);
+        assert_eq!(
+            config.warnings,
+            [Warning::PlaintextCredential(Credential::Token)]
+        );
         // No token, nothing to protect.
         let mut no_token = args("8080", "lo");
         no_token.output_url = Some("http://collector/".into());
         assert!(no_token.validate().unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn credential_headers_follow_the_token_s_rule() {
+        let mut clickhouse = args("8080", "lo");
+        clickhouse.output_url = Some("http://ch:8123/".into());
+        clickhouse.output_headers =
+            Some("X-ClickHouse-User=sniffer,X-ClickHouse-Key=s3cret".into());
+        let err = clickhouse.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::PlaintextCredential(Credential::Header { position: 2 })
+        ));
+        assert!(
+            err.to_string().starts_with("OUTPUT_HEADERS entry 2 (its name says it carries a credential) would be sent in plaintext"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret"));
+        clickhouse.output_allow_plaintext_token = true;
+        assert_eq!(
+            clickhouse.validate().unwrap().warnings,
+            [Warning::PlaintextCredential(Credential::Header {
+                position: 2
+            })]
+        );
+        clickhouse.output_url = Some("https://ch:8443/".into());
+        clickhouse.output_allow_plaintext_token = false;
+        assert!(clickhouse.validate().unwrap().warnings.is_empty());
+        // A header that is no credential goes over http:// as it always did.
+        let mut loki = args("8080", "lo");
+        loki.output_url = Some("http://loki:3100/loki/api/v1/push".into());
+        loki.output_headers = Some("X-Scope-OrgID=tenant-1".into());
+        assert!(loki.validate().unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -176,7 +176,11 @@ fn devices_and_fifos_are_refused_as_options_and_certificates() {
             start.elapsed()
         );
         let error = error_of(&out);
-        assert_eq!(error.matches("is not a regular file").count(), 1, "{args:?}: {error}");
+        assert_eq!(
+            error.matches("is not a regular file").count(),
+            1,
+            "{args:?}: {error}"
+        );
     }
 
     let server = Server::start(&dir.0, &[]);

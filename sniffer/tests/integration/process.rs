@@ -131,6 +131,55 @@ fn output_urls_follow_the_table_shared_with_the_injector() {
     }
 }
 
+/// A mistyped header list holding a secret exits 1 naming the entry by its position: the secret
+/// is nowhere in the logs (before, it was printed twice as "not a valid header name").
+#[test]
+fn a_secret_in_a_bad_header_entry_never_reaches_the_log() {
+    for headers in [
+        "Authorization: Basic dXNlcjpwYXNzd29yZA==",
+        "X-Tenant=a,Authorization: Basic dXNlcjpwYXNzd29yZA==",
+        "X-Tenant=a,dXNlcjpwYXNzd29yZA",
+    ] {
+        let finished = run_with_env(&[
+            ("PORTS", "8080"),
+            ("INTERFACE", "lo"),
+            ("OUTPUT_URL", "https://collector.example/"),
+            ("OUTPUT_HEADERS", headers),
+        ]);
+        assert_eq!(finished.status.code(), Some(1), "{:#?}", finished.logs);
+        let error = error_line(&finished)["error"].as_str().unwrap().to_owned();
+        assert!(error.starts_with("OUTPUT_HEADERS entry "), "{error}");
+        let logs = serde_json::to_string(&finished.logs).unwrap();
+        assert!(!logs.contains("dXNl"), "{logs}");
+    }
+}
+
+/// A header whose name says it carries a credential follows the token's rule: refused towards
+/// an http:// collector unless the operator opts in.
+#[test]
+fn a_credential_header_over_plain_http_exits_1() {
+    let finished = run_with_env(&[
+        ("PORTS", "8080"),
+        ("INTERFACE", "lo"),
+        ("OUTPUT_URL", "http://clickhouse.example:8123/"),
+        (
+            "OUTPUT_HEADERS",
+            "X-ClickHouse-User=sniffer,X-ClickHouse-Key=s3cret",
+        ),
+    ]);
+    assert_eq!(finished.status.code(), Some(1), "{:#?}", finished.logs);
+    let error = error_line(&finished)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.starts_with("OUTPUT_HEADERS entry 2 (its name says it carries a credential) would be sent in plaintext"),
+        "{error}"
+    );
+    assert!(
+        !serde_json::to_string(&finished.logs)
+            .unwrap()
+            .contains("s3cret")
+    );
+}
+
 #[test]
 fn unreadable_ca_file_exit_1() {
     let finished = run_with_env(&[
