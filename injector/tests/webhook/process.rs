@@ -205,6 +205,65 @@ fn devices_and_fifos_are_refused_as_options_and_certificates() {
     );
 }
 
+/// `install-seccomp-profile` keeps answering SIGTERM when its source turns into a FIFO (before,
+/// the open blocked the loop and only SIGKILL stopped it), and says what is wrong.
+#[test]
+fn the_profile_installer_stops_on_sigterm_whatever_its_source_becomes() {
+    let dir = TempDir::new();
+    let source = dir.0.join("tcp-sniffer.json");
+    std::fs::write(
+        &source,
+        r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["bpf"],"action":"SCMP_ACT_ALLOW"}]}"#,
+    )
+    .unwrap();
+    let target = dir.0.join("kubelet/seccomp/profiles/tcp-sniffer.json");
+    let mut child = Command::new(INJECTOR)
+        .arg("install-seccomp-profile")
+        .arg("--from")
+        .arg(&source)
+        .arg("--to")
+        .arg(&target)
+        .args(["--interval-secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !target.exists() {
+        assert!(Instant::now() < deadline, "the profile was not installed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&source).unwrap();
+    let name = std::ffi::CString::new(source.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { mkfifo(name.as_ptr(), 0o600) }, 0);
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signalling our own child.
+    assert_eq!(
+        unsafe { libc_kill(i32::try_from(child.id()).unwrap(), 15) },
+        0
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("install-seccomp-profile ignored SIGTERM with a FIFO as its source");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(
+        logs.contains("cannot reinstall the seccomp profile")
+            && logs.contains("is not a regular file"),
+        "{logs}"
+    );
+}
+
 unsafe extern "C" {
     fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
 }
