@@ -86,17 +86,21 @@ pub enum Cut {
     BodyBudget,
     /// Nothing arrived on a connection with no request in progress.
     IdleTimeout,
+    /// The body ended before its `Content-Length`: the client went away mid-request, and the
+    /// request is not decided.
+    BodyAborted,
 }
 
 impl Cut {
     /// Every reason, in the order of [`Cut::index`].
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::ConnectionCap,
         Self::HandshakeTimeout,
         Self::HeaderTimeout,
         Self::BodyTimeout,
         Self::BodyBudget,
         Self::IdleTimeout,
+        Self::BodyAborted,
     ];
 
     /// Label for logs and metrics.
@@ -109,6 +113,7 @@ impl Cut {
             Self::BodyTimeout => "body_timeout",
             Self::BodyBudget => "body_budget",
             Self::IdleTimeout => "idle_timeout",
+            Self::BodyAborted => "body_aborted",
         }
     }
 
@@ -126,6 +131,9 @@ impl Cut {
             Self::BodyTimeout => "request refused with 408: its body took too long",
             Self::BodyBudget => "request refused with 503: the request-body memory budget is spent",
             Self::IdleTimeout => "connection closed: idle",
+            Self::BodyAborted => {
+                "request dropped undecided: its body ended before its Content-Length"
+            }
         }
     }
 }

@@ -92,8 +92,10 @@ async fn read_body(
     let read = async {
         let mut bytes = Vec::with_capacity(capacity);
         while let Some(chunk) = body.next().await {
-            // A broken stream is a bad body; the parser says so.
-            let Ok(mut chunk) = chunk else { break };
+            // A stream that breaks (the client closed early) is an aborted request.
+            let Ok(mut chunk) = chunk else {
+                return Err(Cut::BodyAborted);
+            };
             while chunk.has_remaining() {
                 let part = chunk.chunk();
                 bytes.extend_from_slice(part);
@@ -101,11 +103,17 @@ async fn read_body(
                 chunk.advance(n);
             }
         }
-        bytes
+        // Fewer bytes than announced (hyper ends an HTTP/2 stream early this way): never decide
+        // on a truncated review.
+        if bytes.len() as u64 == length {
+            Ok(bytes)
+        } else {
+            Err(Cut::BodyAborted)
+        }
     };
     tokio::time::timeout(app.limits.body_timeout, read)
         .await
-        .map_err(|_| Cut::BodyTimeout)
+        .map_err(|_| Cut::BodyTimeout)?
 }
 
 /// The answer to a request cut short, which also closes an HTTP/1.1 connection (its body was not
@@ -115,6 +123,10 @@ fn refusal(cut: Cut) -> warp::reply::Response {
         Cut::BodyBudget => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the webhook holds as many request bodies as its memory budget allows; retry",
+        ),
+        Cut::BodyAborted => (
+            StatusCode::BAD_REQUEST,
+            "the request body ended before its Content-Length",
         ),
         _ => (
             StatusCode::REQUEST_TIMEOUT,

@@ -140,6 +140,64 @@ fn oversized_body_gets_413_before_it_is_read() {
     assert_eq!(server.health(&[&certs.ca_pem]).unwrap(), 200);
 }
 
+/// A body cut short of its `Content-Length` (the client closes TLS 100 bytes early) is never
+/// decided: counted as `body_aborted`, no decision logged (before, the truncated review was
+/// decided and answered).
+#[test]
+fn a_body_shorter_than_its_length_is_not_decided() {
+    let (_dir, certs, server) = start_default();
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/deployment-pod.json"
+    ))
+    .unwrap();
+    let mut tls = raw_tls(&server, &certs.ca_pem);
+    write!(
+        tls,
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    tls.write_all(&body[..body.len() - 100]).unwrap();
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let text = answer(&mut tls);
+    assert!(!text.contains("AdmissionReview"), "answered: {text}");
+    let metrics = metrics_text(&server);
+    assert!(
+        metrics.contains("tcp_sniffer_injector_cuts_total{reason=\"body_aborted\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "tcp_sniffer_injector_decisions_total{decision=\"injected\",reason=\"\"} 0\n"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        server
+            .log_lines()
+            .iter()
+            .all(|l| l["msg"] != "admission decision")
+    );
+    // A whole body on a new connection is decided as usual.
+    let (status, _) = post(&client(&[&certs.ca_pem]), &server, &body);
+    assert_eq!(status, 200);
+}
+
+/// The metrics port's `/metrics`, over plain HTTP.
+fn metrics_text(server: &Server) -> String {
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.metrics_port)).unwrap();
+    write!(
+        tcp,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    text
+}
+
 #[test]
 fn body_without_content_length_is_refused() {
     let (_dir, certs, server) = start_default();
