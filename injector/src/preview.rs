@@ -123,75 +123,65 @@ pub fn preview(
     Ok(Preview { pod, summary })
 }
 
-/// Where [`check_flow_depth`] is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Scan {
-    Plain,
-    /// Inside '…'; `quote` when the last character was a `'`, which closes the scalar unless
-    /// another `'` follows (`''` is an escaped quote).
-    Single {
-        quote: bool,
-    },
-    Double {
-        escaped: bool,
-    },
-    Comment,
-}
-
-/// Refuses input whose flow collections nest deeper than [`MAX_FLOW_DEPTH`], in one pass, before
-/// the YAML parser sees it. Brackets inside quoted scalars and comments do not count; a quote
-/// opens a scalar only where a scalar can start (after an indicator, not inside a plain word).
+/// Refuses input whose flow collections nest deeper than [`MAX_FLOW_DEPTH`], before the YAML
+/// parser proper sees it.
+///
+/// Depth is counted on the tokens of libyaml's own scanner (the one `serde_yaml` parses with),
+/// so a bracket counts exactly when the parser would take it as one: inside a quoted scalar, a
+/// comment or a plain word it does not, and no quoting trick can hide a real one (a character
+/// scan that guessed where quotes open was fooled by `name: b-"c`). The scan stops at the first
+/// collection past the limit: its cost per token grows with the depth reached, so it stays
+/// linear in the input.
 fn check_flow_depth(input: &str) -> Result<(), PreviewError> {
-    let mut state = Scan::Plain;
-    let mut depth = 0usize;
-    let mut line = 1;
-    // The last character on this line that is not a space or tab ('\n' at the line's start),
-    // and whether whitespace (or the line's start) comes right before the current character.
-    let (mut last, mut blank) = ('\n', true);
-    for c in input.chars() {
-        state = match state {
-            Scan::Comment if c == '\n' => Scan::Plain,
-            Scan::Comment => Scan::Comment,
-            Scan::Single { quote: true } if c != '\'' => Scan::Plain,
-            Scan::Single { quote } => Scan::Single {
-                quote: c == '\'' && !quote,
-            },
-            Scan::Double { escaped: false } if c == '"' => Scan::Plain,
-            Scan::Double { escaped } => Scan::Double {
-                escaped: c == '\\' && !escaped,
-            },
-            Scan::Plain => Scan::Plain,
-        };
-        // A closing quote was just passed, or no scalar was open: `c` is plain text.
-        if state == Scan::Plain {
-            match c {
-                '\'' if matches!(last, '\n' | ':' | '-' | '[' | '{' | ',' | '?') => {
-                    state = Scan::Single { quote: false };
-                }
-                '"' if matches!(last, '\n' | ':' | '-' | '[' | '{' | ',' | '?') => {
-                    state = Scan::Double { escaped: false };
-                }
-                '#' if blank => state = Scan::Comment,
-                '[' | '{' => {
+    use std::mem::MaybeUninit;
+
+    use unsafe_libyaml::{
+        YAML_FLOW_MAPPING_END_TOKEN, YAML_FLOW_MAPPING_START_TOKEN, YAML_FLOW_SEQUENCE_END_TOKEN,
+        YAML_FLOW_SEQUENCE_START_TOKEN, YAML_STREAM_END_TOKEN, yaml_parser_delete,
+        yaml_parser_initialize, yaml_parser_scan, yaml_parser_set_input_string, yaml_parser_t,
+        yaml_token_delete, yaml_token_t,
+    };
+
+    let mut parser = MaybeUninit::<yaml_parser_t>::uninit();
+    // SAFETY: `parser` is initialized by `yaml_parser_initialize` before any other use and
+    // deleted exactly once below; `input` outlives it; every token scanned is deleted once.
+    unsafe {
+        if yaml_parser_initialize(parser.as_mut_ptr()).fail {
+            // Out of memory: let the parser proper report it.
+            return Ok(());
+        }
+        let parser = parser.as_mut_ptr();
+        yaml_parser_set_input_string(parser, input.as_ptr(), input.len() as _);
+        let mut depth = 0usize;
+        let result = loop {
+            let mut token = MaybeUninit::<yaml_token_t>::uninit();
+            if yaml_parser_scan(parser, token.as_mut_ptr()).fail {
+                // A syntax error: the parser proper reports it, with its position.
+                break Ok(());
+            }
+            let token = token.as_mut_ptr();
+            let (kind, line) = ((*token).type_, (*token).start_mark.line);
+            yaml_token_delete(token);
+            match kind {
+                YAML_FLOW_SEQUENCE_START_TOKEN | YAML_FLOW_MAPPING_START_TOKEN => {
                     depth += 1;
                     if depth > MAX_FLOW_DEPTH {
-                        return Err(PreviewError::TooDeep { line });
+                        let line = usize::try_from(line).unwrap_or(usize::MAX);
+                        break Err(PreviewError::TooDeep {
+                            line: line.saturating_add(1),
+                        });
                     }
                 }
-                ']' | '}' => depth = depth.saturating_sub(1),
+                YAML_FLOW_SEQUENCE_END_TOKEN | YAML_FLOW_MAPPING_END_TOKEN => {
+                    depth = depth.saturating_sub(1);
+                }
+                YAML_STREAM_END_TOKEN => break Ok(()),
                 _ => {}
             }
-        }
-        if c == '\n' {
-            line += 1;
-            (last, blank) = ('\n', true);
-        } else if c == ' ' || c == '\t' {
-            blank = true;
-        } else {
-            (last, blank) = (c, false);
-        }
+        };
+        yaml_parser_delete(parser);
+        result
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -234,6 +224,16 @@ mod tests {
                 "]".repeat(65)
             ),
             "[".repeat(1_000_000),
+            // A quote in a plain word once made a character scan think a string opened.
+            format!(
+                "kind: Pod\nname: b-\"c\nx: {}{}",
+                "[".repeat(64_000),
+                "]".repeat(64_000)
+            ),
+            format!(
+                "kind: Pod\nname: b-\"c\nx: {}",
+                "[".repeat(MAX_INPUT_BYTES - 100)
+            ),
         ] {
             assert!(
                 matches!(
@@ -274,6 +274,21 @@ mod tests {
             check_flow_depth(&hidden),
             Err(PreviewError::TooDeep { line: 3 })
         ));
+        for opener in [
+            "name: b-\"c",
+            "name: a \"b",
+            "name: x'y",
+            "name: [\"a\", b-\"c]",
+        ] {
+            let hidden = format!("kind: Pod\n{opener}\nx: {deep}");
+            assert!(
+                matches!(
+                    check_flow_depth(&hidden),
+                    Err(PreviewError::TooDeep { line: 3 })
+                ),
+                "{opener}"
+            );
+        }
         // At the limit is fine.
         let limit = format!(
             "x: {}{}",
