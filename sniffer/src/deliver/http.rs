@@ -14,6 +14,7 @@
 //! the deadline is settled as undeliverable at once, without waiting for requests in flight.
 
 use std::{
+    io::Read as _,
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     sync::{
@@ -30,10 +31,9 @@ use thiserror::Error;
 
 use sniffer_common::PacketRecord;
 
-use sniffer_common::echo::Echo;
-
 use super::{
     Sink,
+    answer::{self, MAX_ANSWER_BYTES},
     batch::Batcher,
     resolve::CachingResolver,
     retry::{Backoff, Policy, Verdict, classify},
@@ -42,7 +42,7 @@ use crate::{
     capture::clock::WallClock,
     config::DeliveryConfig,
     connections::record::ConnectionRecord,
-    encode::{AgentInfo, Batch, Body, Encoder, Format, otlp, proto, record::Record},
+    encode::{AgentInfo, Batch, Body, Encoder, record::Record},
     metrics::{Stats, add, get},
 };
 use cli_support::small_file::{SmallFileError, read_small_file};
@@ -381,33 +381,12 @@ enum Attempt {
     Status {
         status: u16,
         retry_after: Option<String>,
-        /// The answer's body (at most 64 KiB).
+        /// The answer's first [`MAX_ANSWER_BYTES`].
         body: Vec<u8>,
+        /// More followed them (or reading them failed).
+        truncated: bool,
     },
     Failed(ureq::Error),
-}
-
-/// The records an OTLP collector's `2xx` answer says it rejected (`partialSuccess`), logged;
-/// none for the other formats. An answer that cannot be read counts as a full success, with a
-/// warning.
-fn rejected_records(format: Format, answer: &[u8], seq: u64, count: u64) -> u64 {
-    let partial = match format {
-        Format::OtlpProtobuf => proto::partial_success(answer),
-        Format::OtlpJson => otlp::json_partial_success(answer),
-        Format::Batch | Format::Ndjson | Format::Loki => return 0,
-    };
-    match partial {
-        Some((0, _)) => 0,
-        Some((rejected, message)) => {
-            let message = Echo(&message).to_string();
-            warn!(seq, records = count, rejected, error = message.as_str(); "collector accepted the batch but rejected {rejected} of its records; they are counted as dropped");
-            rejected.min(count)
-        }
-        None => {
-            warn!(seq; "cannot read the collector's OTLP answer; the batch counts as delivered");
-            0
-        }
-    }
 }
 
 /// Longest uninterrupted sleep between retries, so a shutdown deadline is noticed quickly.
@@ -569,6 +548,7 @@ impl Shared {
                     status,
                     retry_after,
                     body: answer,
+                    truncated,
                 } => {
                     self.stats.last_status.store(u64::from(status), Relaxed);
                     let verdict = classify(
@@ -579,7 +559,13 @@ impl Shared {
                     );
                     match verdict {
                         Verdict::Delivered => {
-                            let rejected = rejected_records(encoder.format(), &answer, seq, count);
+                            let rejected = answer::rejected_records(
+                                encoder.format(),
+                                &answer,
+                                truncated,
+                                seq,
+                                count,
+                            );
                             ticket.settle(Fate::Delivered { rejected });
                             return;
                         }
@@ -635,18 +621,24 @@ impl Shared {
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                // Read the (small) answer: OTLP's partial success is in it, and the connection
-                // can then be kept alive.
-                let body = response
+                // Read the answer's start: OTLP's partial success is in it, and a small answer
+                // read whole lets the connection be kept alive. A longer one is cut, not lost.
+                let mut body = Vec::new();
+                let limit = MAX_ANSWER_BYTES as u64 + 1;
+                let read = response
                     .body_mut()
                     .with_config()
-                    .limit(64 * 1024)
-                    .read_to_vec()
-                    .unwrap_or_default();
+                    .limit(u64::MAX)
+                    .reader()
+                    .take(limit)
+                    .read_to_end(&mut body);
+                let truncated = read.is_err() || body.len() > MAX_ANSWER_BYTES;
+                body.truncate(MAX_ANSWER_BYTES);
                 Attempt::Status {
                     status,
                     retry_after,
                     body,
+                    truncated,
                 }
             }
             Err(err) => Attempt::Failed(err),
@@ -659,6 +651,7 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
+    use crate::encode::Format;
 
     fn config() -> DeliveryConfig {
         DeliveryConfig {

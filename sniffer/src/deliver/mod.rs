@@ -1,8 +1,9 @@
 //! Deliver: where records go. Both outputs implement one [`Sink`]: [`stdout`] writes NDJSON lines,
 //! [`http`] groups records into batches ([`batch`]) and POSTs them to `OUTPUT_URL` from sender
 //! threads, with the configured headers ([`sniffer_common::headers`]), retrying as [`retry`] decides, resolving the
-//! collector's name through [`resolve`].
+//! collector's name through [`resolve`]; [`answer`] reads what an OTLP collector says it rejected.
 
+pub mod answer;
 pub mod batch;
 pub mod http;
 pub mod resolve;

@@ -1,12 +1,13 @@
 //! The few protocol-buffers encodings the OTLP body needs, written by hand (varints, length-
-//! delimited fields, fixed64), and the one message read back (`ExportLogsServiceResponse`).
+//! delimited fields, fixed64), and reading fields back (the collector's answer,
+//! [`crate::deliver::answer`]).
 
 /// Wire type of varint fields.
-const VARINT: u8 = 0;
+pub const VARINT: u8 = 0;
 /// Wire type of 64-bit fixed fields.
 const FIXED64: u8 = 1;
 /// Wire type of length-delimited fields (strings, bytes, messages).
-const LEN: u8 = 2;
+pub const LEN: u8 = 2;
 
 /// Bytes the varint of `value` takes.
 #[must_use]
@@ -92,61 +93,54 @@ fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// One field read back: its number, wire type, varint value (or length), and bytes.
-type Field<'a> = (u32, u8, u64, &'a [u8]);
+pub type Field<'a> = (u32, u8, u64, &'a [u8]);
 
-/// The fields of a message.
-fn fields(mut bytes: &[u8]) -> Option<Vec<Field<'_>>> {
+/// The fields of a message whose end may be cut off (the first bytes of a longer answer): every
+/// whole field, then the readable start of a length-delimited one that is cut (its bytes as far
+/// as they go). `None` when the bytes are not protobuf.
+#[must_use]
+pub fn prefix_fields(mut bytes: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut fields = Vec::new();
     while !bytes.is_empty() {
-        let (key, n) = read_varint(bytes)?;
+        let Some((key, n)) = read_varint(bytes) else {
+            // A key cut off at the end.
+            return (bytes.len() < 10).then_some(fields);
+        };
         bytes = &bytes[n..];
         let (field, wire) = (u32::try_from(key >> 3).ok()?, (key & 7) as u8);
-        match wire {
-            VARINT => {
-                let (value, n) = read_varint(bytes)?;
-                fields.push((field, wire, value, &bytes[..0]));
-                bytes = &bytes[n..];
-            }
-            FIXED64 => {
-                fields.push((field, wire, 0, bytes.get(..8)?));
-                bytes = &bytes[8..];
+        let taken = match wire {
+            VARINT => match read_varint(bytes) {
+                Some((value, n)) => {
+                    fields.push((field, wire, value, &bytes[..0]));
+                    n
+                }
+                None if bytes.len() < 10 => break,
+                None => return None,
+            },
+            FIXED64 | 5 => {
+                let size = if wire == FIXED64 { 8 } else { 4 };
+                let Some(value) = bytes.get(..size) else {
+                    break;
+                };
+                fields.push((field, wire, 0, value));
+                size
             }
             LEN => {
-                let (len, n) = read_varint(bytes)?;
-                let end = n.checked_add(usize::try_from(len).ok()?)?;
-                fields.push((field, wire, len, bytes.get(n..end)?));
-                bytes = &bytes[end..];
-            }
-            5 => {
-                fields.push((field, wire, 0, bytes.get(..4)?));
-                bytes = &bytes[4..];
+                let Some((len, n)) = read_varint(bytes) else {
+                    break;
+                };
+                let content = &bytes[n..];
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
+                // Cut off: keep what there is; it is the last field.
+                let end = len.min(content.len());
+                fields.push((field, wire, len as u64, &content[..end]));
+                n + end
             }
             _ => return None,
-        }
+        };
+        bytes = &bytes[taken..];
     }
     Some(fields)
-}
-
-/// `partial_success.rejected_log_records` of an `ExportLogsServiceResponse` (0 when absent), and
-/// its `error_message`; `None` when the bytes are not such a message.
-#[must_use]
-pub fn partial_success(response: &[u8]) -> Option<(u64, String)> {
-    let mut rejected = 0;
-    let mut message = String::new();
-    for (field, wire, _, bytes) in fields(response)? {
-        if (field, wire) != (1, LEN) {
-            continue;
-        }
-        for (field, wire, value, bytes) in fields(bytes)? {
-            match (field, wire) {
-                // int64: a negative count is nonsense, and counts as nothing rejected.
-                (1, VARINT) => rejected = i64::try_from(value).map_or(0, |v| v.max(0) as u64),
-                (2, LEN) => message = String::from_utf8_lossy(bytes).into_owned(),
-                _ => {}
-            }
-        }
-    }
-    Some((rejected, message))
 }
 
 /// Reading bodies back, for tests of the encoders.
@@ -158,8 +152,9 @@ pub(crate) mod tests_support {
         let mut rest = bytes;
         while !rest.is_empty() {
             let before = rest.len();
-            let parsed = super::fields(rest).expect("valid protobuf");
-            let (field, _, _, content) = parsed[0];
+            let parsed = super::prefix_fields(rest).expect("valid protobuf");
+            let (field, wire, len, content) = parsed[0];
+            assert!(wire != super::LEN || content.len() as u64 == len, "cut off");
             let end = content.as_ptr() as usize - rest.as_ptr() as usize + content.len();
             out.push((field, end));
             rest = &rest[end..];
@@ -199,7 +194,7 @@ mod tests {
         for len in [0, 5, 127, 128, 300, 20_000] {
             let mut out = vec![9];
             message(&mut out, 2, |out| out.extend(std::iter::repeat_n(7u8, len)));
-            let parsed = fields(&out[1..]).unwrap();
+            let parsed = prefix_fields(&out[1..]).unwrap();
             assert_eq!(parsed.len(), 1);
             assert_eq!(
                 (parsed[0].0, parsed[0].1, parsed[0].2),
@@ -207,20 +202,5 @@ mod tests {
             );
             assert_eq!(out.len(), 1 + len_field_size(2, len));
         }
-    }
-
-    #[test]
-    fn partial_success_is_read() {
-        let mut response = Vec::new();
-        message(&mut response, 1, |out| {
-            int64(out, 1, 42);
-            string(out, 2, "too old");
-        });
-        assert_eq!(partial_success(&response), Some((42, "too old".to_owned())));
-        assert_eq!(partial_success(&[]), Some((0, String::new())));
-        assert_eq!(partial_success(&[0x0a, 0x05, 0x08]), None);
-        let mut negative = Vec::new();
-        message(&mut negative, 1, |out| int64(out, 1, -3));
-        assert_eq!(partial_success(&negative), Some((0, String::new())));
     }
 }

@@ -353,6 +353,93 @@ fn otlp_partial_success_refusal_and_retry_are_accounted_exactly() {
     }));
 }
 
+/// Answers no reader could take whole, or whose counts are out of range, still say what they
+/// say: a partial success rejecting every record with a 70 KB message counts every record as
+/// rejected (before: all counted delivered, with no warning), in both encodings; counts past 64
+/// bits or written `40.0` saturate to the batch; an answer that says nothing readable is
+/// delivered with a warning.
+#[test]
+fn oversized_and_odd_otlp_answers_are_accounted_as_they_say() {
+    if !privileged("oversized_and_odd_otlp_answers_are_accounted_as_they_say") {
+        return;
+    }
+    let long = "x".repeat(70_000);
+    let mut protobuf_all = Vec::new();
+    // partial_success { rejected_log_records: 1_000_000, error_message: <70 KB> }
+    let mut inner = vec![0x08, 0xc0, 0x84, 0x3d, 0x12];
+    let mut len = long.len();
+    while len >= 0x80 {
+        inner.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    inner.push(len as u8);
+    inner.extend_from_slice(long.as_bytes());
+    protobuf_all.push(0x0a);
+    let mut len = inner.len();
+    while len >= 0x80 {
+        protobuf_all.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    protobuf_all.push(len as u8);
+    protobuf_all.extend_from_slice(&inner);
+    let json = |count: &str| {
+        format!(r#"{{"partialSuccess":{{"rejectedLogRecords":{count},"errorMessage":"{long}"}}}}"#)
+            .into_bytes()
+    };
+    for (encoding, content_type, answer, all_rejected) in [
+        ("protobuf", "application/x-protobuf", protobuf_all, true),
+        ("json", "application/json", json("\"1000000\""), true),
+        (
+            "json",
+            "application/json",
+            json("99999999999999999999"),
+            true,
+        ),
+        ("json", "application/json", json("4.0"), false),
+        (
+            "json",
+            "application/json",
+            b"<html>ok</html>".to_vec(),
+            false,
+        ),
+    ] {
+        let topology = topology();
+        let reply = answer.clone();
+        let collector = Collector::start(listen(&topology), move |_, _| {
+            Reply::Body(200, content_type, reply.clone())
+        });
+        let url = format!("http://{}/v1/logs", collector.addr);
+        let run = run_traffic(
+            &topology,
+            &url,
+            &[("OUTPUT_FORMAT", "otlp"), ("OTLP_ENCODING", encoding)],
+        );
+        let finished = &run.finished;
+        let matched = stopped(finished, "matched");
+        let rejected = stopped(finished, "dropped_rejected");
+        let delivered = stopped(finished, "delivered");
+        assert_eq!(delivered + stopped(finished, "dropped"), matched);
+        let what = String::from_utf8_lossy(&answer[..answer.len().min(60)]).into_owned();
+        if all_rejected {
+            assert_eq!((delivered, rejected), (0, matched), "{encoding} {what}");
+        } else if answer.starts_with(b"{") {
+            // 40 per batch, at most the batch.
+            assert!(
+                rejected > 0 && delivered > 0,
+                "{what}: {delivered} delivered"
+            );
+        } else {
+            assert_eq!((delivered, rejected), (matched, 0), "{what}");
+            assert!(finished.logs.iter().any(|l| {
+                l["msg"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("cannot read the collector's OTLP answer")
+            }));
+        }
+    }
+}
+
 /// The number of log records in a protobuf `ExportLogsServiceRequest` (one resource, one scope,
 /// as the sniffer writes them).
 pub fn log_records(body: &[u8]) -> u64 {
