@@ -104,20 +104,18 @@ fn main() {
     // Per variant: nanoseconds per record of each round, and bytes per record.
     let mut results: Vec<(String, Vec<f64>, u64)> = Vec::new();
     for _ in 0..ROUNDS {
-        let mut sink = Box::new(Lines::new(Discard(0), Arc::new(Stats::default())));
+        let lines = RECORDS / 4096 * 4096;
+        let mut sink = Lines::new(Discard(0), lines as usize, Arc::new(Stats::default()))
+            .expect("writer thread");
         let start = Instant::now();
         for _ in 0..RECORDS / 4096 {
             sink.take(black_box(&raws), &clock)
                 .expect("discard cannot fail");
         }
-        let lines = RECORDS / 4096 * 4096;
+        // Until the writer thread has written every line.
+        let written = sink.close().expect("discard cannot fail").0;
         let ns = start.elapsed().as_nanos() as f64 / lines as f64;
-        record(
-            &mut results,
-            "stdout lines".to_owned(),
-            ns,
-            sink.get_ref().0 / lines,
-        );
+        record(&mut results, "stdout lines".to_owned(), ns, written / lines);
         for format in formats {
             let mut encoder = Encoder::new(format, Arc::clone(&agent), false);
             let mut bytes = 0;

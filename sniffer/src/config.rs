@@ -74,7 +74,8 @@ pub struct Args {
     /// … or when its oldest record is this old (milliseconds).
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 1000)]
     pub batch_max_wait_ms: u64,
-    /// Records that may wait for delivery; beyond it new records are dropped and counted.
+    /// Records that may wait for delivery (to the collector, or for stdout to take them);
+    /// beyond it new records are dropped and counted.
     #[arg(long, env = "BUFFER_MAX_RECORDS", default_value_t = 50_000)]
     pub buffer_max_records: usize,
     /// Delivery requests in flight at once (sender threads), 1-64.
@@ -218,6 +219,9 @@ pub struct Config {
     pub warnings: Vec<Warning>,
     /// Delivery to a collector; `None` writes NDJSON to stdout.
     pub output: Option<DeliveryConfig>,
+    /// Records that may wait for stdout to take them (`BUFFER_MAX_RECORDS`), without
+    /// `OUTPUT_URL`.
+    pub stdout_buffer_records: usize,
     /// Metrics endpoint address.
     pub metrics_addr: Option<SocketAddr>,
     /// Interval of the `stats` log line; `None` when off.
@@ -412,10 +416,18 @@ impl Args {
             .as_deref()
             .map(|url| self.delivery(url, &mut warnings))
             .transpose()?;
-        if output.is_none() && self.output_format != "batch" {
-            return Err(ConfigError::FormatWithoutUrl(
-                Echo(&self.output_format).to_string(),
-            ));
+        if output.is_none() {
+            if self.output_format != "batch" {
+                return Err(ConfigError::FormatWithoutUrl(
+                    Echo(&self.output_format).to_string(),
+                ));
+            }
+            range(
+                "BUFFER_MAX_RECORDS",
+                self.buffer_max_records as u64,
+                1,
+                10_000_000,
+            )?;
         }
         range("SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 0, 600_000)?;
         range("STATS_INTERVAL_SECS", self.stats_interval_secs, 0, 86_400)?;
@@ -475,6 +487,7 @@ impl Args {
         Ok(Config {
             warnings,
             output,
+            stdout_buffer_records: self.buffer_max_records,
             metrics_addr: self.metrics_addr,
             stats_interval: (self.stats_interval_secs > 0)
                 .then(|| Duration::from_secs(self.stats_interval_secs)),

@@ -87,7 +87,13 @@ fn sink(
     stats: &Arc<Stats>,
 ) -> Result<Box<dyn Sink>, Failure> {
     let Some(delivery) = &config.output else {
-        return Ok(Box::new(Lines::new(io::stdout(), Arc::clone(stats))));
+        let lines = Lines::new(
+            io::stdout(),
+            config.stdout_buffer_records,
+            Arc::clone(stats),
+        )
+        .context("cannot start the stdout writer")?;
+        return Ok(Box::new(lines));
     };
     let Placement {
         pod,
@@ -148,11 +154,16 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     let stats = Arc::new(Stats::default());
     let mut sink = pipeline(sink(config, placement, &stats)?, config, &stats);
     if let Some(addr) = config.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
-        tokio::spawn(metrics::serve(listener, Arc::clone(&stats)));
-        info!(address = addr.to_string().as_str(); "metrics endpoint listening");
+        // Bound here, so that a scrape right after "capture attached" finds it listening.
+        let listener = tokio::net::TcpListener::bind(addr).await;
+        if listener.is_ok() {
+            info!(address = addr.to_string().as_str(); "metrics endpoint listening");
+        }
+        tokio::spawn(metrics::listen_and_serve(
+            addr,
+            listener,
+            Arc::clone(&stats),
+        ));
     }
 
     let mut capture = Capture::start(&CaptureOptions {
@@ -223,6 +234,11 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
 
 /// Moves records from the ring to `sink` until a signal arrives (its name is returned) or
 /// capture or delivery cannot go on.
+///
+/// The branches are polled in order: signals, then the timed work (losses, health, the
+/// interface, `PORTS_FILE`, the `stats` line, batches that reached their age), and only then the
+/// ring. Timers are ready only when due, so they cost nothing in between; under a flood that
+/// keeps the ring from ever emptying, they still run on time.
 async fn pump(
     capture: &mut Capture,
     sink: &mut dyn Sink,
@@ -247,25 +263,12 @@ async fn pump(
             biased;
             _ = signals.terminate.recv() => return Ok("SIGTERM"),
             _ = signals.interrupt.recv() => return Ok("SIGINT"),
-            ready = capture.next_batch(&mut records) => {
-                ready?;
-                hand_over(sink, &mut records, stats)?;
-            }
-            () = at(due) => sink.tick(Instant::now()),
             _ = counters.tick() => {
                 read_kernel_counters(capture, stats)?;
-                anyhow::ensure!(stats.healthy(), "a sender thread failed; delivery cannot continue");
-                // A deleted (or replaced) interface delivers nothing more: say so and stop.
-                let current = sniffer::config::interface_index(&config.interface);
-                anyhow::ensure!(
-                    current == Some(config.ifindex),
-                    "interface {:?} (index {}) is gone; capture cannot continue",
-                    config.interface,
-                    config.ifindex
-                );
-            }
-            _ = async { stats_log.as_mut().expect("guarded").tick().await }, if stats_log.is_some() => {
-                log_stats(stats);
+                if let Some(failure) = stats.failure() {
+                    anyhow::bail!(failure);
+                }
+                check_interface(capture, config)?;
             }
             _ = ports_file.tick(), if watch.is_some() => {
                 let watch = watch.as_mut().expect("guarded");
@@ -273,6 +276,36 @@ async fn pump(
                     follow_ports(capture, stats, &mut ports, seen, watch.path())?;
                 }
             }
+            _ = async { stats_log.as_mut().expect("guarded").tick().await }, if stats_log.is_some() => {
+                log_stats(stats);
+            }
+            () = at(due) => sink.tick(Instant::now()),
+            ready = capture.next_batch(&mut records) => {
+                ready?;
+                hand_over(sink, &mut records, stats)?;
+            }
+        }
+    }
+}
+
+/// Stops capture when its interface is gone: deleted, or replaced by another of the same name.
+/// Only the kernel's "no such device" means gone; any other failure to ask (out of descriptors,
+/// say) is logged, and capture goes on.
+fn check_interface(capture: &Capture, config: &Config) -> anyhow::Result<()> {
+    match capture.interface_index(&config.interface) {
+        Ok(Some(index)) if index == config.ifindex => Ok(()),
+        Ok(current) => anyhow::bail!(
+            "interface {:?} (index {}) is gone{}; capture cannot continue",
+            config.interface,
+            config.ifindex,
+            current.map_or_else(String::new, |index| format!(
+                " (the name is now index {index})"
+            ))
+        ),
+        Err(err) => {
+            warn!(interface = config.interface.as_str(), error = err.to_string().as_str();
+                  "cannot check the interface; capture goes on");
+            Ok(())
         }
     }
 }
@@ -329,7 +362,7 @@ fn hand_over(
     add(&stats.records_read, records.len() as u64);
     let result = sink.take(records, &WallClock::now());
     records.clear();
-    result.context("cannot write records to stdout")
+    result.context("cannot hand records to the output")
 }
 
 /// Copies the kernel's counters into `stats` and reports new ring losses.

@@ -4,15 +4,16 @@
 //! `read = delivered + dropped_buffer_full + dropped_rejected + dropped_undeliverable + queued`.
 
 use std::{
+    net::SocketAddr,
     sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
 
 use cli_support::prometheus::{Exposition, Kind};
-use log::debug;
+use log::{debug, error, info, warn};
 
 use crate::connections::{Counts, HANDSHAKE_BOUNDS_NS};
 use tokio::{
@@ -56,6 +57,9 @@ pub struct Stats {
     pub last_delivery_unix: AtomicU64,
     /// A sender thread failed (a bug): `/healthz` fails and the agent stops with exit code 2.
     pub sender_failed: AtomicBool,
+    /// stdout could not be written (closed): `/healthz` fails and the agent stops with exit
+    /// code 2.
+    pub output_failed: AtomicBool,
     /// Ports captured now.
     pub ports_captured: AtomicU64,
     /// New `tcp-sniffer/ports` values applied while running (`PORTS_FILE`).
@@ -109,7 +113,8 @@ impl Stats {
             batch_retries,
             last_status,
             last_delivery_unix,
-            sender_failed,
+            sender_failed: _,
+            output_failed: _,
             ports_captured,
             ports_changes_applied,
             ports_changes_refused,
@@ -204,9 +209,9 @@ impl Stats {
         text.family(
             "tcp_sniffer_healthy",
             Kind::Gauge,
-            "1 while the agent works; 0 once a sender thread failed.",
+            "1 while the agent works; 0 once a sender thread failed or stdout closed.",
         )
-        .sample(&[], u64::from(!sender_failed.load(Relaxed)));
+        .sample(&[], u64::from(self.healthy()));
         one(
             &mut text,
             "tcp_sniffer_ports_captured",
@@ -239,10 +244,22 @@ impl Stats {
         text.finish()
     }
 
-    /// Whether the agent works: false once a sender thread failed.
+    /// Whether the agent works: false once a sender thread failed or stdout closed.
     #[must_use]
     pub fn healthy(&self) -> bool {
-        !self.sender_failed.load(Relaxed)
+        self.failure().is_none()
+    }
+
+    /// Why the agent cannot go on, if it cannot.
+    #[must_use]
+    pub fn failure(&self) -> Option<&'static str> {
+        if self.sender_failed.load(Relaxed) {
+            Some("a sender thread failed; delivery cannot continue")
+        } else if self.output_failed.load(Relaxed) {
+            Some("stdout is closed; records cannot be written")
+        } else {
+            None
+        }
     }
 }
 
@@ -304,23 +321,81 @@ fn render_connections(text: &mut Exposition, counts: &Counts, tracked: u64) {
     );
 }
 
+/// Connections the metrics endpoint serves at once; more are closed at accept. A scrape and a
+/// probe need two; idle connections beyond the cap must not take the process's descriptors.
+pub const MAX_METRICS_CONNECTIONS: usize = 16;
+/// The longest a metrics connection may take.
+const METRICS_CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+/// Waits after a failed accept (out of descriptors, say) grow from the first to the last.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+/// How often a failing accept is logged.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Serves `GET /metrics` and `GET /healthz` over plain HTTP/1.1, one request per connection.
 ///
 /// Requests are small and rare (a scrape every few seconds), so each connection gets a task, a
-/// 5-second deadline and an 8 KiB limit instead of a full HTTP stack.
-pub async fn serve(listener: TcpListener, stats: std::sync::Arc<Stats>) {
+/// 5-second deadline and an 8 KiB limit instead of a full HTTP stack. At most
+/// [`MAX_METRICS_CONNECTIONS`] at once; an accept that fails waits before the next one (up to a
+/// second) instead of spinning, and is logged at most every 10 s.
+pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut backoff = ACCEPT_BACKOFF.0;
+    let mut logged: Option<tokio::time::Instant> = None;
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF.0;
+                accepted
+            }
+            Err(err) => {
+                if logged.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL) {
+                    warn!(error = err.to_string().as_str(); "metrics endpoint cannot accept connections; retrying");
+                    logged = Some(tokio::time::Instant::now());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
         };
-        let stats = std::sync::Arc::clone(&stats);
+        if open.fetch_add(1, Relaxed) >= MAX_METRICS_CONNECTIONS {
+            open.fetch_sub(1, Relaxed);
+            drop(stream);
+            continue;
+        }
+        let (stats, open) = (Arc::clone(&stats), Arc::clone(&open));
         tokio::spawn(async move {
             if let Err(err) =
-                tokio::time::timeout(Duration::from_secs(5), respond(stream, &stats)).await
+                tokio::time::timeout(METRICS_CONNECTION_DEADLINE, respond(stream, &stats)).await
             {
                 debug!(peer = peer.to_string().as_str(), error = err.to_string().as_str(); "metrics request timed out");
             }
+            open.fetch_sub(1, Relaxed);
         });
+    }
+}
+
+/// Listens on `addr` and [serves](serve) there. When the address cannot be taken (an app in the
+/// pod uses the port), capture goes on: the error is logged and the bind retried every 10 s, so
+/// a sidecar never crash-loops, and so never makes its pod unready, over its metrics port.
+pub async fn listen_and_serve(
+    addr: SocketAddr,
+    first: std::io::Result<TcpListener>,
+    stats: Arc<Stats>,
+) {
+    let mut bound = first;
+    loop {
+        match bound {
+            Ok(listener) => return serve(listener, stats).await,
+            Err(err) => {
+                error!(address = addr.to_string().as_str(), error = err.to_string().as_str();
+                       "cannot listen on METRICS_ADDR; metrics and /healthz are off until it can (retrying every 10 s)");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                bound = TcpListener::bind(addr).await;
+                if bound.is_ok() {
+                    info!(address = addr.to_string().as_str(); "metrics endpoint listening");
+                }
+            }
+        }
     }
 }
 
@@ -361,7 +436,10 @@ fn route(head: &[u8], stats: &Stats) -> (&'static str, &'static str, String) {
         (b"GET", b"/healthz") => (
             "503 Service Unavailable",
             text,
-            "a sender thread failed; the agent is stopping\n".to_owned(),
+            format!(
+                "{}; the agent is stopping\n",
+                stats.failure().unwrap_or_default()
+            ),
         ),
         (b"GET", _) => (
             "404 Not Found",

@@ -202,9 +202,15 @@ impl Capture {
     /// Waits for a wakeup from the kernel or the next poll tick, then moves up to [`MAX_BATCH`]
     /// records into `batch` (possibly none).
     ///
+    /// With records left from the last read it does not wait, but it yields to the runtime
+    /// first: a backlog that never empties still lets the runtime's other tasks (the metrics
+    /// endpoint and its `/healthz`) and its I/O run between two reads.
+    ///
     /// Cancel-safe: nothing is taken from the ring before the wait completes.
     pub async fn next_batch(&mut self, batch: &mut Vec<PacketRecord>) -> Result<(), CaptureError> {
-        if !self.more {
+        if self.more {
+            tokio::task::yield_now().await;
+        } else {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     // Cleared before draining: a wakeup sent while we drain is not lost.
@@ -258,6 +264,19 @@ impl Capture {
             port_map.set(word, bits, 0).map_err(map_error)?;
         }
         Ok(())
+    }
+
+    /// The index `interface` has now: `Ok(None)` when the kernel says it no longer exists (or
+    /// capture was stopped). Asked on the capture's own socket, so a process out of descriptors
+    /// still gets a true answer.
+    ///
+    /// # Errors
+    ///
+    /// When the kernel cannot answer, which says nothing about the interface.
+    pub fn interface_index(&self, interface: &str) -> io::Result<Option<u32>> {
+        self.socket
+            .as_ref()
+            .map_or(Ok(None), |socket| socket.interface_index(interface))
     }
 
     /// Reads the kernel's counters.

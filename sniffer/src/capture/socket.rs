@@ -72,29 +72,50 @@ impl PacketSocket {
         })
     }
 
-    /// What precedes the IP header on `interface`, from its hardware type (`SIOCGIFHWADDR`).
-    pub fn link_layer(&self, interface: &str) -> Result<LinkLayer, SocketError> {
+    /// Asks the kernel about `interface` (`SIOC…` request `request`, typed differently by glibc
+    /// and musl, hence the casts of callers) on this socket: no new descriptor is needed, so the
+    /// answer does not depend on the open-files limit.
+    fn interface_request(&self, interface: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
         // SAFETY: all-zero is a valid `ifreq`.
         let mut req: libc::ifreq = unsafe { zeroed() };
         let name = interface.as_bytes();
         if name.len() >= req.ifr_name.len() {
-            return Err(SocketError::LinkType {
-                interface: interface.to_owned(),
-                source: io::Error::from(io::ErrorKind::InvalidInput),
-            });
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
             *dst = src as libc::c_char;
         }
-        // SAFETY: `req` is a valid, NUL-terminated `ifreq` that outlives the call. (The request
-        // number is typed differently by glibc and musl, hence the cast.)
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut req) };
+        // SAFETY: `req` is a valid, NUL-terminated `ifreq` that outlives the call.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), request, &mut req) };
         if rc < 0 {
-            return Err(SocketError::LinkType {
-                interface: interface.to_owned(),
-                source: io::Error::last_os_error(),
-            });
+            return Err(io::Error::last_os_error());
         }
+        Ok(req)
+    }
+
+    /// The index of `interface` now (`SIOCGIFINDEX`): `None` only when the kernel says there
+    /// is no such device.
+    ///
+    /// # Errors
+    ///
+    /// Any other failure, which says nothing about the interface.
+    pub fn interface_index(&self, interface: &str) -> io::Result<Option<u32>> {
+        match self.interface_request(interface, libc::SIOCGIFINDEX as _) {
+            // SAFETY: SIOCGIFINDEX fills the `ifru_ifindex` member.
+            Ok(req) => Ok(u32::try_from(unsafe { req.ifr_ifru.ifru_ifindex }).ok()),
+            Err(err) if err.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// What precedes the IP header on `interface`, from its hardware type (`SIOCGIFHWADDR`).
+    pub fn link_layer(&self, interface: &str) -> Result<LinkLayer, SocketError> {
+        let req = self
+            .interface_request(interface, libc::SIOCGIFHWADDR as _)
+            .map_err(|source| SocketError::LinkType {
+                interface: interface.to_owned(),
+                source,
+            })?;
         // SAFETY: SIOCGIFHWADDR fills the `ifru_hwaddr` member.
         let arphrd = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
         match arphrd {

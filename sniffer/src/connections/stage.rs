@@ -35,14 +35,14 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// use sniffer_common::{PacketRecord, tcp_flags};
 ///
 /// let stats = Arc::new(Stats::default());
-/// let output = Box::new(Lines::new(Vec::new(), Arc::clone(&stats)));
+/// let output = Box::new(Lines::new(Vec::new(), 1000, Arc::clone(&stats)).unwrap());
 /// let config = TrackerConfig { max_connections: 10, idle_timeout: Duration::from_secs(60),
 ///                              report_interval: None };
 /// let mut stage = Box::new(Tracking::new(output, config, false, Arc::clone(&stats)));
 /// let syn = PacketRecord { ip_version: 4, src_port: 51000, dst_port: 8080,
 ///                          tcp_flags: tcp_flags::SYN, ..PacketRecord::default() };
 /// stage.take(&[syn], &WallClock::from_offset(0)).unwrap();
-/// stage.finish(Instant::now()).unwrap();
+/// stage.finish(Instant::now() + Duration::from_secs(5)).unwrap();
 /// assert_eq!(get(&stats.connection_records), 1);
 /// assert_eq!(get(&stats.records_delivered), 1, "the connection record, not the packet");
 /// ```

@@ -114,6 +114,17 @@ impl Agent {
         }
     }
 
+    /// How many log lines with this `msg` arrived so far.
+    pub fn log_count(&self, msg: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["msg"] == msg)
+            .count()
+    }
+
     /// The process id (the sniffer's own: `ip netns exec` execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()

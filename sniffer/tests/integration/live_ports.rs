@@ -25,13 +25,14 @@ use crate::{
 /// `..data` links to it and each file name links through `..data`; an update writes a new
 /// directory and renames a new `..data` link over the old one (atomic), then removes the old
 /// directory.
-struct Podinfo {
+pub struct Podinfo {
     dir: PathBuf,
     version: u32,
 }
 
 impl Podinfo {
-    fn new(name: &str, annotations: &str) -> Self {
+    /// A new directory in the temporary directory named `name`, holding `annotations`.
+    pub fn new(name: &str, annotations: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -41,11 +42,13 @@ impl Podinfo {
         podinfo
     }
 
-    fn file(&self) -> PathBuf {
+    /// The annotations file, as `PORTS_FILE` names it.
+    pub fn file(&self) -> PathBuf {
         self.dir.join("annotations")
     }
 
-    fn write(&mut self, annotations: &str) {
+    /// Replaces the annotations the way the kubelet does.
+    pub fn write(&mut self, annotations: &str) {
         self.version += 1;
         let old = (self.version > 1).then(|| self.data_dir(self.version - 1));
         let new = self.data_dir(self.version);
@@ -72,7 +75,7 @@ impl Drop for Podinfo {
 }
 
 /// The annotations file of a pod with these ports (other annotations around it, as in a real pod).
-fn annotations(ports: &str) -> String {
+pub fn annotations(ports: &str) -> String {
     format!(
         "kubectl.kubernetes.io/default-container=\"web\"\ntcp-sniffer/injected=\"true\"\ntcp-sniffer/ports=\"{ports}\"\n"
     )

@@ -14,4 +14,5 @@ mod live_ports;
 mod netns;
 mod overload;
 mod process;
+mod resilience;
 mod traffic;

@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Sends 64-byte writes with `TCP_NODELAY` for `duration` on each of `connections`.
-fn flood(topology: &Topology, connections: usize, duration: Duration) {
+pub fn flood(topology: &Topology, connections: usize, duration: Duration) {
     let addr: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
     let listener = topology
         .server
