@@ -4,14 +4,16 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use sniffer_common::{MAX_PORTS, echo::Echo, ports::parse_ports};
 
 use crate::{
     annotations::{INJECT as INJECT_ANNOTATION, PORTS as PORTS_ANNOTATION},
     options::InjectorOptions,
     patch::{self, Add},
-    sidecar::{CONTAINER_NAME, PODINFO_VOLUME, podinfo_volume, sniffer_container},
+    sidecar::{
+        CONTAINER_NAME, METRICS_PORT_NAME, PODINFO_VOLUME, podinfo_volume, sniffer_container,
+    },
 };
 
 /// The parts of an admission request the decision depends on.
@@ -111,8 +113,9 @@ pub enum Decision {
         source: PortSource,
         /// The JSON Patch.
         patch: Vec<Add>,
-        /// Shown to the user by `kubectl`: the Pod Security level the pod now needs.
-        warning: String,
+        /// Shown to the user by `kubectl`: the Pod Security level the pod now needs, then
+        /// anything the injection had to leave out.
+        warnings: Vec<String>,
     },
     /// Allowed unchanged.
     Skip {
@@ -243,13 +246,53 @@ pub fn decide(request: &Request<'_>, pod: Option<&Pod>, options: &InjectorOption
             ),
         };
     }
-    let container = sniffer_container(options, &ports);
+    let mut warnings = vec![pod_security_warning(options)];
+    let clash = metrics_port_clash(spec, options.metrics_port);
+    if let Some(clash) = &clash {
+        warnings.push(format!(
+            "tcp-sniffer serves no metrics and has no probe in this pod: {clash}; set the \
+             injector's metricsPort to a free port"
+        ));
+    }
+    let container = sniffer_container(options, &ports, clash.is_none());
     Decision::Inject {
         patch: patch::injection(pod, &container, options.native_sidecar, volume.as_ref()),
         ports,
         source,
-        warning: pod_security_warning(options),
+        warnings,
     }
+}
+
+/// What in the pod already uses the sniffer's metrics port (its number, or its name), if
+/// anything: the sidecar shares the pod's network, so it could not listen there, and the
+/// container port's name must be unique in the pod.
+fn metrics_port_clash(spec: &PodSpec, metrics_port: u16) -> Option<String> {
+    if metrics_port == 0 {
+        return None;
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    containers
+        .flat_map(|c| c.ports.iter().flatten().map(move |p| (c, p)))
+        .find_map(|(container, port)| {
+            if port.container_port == i32::from(metrics_port)
+                && port.protocol.as_deref().is_none_or(|p| p == "TCP")
+            {
+                Some(format!(
+                    "container {:?} declares port {metrics_port}",
+                    Echo(&container.name)
+                ))
+            } else if port.name.as_deref() == Some(METRICS_PORT_NAME) {
+                Some(format!(
+                    "container {:?} declares a port named {METRICS_PORT_NAME}",
+                    Echo(&container.name)
+                ))
+            } else {
+                None
+            }
+        })
 }
 
 /// Capabilities the Pod Security Standards' `baseline` level lets a container add.
@@ -366,10 +409,101 @@ mod tests {
     }
 
     fn warning_of(decision: Decision) -> String {
+        warnings_of(decision).remove(0)
+    }
+
+    fn warnings_of(decision: Decision) -> Vec<String> {
         match decision {
-            Decision::Inject { warning, .. } => warning,
+            Decision::Inject { warnings, .. } => warnings,
             other => panic!("not injected: {other:?}"),
         }
+    }
+
+    fn container_of(decision: Decision) -> serde_json::Value {
+        match decision {
+            Decision::Inject { patch, .. } => {
+                let add = patch
+                    .iter()
+                    .find(|op| op.path.starts_with("/spec/containers"))
+                    .expect("the container is added");
+                serde_json::from_str(add.value.get()).unwrap()
+            }
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sidecar_serves_metrics_on_a_named_port_with_a_liveness_probe() {
+        let p = app(json!([{"containerPort":8080}]));
+        let container = container_of(decide(&CREATE, Some(&p), &InjectorOptions::default()));
+        assert_eq!(
+            container["ports"],
+            json!([{"name":"sniffer-metrics","containerPort":9464,"protocol":"TCP"}])
+        );
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name":"METRICS_ADDR","value":"[::]:9464"}))
+        );
+        assert_eq!(
+            container["livenessProbe"],
+            json!({"httpGet":{"path":"/healthz","port":"sniffer-metrics"},
+                   "periodSeconds":10,"timeoutSeconds":2,"failureThreshold":3})
+        );
+        assert!(container.get("readinessProbe").is_none());
+        let ready = InjectorOptions {
+            readiness_probe: true,
+            liveness_probe: false,
+            ..InjectorOptions::default()
+        };
+        let container = container_of(decide(&CREATE, Some(&p), &ready));
+        assert!(container.get("livenessProbe").is_none());
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+        let off = InjectorOptions {
+            metrics_port: 0,
+            liveness_probe: false,
+            ..InjectorOptions::default()
+        };
+        let container = container_of(decide(&CREATE, Some(&p), &off));
+        assert!(container.get("ports").is_none() && container.get("livenessProbe").is_none());
+        assert!(
+            !container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "METRICS_ADDR")
+        );
+    }
+
+    #[test]
+    fn a_pod_using_the_metrics_port_gets_the_sniffer_without_metrics_and_a_warning() {
+        for (ports, named) in [
+            (json!([{"containerPort":9464}]), "declares port 9464"),
+            (
+                json!([{"containerPort":9000,"name":"sniffer-metrics"}]),
+                "declares a port named sniffer-metrics",
+            ),
+        ] {
+            let p = app(ports);
+            let decision = decide(&CREATE, Some(&p), &InjectorOptions::default());
+            let warnings = warnings_of(decision.clone());
+            assert_eq!(warnings.len(), 2, "{warnings:?}");
+            assert!(
+                warnings[1].starts_with(&format!(
+                    "tcp-sniffer serves no metrics and has no probe in this pod: container \"app\" {named}"
+                )),
+                "{warnings:?}"
+            );
+            let container = container_of(decision);
+            assert!(container.get("ports").is_none() && container.get("livenessProbe").is_none());
+        }
+        // The same number over UDP is no clash.
+        let udp = app(json!([{"containerPort":9464,"protocol":"UDP"},{"containerPort":8080}]));
+        assert_eq!(
+            warnings_of(decide(&CREATE, Some(&udp), &InjectorOptions::default())).len(),
+            1
+        );
     }
 
     #[test]

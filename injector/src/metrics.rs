@@ -138,7 +138,7 @@ mod tests {
             ports: vec![80],
             source: crate::decide::PortSource::Options,
             patch: Vec::new(),
-            warning: String::new(),
+            warnings: Vec::new(),
         };
         metrics.decided(&inject, Duration::from_micros(80));
         metrics.decided(

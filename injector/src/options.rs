@@ -78,6 +78,17 @@ pub struct InjectorOptions {
     /// `PORTS_FILE` at them, so that editing `tcp-sniffer/ports` on a running pod changes the
     /// captured ports without a restart.
     pub live_ports: bool,
+    /// The port of the sniffer's `/metrics` and `/healthz` (`METRICS_ADDR`), declared as the
+    /// container port named [`METRICS_PORT_NAME`](crate::sidecar::METRICS_PORT_NAME) for a
+    /// `PodMonitor`; `0` turns metrics and probes off.
+    pub metrics_port: u16,
+    /// A liveness probe on `/healthz`: the kubelet restarts a sniffer that stopped answering
+    /// (only the sidecar, never the app).
+    pub liveness_probe: bool,
+    /// A readiness probe on `/healthz`. Off by default: a sidecar that is not ready makes its
+    /// whole pod not ready (out of its Services' endpoints), which the sniffer must not do for
+    /// its own sake unless the operator asks.
+    pub readiness_probe: bool,
 }
 
 impl Default for InjectorOptions {
@@ -116,9 +127,16 @@ impl Default for InjectorOptions {
             },
             native_sidecar: false,
             live_ports: true,
+            metrics_port: DEFAULT_METRICS_PORT,
+            liveness_probe: true,
+            readiness_probe: false,
         }
     }
 }
+
+/// The sniffer's default metrics port: registered for no well-known service, and next to the
+/// capture endpoint's 9465.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
 
 /// Options that cannot be used (exit code 1 at start).
 #[derive(Debug, Error)]
@@ -206,7 +224,23 @@ impl InjectorOptions {
             resources,
             native_sidecar: _,
             live_ports: _,
+            metrics_port,
+            liveness_probe,
+            readiness_probe,
         } = self;
+        if *metrics_port == 0 {
+            for (on, field) in [
+                (*liveness_probe, "livenessProbe"),
+                (*readiness_probe, "readinessProbe"),
+            ] {
+                if on {
+                    return Err(invalid(
+                        field,
+                        "needs metricsPort: the probe asks the sniffer's /healthz on it",
+                    ));
+                }
+            }
+        }
         if image.is_empty() || image.chars().any(char::is_whitespace) {
             return Err(invalid(
                 "image",
@@ -592,6 +626,18 @@ mod tests {
             (
                 r#"{"resources":{"limits":{"memory":"lots"}}}"#,
                 "option resources.limits.memory: \"lots\"",
+            ),
+            (
+                r#"{"metricsPort":0}"#,
+                "option livenessProbe: needs metricsPort",
+            ),
+            (
+                r#"{"metricsPort":0,"livenessProbe":false,"readinessProbe":true}"#,
+                "option readinessProbe: needs metricsPort",
+            ),
+            (
+                r#"{"metricsPort":70000}"#,
+                "invalid value: integer `70000`",
             ),
             (
                 r#"{"nativeSidecar":"yes"}"#,

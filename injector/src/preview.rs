@@ -99,7 +99,7 @@ pub fn preview(
         Decision::Inject {
             ports,
             source,
-            warning,
+            warnings,
             ..
         } => {
             let encoded = answer["response"]["patch"].as_str().unwrap_or_default();
@@ -110,8 +110,9 @@ pub fn preview(
                 serde_json::from_slice(&bytes).map_err(|e| PreviewError::Patch(e.to_string()))?;
             json_patch::patch(&mut pod, &patch).map_err(|e| PreviewError::Patch(e.to_string()))?;
             format!(
-                "injected: ports {ports:?} from {}; warning: {warning}",
-                source.label()
+                "injected: ports {ports:?} from {}; warning: {}",
+                source.label(),
+                warnings.join("; warning: ")
             )
         }
         Decision::Skip { reason, warning } => match warning {

@@ -95,7 +95,7 @@ struct ResponseOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<StatusOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    warnings: Option<[&'a str; 1]>,
+    warnings: Option<Vec<&'a str>>,
 }
 
 #[derive(Serialize)]
@@ -261,14 +261,16 @@ pub fn respond(uid: &str, decision: &Decision) -> Vec<u8> {
         warnings: None,
     };
     match decision {
-        Decision::Inject { patch, warning, .. } => {
+        Decision::Inject {
+            patch, warnings, ..
+        } => {
             let json = serde_json::to_vec(patch).expect("patch operations always serialize");
             response.patch_type = Some("JSONPatch");
             response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
-            response.warnings = Some([warning.as_str()]);
+            response.warnings = Some(warnings.iter().map(String::as_str).collect());
         }
         Decision::Skip { warning, .. } => {
-            response.warnings = warning.as_deref().map(|w| [w]);
+            response.warnings = warning.as_deref().map(|w| vec![w]);
         }
         Decision::Deny { reason } => {
             response.allowed = false;

@@ -1,8 +1,12 @@
 //! The `tcp-sniffer` container the injector adds, built from the options and the chosen ports.
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource,
-    ObjectFieldSelector, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+        EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe, SecretKeySelector,
+        SecurityContext, Volume, VolumeMount,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 use sniffer_common::ports::format_ports;
 
@@ -16,6 +20,9 @@ pub const PODINFO_VOLUME: &str = "tcp-sniffer-podinfo";
 pub const PODINFO_DIR: &str = "/etc/tcp-sniffer/podinfo";
 /// The annotations file in it, which `PORTS_FILE` names.
 pub const PORTS_FILE: &str = "/etc/tcp-sniffer/podinfo/annotations";
+/// The name of the container port of the sniffer's `/metrics` and `/healthz`: what the
+/// monitoring component's `PodMonitor` selects (a port name has at most 15 characters).
+pub const METRICS_PORT_NAME: &str = "sniffer-metrics";
 
 /// The downward-API volume of the pod's annotations, which the kubelet keeps up to date when
 /// they change.
@@ -76,20 +83,37 @@ fn secret_env(name: &str, SecretKeyRef { name: secret, key }: &SecretKeyRef) -> 
     }
 }
 
-/// The sniffer container for `ports`.
+/// `GET /healthz` on the metrics port, as the kubelet asks it.
+fn health_probe() -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".to_owned()),
+            port: IntOrString::String(METRICS_PORT_NAME.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// The sniffer container for `ports`; with `metrics`, serving `/metrics` and `/healthz` on the
+/// options' `metricsPort` (off when the pod already uses that port).
 ///
 /// # Examples
 ///
 /// ```
 /// use injector::{options::InjectorOptions, sidecar::sniffer_container};
 ///
-/// let container = sniffer_container(&InjectorOptions::default(), &[8080, 8443]);
+/// let container = sniffer_container(&InjectorOptions::default(), &[8080, 8443], true);
 /// let env = container.env.unwrap();
 /// assert_eq!(env[0].name, "PORTS");
 /// assert_eq!(env[0].value.as_deref(), Some("8080,8443"));
+/// assert_eq!(container.ports.unwrap()[0].container_port, 9464);
 /// ```
 #[must_use]
-pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container {
+pub fn sniffer_container(options: &InjectorOptions, ports: &[u16], metrics: bool) -> Container {
     let InjectorOptions {
         image,
         image_pull_policy,
@@ -110,7 +134,11 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
         resources,
         native_sidecar,
         live_ports,
+        metrics_port,
+        liveness_probe,
+        readiness_probe,
     } = options;
+    let metrics = metrics && *metrics_port != 0;
     let mut env = vec![
         value("PORTS", format_ports(ports)),
         value("INTERFACE", interface),
@@ -154,6 +182,11 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
     if *live_ports {
         env.push(value("PORTS_FILE", PORTS_FILE));
     }
+    if metrics {
+        // Every address of the pod, IPv4 and IPv6 (the sniffer falls back to IPv4 alone where
+        // the pod has no IPv6): the kubelet probes the pod's IP, Prometheus scrapes it.
+        env.push(value("METRICS_ADDR", format!("[::]:{metrics_port}")));
+    }
     env.push(field("POD_NAME", "metadata.name"));
     env.push(field("POD_NAMESPACE", "metadata.namespace"));
     env.push(field("NODE_NAME", "spec.nodeName"));
@@ -170,6 +203,16 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16]) -> Container 
                 ..VolumeMount::default()
             }]
         }),
+        ports: metrics.then(|| {
+            vec![ContainerPort {
+                name: Some(METRICS_PORT_NAME.to_owned()),
+                container_port: i32::from(*metrics_port),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            }]
+        }),
+        liveness_probe: (metrics && *liveness_probe).then(health_probe),
+        readiness_probe: (metrics && *readiness_probe).then(health_probe),
         resources: Some(resources.clone()),
         // A native sidecar is an init container that keeps running beside the app.
         restart_policy: native_sidecar.then(|| "Always".to_owned()),

@@ -155,7 +155,7 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     let mut sink = pipeline(sink(config, placement, &stats)?, config, &stats);
     if let Some(addr) = config.metrics_addr {
         // Bound here, so that a scrape right after "capture attached" finds it listening.
-        let listener = tokio::net::TcpListener::bind(addr).await;
+        let listener = metrics::bind(addr).await;
         if listener.is_ok() {
             info!(address = addr.to_string().as_str(); "metrics endpoint listening");
         }

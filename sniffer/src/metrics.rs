@@ -374,6 +374,25 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
     }
 }
 
+/// Listens on `addr`. The IPv6 wildcard (`[::]:9464`, what the injector sets: every address of
+/// the pod, IPv4 included) falls back to the IPv4 wildcard in a pod without IPv6.
+///
+/// # Errors
+///
+/// When neither can be bound.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Err(err)
+            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && (err.kind() == std::io::ErrorKind::AddrNotAvailable
+                    || err.raw_os_error() == Some(libc::EAFNOSUPPORT)) =>
+        {
+            TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port())).await
+        }
+        bound => bound,
+    }
+}
+
 /// Listens on `addr` and [serves](serve) there. When the address cannot be taken (an app in the
 /// pod uses the port), capture goes on: the error is logged and the bind retried every 10 s, so
 /// a sidecar never crash-loops, and so never makes its pod unready, over its metrics port.
@@ -390,7 +409,7 @@ pub async fn listen_and_serve(
                 error!(address = addr.to_string().as_str(), error = err.to_string().as_str();
                        "cannot listen on METRICS_ADDR; metrics and /healthz are off until it can (retrying every 10 s)");
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                bound = TcpListener::bind(addr).await;
+                bound = bind(addr).await;
                 if bound.is_ok() {
                     info!(address = addr.to_string().as_str(); "metrics endpoint listening");
                 }
