@@ -3,7 +3,11 @@
 //! One small writer rather than a metrics library: the counters are plain atomics updated on the
 //! hot path, and rendering is a few dozen lines of text per scrape.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
 
 /// A metric family's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +146,78 @@ impl Family<'_> {
             Value::Integer(v) => writeln!(text, " {v}"),
             Value::Float(v) => writeln!(text, " {v}"),
         };
+    }
+}
+
+/// A histogram of durations whose observations are lock-free (atomics), for counting on hot
+/// paths and from several threads.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cli_support::prometheus::{Exposition, Kind, Seconds};
+///
+/// static BOUNDS: [f64; 2] = [0.001, 0.1];
+/// let latency = Seconds::new(&BOUNDS);
+/// latency.observe(Duration::from_micros(400));
+/// latency.observe(Duration::from_secs(1));
+/// let mut text = Exposition::default();
+/// latency.render(&mut text.family("demo_seconds", Kind::Histogram, "Time."), &[]);
+/// assert!(text.finish().contains("demo_seconds_bucket{le=\"0.001\"} 1\ndemo_seconds_bucket{le=\"0.1\"} 1\ndemo_seconds_bucket{le=\"+Inf\"} 2\n"));
+/// ```
+#[derive(Debug)]
+pub struct Seconds {
+    bounds: &'static [f64],
+    /// Per bucket, observations at most its bound and above the previous one.
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Seconds {
+    /// An empty histogram with these bucket upper bounds (seconds, increasing).
+    #[must_use]
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one duration.
+    pub fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        if let Some(bucket) = self.bounds.iter().position(|&bound| seconds <= bound) {
+            self.buckets[bucket].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    /// Writes the histogram's lines with these labels into `family`.
+    pub fn render(&self, family: &mut Family<'_>, labels: &[(&str, &str)]) {
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&bound, count)| {
+                cumulative += count.load(Relaxed);
+                (bound, cumulative)
+            })
+            .collect();
+        family.histogram(
+            labels,
+            &buckets,
+            self.sum_ns.load(Relaxed) as f64 / 1e9,
+            self.count.load(Relaxed),
+        );
     }
 }
 

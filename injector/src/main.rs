@@ -254,6 +254,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot listen on {}", args.listen))
             .map_err(Failure::Runtime)?;
         let app = App::new(options, limits);
+        let _ = app.certificate.set(Arc::clone(&store));
         if let Some(addr) = metrics_addr {
             let metrics = tokio::net::TcpListener::bind(addr)
                 .await

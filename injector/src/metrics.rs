@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use cli_support::prometheus::{Exposition, Kind};
+use cli_support::prometheus::{Exposition, Kind, Seconds};
 
 use crate::{
     decide::{Decision, Skip},
@@ -18,18 +18,33 @@ const BUCKETS: [f64; 10] = [
 ];
 
 /// The injector's counters; lock-free.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     requests: AtomicU64,
     injected: AtomicU64,
     skipped: [AtomicU64; Skip::ALL.len()],
     denied: AtomicU64,
     bad_requests: AtomicU64,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_ns: AtomicU64,
+    latency: Seconds,
     /// Connections and requests cut short by the limits, by reason.
     pub cuts: Cuts,
+    /// Unix time (seconds) the counting began: the process's start.
+    start_time_seconds: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::default(),
+            injected: AtomicU64::default(),
+            skipped: Default::default(),
+            denied: AtomicU64::default(),
+            bad_requests: AtomicU64::default(),
+            latency: Seconds::new(&BUCKETS),
+            cuts: Cuts::default(),
+            start_time_seconds: cli_support::clock::unix_seconds(),
+        }
+    }
 }
 
 impl Metrics {
@@ -52,24 +67,35 @@ impl Metrics {
     }
 
     fn observe(&self, latency: Duration) {
-        let seconds = latency.as_secs_f64();
-        for (bound, count) in BUCKETS.iter().zip(&self.latency_buckets) {
-            if seconds <= *bound {
-                count.fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_ns.fetch_add(
-            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        self.latency.observe(latency);
     }
 
-    /// Prometheus text exposition format, version 0.0.4.
+    /// Prometheus text exposition format, version 0.0.4; `certificate_not_after` is the serving
+    /// certificate's expiry (Unix seconds), when one is loaded.
     #[must_use]
-    pub fn render(&self) -> String {
+    pub fn render(&self, certificate_not_after: Option<i64>) -> String {
         let get = |c: &AtomicU64| c.load(Relaxed);
         let mut text = Exposition::default();
+        text.family(
+            "tcp_sniffer_injector_build_info",
+            Kind::Gauge,
+            "Always 1; the version of the injector.",
+        )
+        .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1);
+        text.family(
+            "process_start_time_seconds",
+            Kind::Gauge,
+            "Start time of the process since the Unix epoch, in seconds.",
+        )
+        .sample(&[], self.start_time_seconds);
+        if let Some(not_after) = certificate_not_after {
+            text.family(
+                "tcp_sniffer_injector_certificate_not_after_seconds",
+                Kind::Gauge,
+                "Expiry (X.509 notAfter) of the serving certificate now loaded, in Unix seconds.",
+            )
+            .sample(&[], not_after as f64);
+        }
         text.family(
             "tcp_sniffer_injector_requests_total",
             Kind::Counter,
@@ -99,21 +125,13 @@ impl Metrics {
             "Bodies that were not a usable AdmissionReview.",
         )
         .sample(&[], get(&self.bad_requests));
-        let buckets: Vec<(f64, u64)> = BUCKETS
-            .iter()
-            .zip(&self.latency_buckets)
-            .map(|(bound, count)| (*bound, get(count)))
-            .collect();
-        text.family(
-            "tcp_sniffer_injector_admission_duration_seconds",
-            Kind::Histogram,
-            "Time to answer a review, body read to response built.",
-        )
-        .histogram(
+        self.latency.render(
+            &mut text.family(
+                "tcp_sniffer_injector_admission_duration_seconds",
+                Kind::Histogram,
+                "Time to answer a review, body read to response built.",
+            ),
             &[],
-            &buckets,
-            get(&self.latency_sum_ns) as f64 / 1e9,
-            get(&self.latency_count),
         );
         let mut cuts = text.family(
             "tcp_sniffer_injector_cuts_total",
@@ -149,7 +167,7 @@ mod tests {
             Duration::from_millis(3),
         );
         metrics.bad_request(Duration::from_secs(1));
-        let text = metrics.render();
+        let text = metrics.render(Some(1_900_000_000));
         assert!(text.contains("tcp_sniffer_injector_requests_total 3\n"));
         assert!(text.contains("decisions_total{decision=\"injected\",reason=\"\"} 1\n"));
         assert!(text.contains("decisions_total{decision=\"skipped\",reason=\"host_network\"} 1\n"));
@@ -158,5 +176,7 @@ mod tests {
         assert!(text.contains("duration_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("duration_seconds_count 3\n"));
+        assert!(text.contains("tcp_sniffer_injector_certificate_not_after_seconds 1900000000\n"));
+        assert!(text.contains("tcp_sniffer_injector_build_info{version=\""));
     }
 }

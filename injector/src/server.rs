@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -36,6 +36,7 @@ use crate::{
     metrics::Metrics,
     options::InjectorOptions,
     review::{self, ReviewError},
+    tls::CertStore,
 };
 
 /// Largest accepted `/mutate` body: an AdmissionReview of an UPDATE carries two objects of up
@@ -58,6 +59,8 @@ pub struct App {
     /// Bounds on connections, body memory and time.
     pub limits: Limits,
     budget: BodyBudget,
+    /// The serving certificate, once loaded: its expiry is a metric.
+    pub certificate: OnceLock<Arc<CertStore>>,
 }
 
 impl App {
@@ -70,6 +73,7 @@ impl App {
             ready: AtomicBool::new(true),
             limits,
             budget: BodyBudget::new(limits.body_budget_bytes),
+            certificate: OnceLock::new(),
         })
     }
 }
@@ -258,7 +262,8 @@ fn probes(
         .and(with_app)
         .map(|app: Arc<App>| {
             warp::reply::with_header(
-                app.metrics.render(),
+                app.metrics
+                    .render(app.certificate.get().and_then(|c| c.not_after())),
                 "content-type",
                 "text/plain; version=0.0.4; charset=utf-8",
             )

@@ -243,6 +243,15 @@ impl CertStore {
         Ok(true)
     }
 
+    /// The expiry (X.509 `notAfter`, Unix seconds) of the certificate served now, if it can be
+    /// read.
+    #[must_use]
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self.read_current();
+        let validity = current.1.end_entity_cert().ok().and_then(Validity::of)?;
+        Some(validity.not_after.unix_timestamp())
+    }
+
     fn read_current(&self) -> std::sync::RwLockReadGuard<'_, (Contents, Arc<CertifiedKey>)> {
         self.current
             .read()

@@ -152,6 +152,12 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
     };
     let stats = Arc::new(Stats::default());
+    stats
+        .start_time_seconds
+        .store(cli_support::clock::unix_seconds(), Relaxed);
+    stats
+        .ring_buffer_bytes
+        .store(u64::from(config.ring_buffer_bytes), Relaxed);
     let mut sink = pipeline(sink(config, placement, &stats)?, config, &stats);
     if let Some(addr) = config.metrics_addr {
         // Bound here, so that a scrape right after "capture attached" finds it listening.
@@ -370,6 +376,9 @@ fn read_kernel_counters(capture: &Capture, stats: &Stats) -> anyhow::Result<()> 
     let KernelCounters { matched, ring_full } = capture.counters()?;
     let previous = stats.dropped_ring_full.swap(ring_full, Relaxed);
     stats.packets_matched.store(matched, Relaxed);
+    stats
+        .ring_used_bytes
+        .store(capture.ring_unread_bytes(), Relaxed);
     if ring_full > previous {
         warn!(
             lost = ring_full - previous,

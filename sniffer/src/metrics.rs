@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use cli_support::prometheus::{Exposition, Kind};
+use cli_support::prometheus::{Exposition, Kind, Seconds};
 use log::{debug, error, info, warn};
 
 use crate::connections::{Counts, HANDSHAKE_BOUNDS_NS};
@@ -71,6 +71,30 @@ pub struct Stats {
     pub connection_records: AtomicU64,
     /// The connection tracker's counts and the connections tracked now, when it runs.
     pub connections: Mutex<Option<(Counts, u64)>>,
+    /// The ring buffer's size (`RING_BUFFER_BYTES`).
+    pub ring_buffer_bytes: AtomicU64,
+    /// Bytes of the ring written and not yet read, at the last check (every second).
+    pub ring_used_bytes: AtomicU64,
+    /// How long each delivery attempt took, from sending the request to reading its answer.
+    pub delivery_seconds: DeliverySeconds,
+    /// Unix time (seconds) the agent started.
+    pub start_time_seconds: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the delivery-attempt histogram's buckets: loopback to a slow
+/// collector's timeout.
+const DELIVERY_BOUNDS: [f64; 12] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
+/// The histogram of delivery attempts.
+#[derive(Debug)]
+pub struct DeliverySeconds(pub Seconds);
+
+impl Default for DeliverySeconds {
+    fn default() -> Self {
+        Self(Seconds::new(&DELIVERY_BOUNDS))
+    }
 }
 
 /// Adds `n` to a counter.
@@ -120,8 +144,24 @@ impl Stats {
             ports_changes_refused,
             connection_records,
             connections,
+            ring_buffer_bytes,
+            ring_used_bytes,
+            delivery_seconds,
+            start_time_seconds,
         } = self;
         let mut text = Exposition::default();
+        text.family(
+            "tcp_sniffer_build_info",
+            Kind::Gauge,
+            "Always 1; the version of the sniffer.",
+        )
+        .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1);
+        text.family(
+            "process_start_time_seconds",
+            Kind::Gauge,
+            "Start time of the process since the Unix epoch, in seconds.",
+        )
+        .sample(&[], get(start_time_seconds));
         let one = |text: &mut Exposition, name, kind, help, value| {
             text.family(name, kind, help).sample(&[], get(value));
         };
@@ -161,6 +201,20 @@ impl Stats {
         }
         one(
             &mut text,
+            "tcp_sniffer_ring_buffer_bytes",
+            Kind::Gauge,
+            "Size of the kernel ring buffer (RING_BUFFER_BYTES).",
+            ring_buffer_bytes,
+        );
+        one(
+            &mut text,
+            "tcp_sniffer_ring_used_bytes",
+            Kind::Gauge,
+            "Bytes of the ring written by the kernel and not read yet, checked every second.",
+            ring_used_bytes,
+        );
+        one(
+            &mut text,
             "tcp_sniffer_records_queued",
             Kind::Gauge,
             "Records waiting for delivery.",
@@ -191,6 +245,14 @@ impl Stats {
             Kind::Counter,
             "Delivery attempts that failed and were retried.",
             batch_retries,
+        );
+        delivery_seconds.0.render(
+            &mut text.family(
+                "tcp_sniffer_delivery_duration_seconds",
+                Kind::Histogram,
+                "Time of one delivery attempt, request sent to answer read (failures included).",
+            ),
+            &[],
         );
         one(
             &mut text,
@@ -490,7 +552,8 @@ mod tests {
         assert!(text.contains("tcp_sniffer_last_delivery_status 503\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
-        assert_eq!((samples, helps), (19, 13));
+        // 19 + build info, start time, two ring gauges, and a histogram of 12 buckets.
+        assert_eq!((samples, helps), (19 + 4 + 15, 13 + 5));
         assert!(text.contains("tcp_sniffer_healthy 1\n"));
         assert!(text.contains("tcp_sniffer_ports_changes_total{result=\"refused\"} 0\n"));
         assert!(

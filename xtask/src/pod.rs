@@ -132,6 +132,16 @@ fn check_pod(running: &RunningPod, inbox: &Inbox, token: &str, podinfo: &Path) -
     );
 
     let pod_ip = running.pod_ip()?;
+    let health = metrics_get(pod_ip, "/healthz")?;
+    let metrics = metrics_get(pod_ip, "/metrics")?;
+    ensure!(
+        health.starts_with("HTTP/1.1 200")
+            && metrics.contains("\ntcp_sniffer_packets_matched_total "),
+        "the sidecar's metrics port {pod_ip}:{METRICS_PORT}: /healthz {health:?}, /metrics without the counters"
+    );
+    eprintln!(
+        "pod-test: the sidecar answers /healthz and /metrics on {pod_ip}:{METRICS_PORT} (the injected sniffer-metrics port)"
+    );
     let ports: Vec<u16> = (0..CONNECTIONS)
         .map(|_| http_get(pod_ip, APP_PORT))
         .collect::<Result<_>>()?;
@@ -574,6 +584,23 @@ impl Drop for RunningPod<'_> {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// The injected sidecar's metrics port (the injector's default `metricsPort`).
+const METRICS_PORT: u16 = 9464;
+
+/// The answer to `GET path` on the sidecar's metrics port, on the pod's address.
+fn metrics_get(ip: Ipv4Addr, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(
+        &SocketAddr::from((ip, METRICS_PORT)),
+        Duration::from_secs(5),
+    )
+    .with_context(|| format!("cannot connect to the sidecar's metrics at {ip}:{METRICS_PORT}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: web\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
 }
 
 /// One HTTP request on a new connection; returns the client's port.

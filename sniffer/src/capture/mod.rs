@@ -279,6 +279,12 @@ impl Capture {
             .map_or(Ok(None), |socket| socket.interface_index(interface))
     }
 
+    /// Bytes of the ring the kernel wrote and the reader has not read yet: how full it is.
+    #[must_use]
+    pub fn ring_unread_bytes(&self) -> u64 {
+        self.ring.get_ref().unread_bytes() as u64
+    }
+
     /// Reads the kernel's counters.
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
         let read = |counter: Counter| -> Result<u64, CaptureError> {

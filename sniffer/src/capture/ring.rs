@@ -125,6 +125,14 @@ impl Ring {
         unsafe { self.producer.ptr.cast::<AtomicUsize>().as_ref() }.load(Ordering::Acquire)
     }
 
+    /// Bytes written by the kernel and not read yet (committed or still being written).
+    #[must_use]
+    pub fn unread_bytes(&self) -> usize {
+        self.producer_pos()
+            .wrapping_sub(self.pos)
+            .min(self.mask + 1)
+    }
+
     /// Calls `each` with the bytes of every committed record, in order, at most `limit` of them
     /// (discarded ones are skipped and not counted), then gives their room back to the kernel.
     /// Returns whether it stopped at `limit` (more may be waiting); a record the kernel is still

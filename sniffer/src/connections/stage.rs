@@ -69,9 +69,15 @@ impl Tracking {
         packets: bool,
         stats: Arc<Stats>,
     ) -> Self {
+        let tracker = Tracker::new(config);
+        // Published now, so the connection families are scraped at zero from the start.
+        *stats
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((tracker.counts(), 0));
         Self {
             output,
-            tracker: Tracker::new(config),
+            tracker,
             packets,
             reports: Vec::new(),
             records: Vec::new(),

@@ -591,7 +591,15 @@ impl Shared {
         }
     }
 
+    /// One attempt, timed into the delivery histogram.
     fn post(&self, body: &[u8], encoder: &Encoder) -> Attempt {
+        let start = Instant::now();
+        let attempt = self.attempt(body, encoder);
+        self.stats.delivery_seconds.0.observe(start.elapsed());
+        attempt
+    }
+
+    fn attempt(&self, body: &[u8], encoder: &Encoder) -> Attempt {
         let timeout = self.deadline().map_or(self.request_timeout, |deadline| {
             deadline
                 .saturating_duration_since(Instant::now())
