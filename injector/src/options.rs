@@ -635,10 +635,7 @@ mod tests {
                 r#"{"metricsPort":0,"livenessProbe":false,"readinessProbe":true}"#,
                 "option readinessProbe: needs metricsPort",
             ),
-            (
-                r#"{"metricsPort":70000}"#,
-                "invalid value: integer `70000`",
-            ),
+            (r#"{"metricsPort":70000}"#, "invalid value: integer `70000`"),
             (
                 r#"{"nativeSidecar":"yes"}"#,
                 "invalid type: string \"yes\", expected a boolean",

@@ -106,6 +106,8 @@ const PYTHON_REQUIREMENTS: &[&str] = &[
     "jsonpatch==1.48",
     "opentelemetry-proto==1.45.2",
     "protobuf==7.36.2",
+    // The Prometheus operator's CRDs as models, to check the monitoring component's objects.
+    "cloudcoil-models-prometheus-operator==0.80.1.0",
 ];
 
 /// A Python virtual environment under the tools directory with exactly the requirements

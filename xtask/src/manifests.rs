@@ -20,6 +20,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "overlays/internal-ca",
     "overlays/fail-closed",
     "overlays/seccomp-localhost",
+    "overlays/monitoring",
     "examples",
 ];
 /// Oldest supported (native sidecars) and newest bundled schema versions.

@@ -14,6 +14,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),
     ("nft", "nftables"),
+    // The monitoring component is checked with Prometheus' own tools and a real server, on the
+    // manifests kubectl renders.
+    ("promtool", "prometheus"),
+    ("kubectl", "kubectl"),
 ];
 
 /// Checks the repository (no tracked private key, the Dockerfile's default target), installs what
