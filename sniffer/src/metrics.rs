@@ -15,7 +15,7 @@ use std::{
 use cli_support::prometheus::{Exposition, Kind, Seconds};
 use log::{debug, error, info, warn};
 
-use crate::connections::{Counts, HANDSHAKE_BOUNDS_NS};
+use crate::connections::{Counts, TIME_BOUNDS_NS, TimeHistogram};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -334,6 +334,8 @@ fn render_connections(text: &mut Exposition, counts: &Counts, tracked: u64) {
         interim: _,
         retransmits,
         handshakes,
+        ack_rtt,
+        rtt_untracked,
     } = counts;
     text.family(
         "tcp_sniffer_connections_tracked",
@@ -361,25 +363,51 @@ fn render_connections(text: &mut Exposition, counts: &Counts, tracked: u64) {
         "Payload segments starting before the highest sequence number already seen from their sender.",
     )
     .sample(&[], *retransmits);
+    histogram(
+        &mut text.family(
+            "tcp_sniffer_handshake_syn_to_synack_seconds",
+            Kind::Histogram,
+            "Time from the client's SYN to the server's SYN-ACK, as seen on the interface.",
+        ),
+        &[],
+        handshakes,
+    );
+    let mut family = text.family(
+        "tcp_sniffer_ack_rtt_seconds",
+        Kind::Histogram,
+        "Time from a segment to the ACK that acknowledges it exactly (tshark's tcp.analysis.ack_rtt), by the side that sent the ACK.",
+    );
+    for (side, times) in ["client", "server"].iter().zip(ack_rtt) {
+        histogram(&mut family, &[("side", side)], times);
+    }
+    text.family(
+        "tcp_sniffer_ack_rtt_untracked_segments_total",
+        Kind::Counter,
+        "Segments not kept for round trips because as many as a side keeps were waiting for their ACK.",
+    )
+    .sample(&[], *rtt_untracked);
+}
+
+/// A tracker histogram's lines with these labels.
+fn histogram(
+    family: &mut cli_support::prometheus::Family<'_>,
+    labels: &[(&str, &str)],
+    times: &TimeHistogram,
+) {
     let mut cumulative = 0;
-    let buckets: Vec<(f64, u64)> = HANDSHAKE_BOUNDS_NS
+    let buckets: Vec<(f64, u64)> = TIME_BOUNDS_NS
         .iter()
-        .zip(handshakes.buckets)
+        .zip(times.buckets)
         .map(|(&bound, count)| {
             cumulative += count;
             (Duration::from_nanos(bound).as_secs_f64(), cumulative)
         })
         .collect();
-    text.family(
-        "tcp_sniffer_handshake_syn_to_synack_seconds",
-        Kind::Histogram,
-        "Time from the client's SYN to the server's SYN-ACK, as seen on the interface.",
-    )
-    .histogram(
-        &[],
+    family.histogram(
+        labels,
         &buckets,
-        Duration::from_nanos(handshakes.sum_ns).as_secs_f64(),
-        handshakes.count,
+        Duration::from_nanos(times.sum_ns).as_secs_f64(),
+        times.count,
     );
 }
 
@@ -590,17 +618,24 @@ mod tests {
             "tcp_sniffer_handshake_syn_to_synack_seconds_bucket{le=\"+Inf\"} 2\n",
             "tcp_sniffer_handshake_syn_to_synack_seconds_sum 0.00103\n",
             "tcp_sniffer_handshake_syn_to_synack_seconds_count 2\n",
+            "tcp_sniffer_ack_rtt_seconds_bucket{side=\"client\",le=\"+Inf\"} 0\n",
+            "tcp_sniffer_ack_rtt_seconds_count{side=\"server\"} 0\n",
+            "tcp_sniffer_ack_rtt_untracked_segments_total 0\n",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
         let labels: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains("connection") || l.contains("handshake"))
+            .filter(|l| {
+                l.contains("connection") || l.contains("handshake") || l.contains("ack_rtt")
+            })
             .filter_map(|l| l.split_once('{').map(|(_, rest)| rest))
             .map(|rest| rest.split('=').next().unwrap())
             .collect();
         assert!(
-            labels.iter().all(|l| ["end_reason", "le"].contains(l)),
+            labels
+                .iter()
+                .all(|l| ["end_reason", "le", "side"].contains(l)),
             "{labels:?}"
         );
     }

@@ -7,6 +7,11 @@
 
 use sniffer_common::{PacketRecord, tcp_flags};
 
+use super::{
+    rtt::{AckRtt, Samples},
+    zeek::{Segment, Zeek},
+};
+
 /// One side of a connection. `A` is the endpoint with the lower (address, port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -44,7 +49,7 @@ pub struct Endpoint {
 }
 
 /// What names a connection: both endpoints, in a fixed order so that both directions map to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Key {
     /// 4 or 6.
     pub ip_version: u8,
@@ -52,6 +57,22 @@ pub struct Key {
     pub a: Endpoint,
     /// The higher endpoint.
     pub b: Endpoint,
+}
+
+/// Five words, where the derived `Hash` would feed the hasher field by field and byte by
+/// byte: the tracker hashes every packet's key.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let Self { ip_version, a, b } = self;
+        let half = |addr: &[u8; 16], at: usize| {
+            u64::from_ne_bytes(addr[at..at + 8].try_into().expect("8 bytes"))
+        };
+        state.write_u64(u64::from(*ip_version) << 32 | u64::from(a.port) << 16 | u64::from(b.port));
+        for addr in [&a.addr, &b.addr] {
+            state.write_u64(half(addr, 0));
+            state.write_u64(half(addr, 8));
+        }
+    }
 }
 
 impl Key {
@@ -114,7 +135,7 @@ impl Key {
 }
 
 /// `a < b` in sequence space (RFC 1982 serial arithmetic on 32 bits).
-const fn seq_lt(a: u32, b: u32) -> bool {
+pub(super) const fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
@@ -127,14 +148,14 @@ pub struct Sent {
     pub bytes: u64,
     /// Payload-carrying segments starting before the highest sequence number already seen from
     /// this side (keep-alives excluded).
-    pub retransmits: u64,
+    pub retransmits: u32,
     /// Payload-carrying segments starting after the next expected sequence number: data seen
     /// before earlier data (lost before this interface, or reordered).
-    pub out_of_order: u64,
+    pub out_of_order: u32,
     /// Segments advertising a zero window, without SYN, FIN or RST.
-    pub zero_windows: u64,
+    pub zero_windows: u32,
     /// Duplicate acknowledgments (see [`Analysis::observe`]).
-    pub dup_acks: u64,
+    pub dup_acks: u32,
     /// Smallest and largest raw window field, over segments without SYN; `None` before one.
     pub window: Option<(u16, u16)>,
 }
@@ -183,25 +204,54 @@ pub struct Handshake {
     server_isn: u32,
 }
 
+/// What one packet changed that the tracker counts across connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The round trip its acknowledgment measured, microseconds.
+    pub ack_rtt_us: Option<u32>,
+    /// It retransmitted payload.
+    pub retransmit: bool,
+    /// It was not kept for round trips ([`super::rtt::MAX_UNACKED`] were waiting).
+    pub rtt_untracked: bool,
+    /// SYN to SYN-ACK, nanoseconds, when it was the SYN-ACK that completed that measure.
+    pub handshake_ns: Option<u64>,
+}
+
 /// One connection, packet by packet.
+///
+/// In C order, what most packets read or write first and what few do last: the tracker asks
+/// the CPU for the first [`Analysis::HOT_BYTES`] ahead of time, and the rest waits in memory
+/// until a packet needs it.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Analysis {
-    flows: [Flow; 2],
+    /// First and last packet, monotonic nanoseconds.
+    pub last_ns: u64,
+    /// Set once the connection is over (FIN exchange or RST); packets may still follow.
+    pub end: Option<End>,
     /// The side that sent the first SYN seen, if one was seen.
     client: Option<Side>,
     /// The side that sent the first packet seen.
     first_sender: Side,
-    /// First and last packet, monotonic nanoseconds.
-    pub first_ns: u64,
-    /// See `first_ns`.
-    pub last_ns: u64,
+    /// The SYN-ACK was seen and the client's ACK of it not yet.
+    awaiting_ack: bool,
+    flows: [Flow; 2],
+    /// Each side's segments waiting for an ACK.
+    rtt: [AckRtt; 2],
+    /// Zeek's states, then its history (rarely written).
+    zeek: Zeek,
+    /// The round trips each side's ACKs measured.
+    rtt_samples: [Samples; 2],
     /// The handshake, as far as it was seen.
     pub handshake: Handshake,
-    /// Set once the connection is over (FIN exchange or RST); packets may still follow.
-    pub end: Option<End>,
+    /// See `last_ns`.
+    pub first_ns: u64,
 }
 
 impl Analysis {
+    /// The bytes at the start that most packets touch: everything before Zeek's history.
+    pub const HOT_BYTES: usize = std::mem::offset_of!(Self, zeek) + Zeek::HOT_BYTES;
+
     /// A connection whose first packet seen came from `side` at `ts_ns`.
     #[must_use]
     pub fn new(side: Side, ts_ns: u64) -> Self {
@@ -209,10 +259,14 @@ impl Analysis {
             flows: [Flow::default(); 2],
             client: None,
             first_sender: side,
+            awaiting_ack: false,
             first_ns: ts_ns,
             last_ns: ts_ns,
             handshake: Handshake::default(),
             end: None,
+            rtt: [AckRtt::default(), AckRtt::default()],
+            rtt_samples: [Samples::default(); 2],
+            zeek: Zeek::default(),
         }
     }
 
@@ -232,6 +286,24 @@ impl Analysis {
         &self.flows[side.index()].sent
     }
 
+    /// The round trips `side`'s ACKs measured ([`super::rtt`]).
+    #[must_use]
+    pub const fn ack_rtt(&self, side: Side) -> &Samples {
+        &self.rtt_samples[side.index()]
+    }
+
+    /// Zeek's `conn_state` and `history`, the client as originator.
+    #[must_use]
+    pub fn zeek(&self) -> (&'static str, String) {
+        let (client, _) = self.client();
+        let flipped = client != self.first_sender;
+        let sizes = (self.sent(client).bytes, self.sent(client.other()).bytes);
+        (
+            self.zeek.conn_state(client, flipped, sizes),
+            self.zeek.history(client, flipped),
+        )
+    }
+
     /// Whether a packet from `side` opens a new connection on this connection's endpoints: a SYN
     /// without ACK after this one ended (the port pair is being reused).
     #[must_use]
@@ -239,12 +311,13 @@ impl Analysis {
         self.end.is_some() && raw.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
     }
 
-    /// Adds one packet from `side`.
+    /// Adds one packet from `side`; returns what it changed that the tracker counts across
+    /// connections.
     ///
     /// A *duplicate ACK* is a segment with no payload, no SYN, FIN or RST, a non-zero window equal
     /// to the previous segment's from the same side, the same acknowledgment number as that
     /// side's last ACK, and a sequence number equal to the next expected one (tshark's rule).
-    pub fn observe(&mut self, side: Side, raw: &PacketRecord) {
+    pub fn observe(&mut self, side: Side, raw: &PacketRecord) -> Observed {
         let PacketRecord {
             ts_ns,
             seq,
@@ -259,7 +332,10 @@ impl Analysis {
         let fin = flags & tcp_flags::FIN != 0;
         let rst = flags & tcp_flags::RST != 0;
         let has_ack = flags & tcp_flags::ACK != 0;
-        self.handshake_step(side, flags, seq, ack, ts_ns);
+        let mut observed = Observed {
+            handshake_ns: self.handshake_step(side, flags, seq, ack, ts_ns),
+            ..Observed::default()
+        };
 
         let flow = &mut self.flows[side.index()];
         let sent = &mut flow.sent;
@@ -272,7 +348,7 @@ impl Analysis {
             });
         }
         if window == 0 && !(syn || fin || rst) {
-            sent.zero_windows += 1;
+            sent.zero_windows = sent.zero_windows.saturating_add(1);
         }
         let control = syn || fin || rst;
         if payload_len == 0
@@ -283,20 +359,24 @@ impl Analysis {
             && has_ack
             && flow.last_ack == Some(ack)
         {
-            sent.dup_acks += 1;
+            sent.dup_acks = sent.dup_acks.saturating_add(1);
         }
         // One past this segment: payload, plus one each for SYN and FIN.
         let seg_len = payload_len
             .wrapping_add(u32::from(syn))
             .wrapping_add(u32::from(fin));
         let seg_end = seq.wrapping_add(seg_len);
+        // Whether it ends beyond everything this side sent before: then no segment waiting for
+        // an ACK ends where it does.
+        let extends = flow.next_seq.is_none_or(|next| seq_lt(next, seg_end));
         match flow.next_seq {
             Some(next) if payload_len > 0 => {
                 let keep_alive = payload_len <= 1 && seq == next.wrapping_sub(1);
                 if seq_lt(seq, next) && !keep_alive {
-                    sent.retransmits += 1;
+                    sent.retransmits = sent.retransmits.saturating_add(1);
+                    observed.retransmit = true;
                 } else if seq_lt(next, seq) {
-                    sent.out_of_order += 1;
+                    sent.out_of_order = sent.out_of_order.saturating_add(1);
                 }
                 if seq_lt(next, seg_end) {
                     flow.next_seq = Some(seg_end);
@@ -331,31 +411,69 @@ impl Analysis {
                 self.end = Some(End::Fin);
             }
         }
+        let is_orig = self.client().0 == side;
+        self.zeek.observe(
+            side,
+            is_orig,
+            &Segment {
+                flags,
+                seq,
+                ack,
+                len: payload_len,
+                window,
+            },
+        );
+        // tshark's order: the segment joins its side's list, then its acknowledgment number is
+        // checked against the other side's (whatever its flags say).
+        observed.rtt_untracked = !self.rtt[side.index()].sent(seq, seg_len, ts_ns, !extends);
+        observed.ack_rtt_us = self.rtt[side.other().index()].acked(ack, ts_ns);
+        if let Some(us) = observed.ack_rtt_us {
+            self.rtt_samples[side.index()].add(us);
+        }
+        observed
     }
 
-    fn handshake_step(&mut self, side: Side, flags: u8, seq: u32, ack: u32, ts_ns: u64) {
+    /// Follows the handshake; returns SYN to SYN-ACK (nanoseconds) when this packet is the
+    /// SYN-ACK that completes that measure.
+    fn handshake_step(
+        &mut self,
+        side: Side,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        ts_ns: u64,
+    ) -> Option<u64> {
         let syn = flags & tcp_flags::SYN != 0;
         let has_ack = flags & tcp_flags::ACK != 0;
+        if !(syn || self.awaiting_ack) {
+            // Most packets: the handshake (far from the hot bytes) is not read.
+            return None;
+        }
         let shake = &mut self.handshake;
         match (syn, has_ack) {
             (true, false) if shake.synack_ns.is_none() && self.client.is_none_or(|c| c == side) => {
                 self.client = Some(side);
                 shake.syn_ns = Some(ts_ns);
             }
-            (true, true) if self.client == Some(side.other()) && shake.synack_ns.is_none() => {
+            (true, true)
+                if self.client.is_none_or(|c| c == side.other()) && shake.synack_ns.is_none() =>
+            {
+                // A SYN-ACK seen before any SYN still names the client: the side it answers.
+                self.client = Some(side.other());
                 shake.synack_ns = Some(ts_ns);
                 shake.server_isn = seq;
+                self.awaiting_ack = true;
+                return shake.syn_ns.map(|syn| ts_ns.saturating_sub(syn));
             }
             (false, true)
-                if self.client == Some(side)
-                    && shake.synack_ns.is_some()
-                    && shake.ack_ns.is_none()
-                    && ack == shake.server_isn.wrapping_add(1) =>
+                if self.client == Some(side) && ack == shake.server_isn.wrapping_add(1) =>
             {
                 shake.ack_ns = Some(ts_ns);
+                self.awaiting_ack = false;
             }
             _ => {}
         }
+        None
     }
 }
 

@@ -10,8 +10,10 @@
 
 pub mod analysis;
 pub mod record;
+pub mod rtt;
 mod stage;
 pub mod table;
+pub mod zeek;
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -19,7 +21,7 @@ use sniffer_common::PacketRecord;
 
 pub use self::stage::Tracking;
 use self::{
-    analysis::{Analysis, End, Key, Side},
+    analysis::{Analysis, End, Key, Observed, Side},
     record::Report,
     table::Table,
 };
@@ -29,18 +31,20 @@ pub use crate::config::TrackerConfig;
 /// reported: the last ACK, retransmitted FINs and further RSTs still count in it.
 pub const LINGER: Duration = Duration::from_secs(1);
 
-/// A tracked connection.
+/// A tracked connection (in C order: what packets touch first).
 #[derive(Debug)]
+#[repr(C)]
 struct Entry {
+    analysis: Analysis,
     /// Tells this connection from an earlier one on the same endpoints in the eviction queue.
     id: u64,
-    analysis: Analysis,
     /// When it was last reported (or first seen), monotonic nanoseconds.
     reported_ns: u64,
 }
 
-/// Upper bounds of the handshake-time histogram's buckets, in nanoseconds (10 µs to 2.5 s).
-pub const HANDSHAKE_BOUNDS_NS: [u64; 17] = [
+/// Upper bounds of the time histograms' buckets (handshakes, ACK round trips), in nanoseconds:
+/// 10 µs to 2.5 s.
+pub const TIME_BOUNDS_NS: [u64; 17] = [
     10_000,
     25_000,
     50_000,
@@ -60,10 +64,10 @@ pub const HANDSHAKE_BOUNDS_NS: [u64; 17] = [
     2_500_000_000,
 ];
 
-/// Handshake times (SYN → SYN-ACK) of the connections whose handshake was seen.
+/// Times observed: handshakes (SYN → SYN-ACK), or one side's ACK round trips.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HandshakeHistogram {
-    /// Times at most each bound of [`HANDSHAKE_BOUNDS_NS`] and above the one before.
+pub struct TimeHistogram {
+    /// Times at most each bound of [`TIME_BOUNDS_NS`] and above the one before.
     pub buckets: [u64; 17],
     /// Every time observed.
     pub count: u64,
@@ -71,9 +75,9 @@ pub struct HandshakeHistogram {
     pub sum_ns: u64,
 }
 
-impl HandshakeHistogram {
+impl TimeHistogram {
     fn observe(&mut self, ns: u64) {
-        if let Some(i) = HANDSHAKE_BOUNDS_NS.iter().position(|&bound| ns <= bound) {
+        if let Some(i) = TIME_BOUNDS_NS.iter().position(|&bound| ns <= bound) {
             self.buckets[i] += 1;
         }
         self.count += 1;
@@ -93,7 +97,12 @@ pub struct Counts {
     /// Retransmitted segments (as [`analysis::Sent::retransmits`] counts them), both directions.
     pub retransmits: u64,
     /// SYN → SYN-ACK times.
-    pub handshakes: HandshakeHistogram,
+    pub handshakes: TimeHistogram,
+    /// ACK round trips ([`rtt`]) of the clients' ACKs and of the servers'.
+    pub ack_rtt: [TimeHistogram; 2],
+    /// Segments not kept for round trips because [`rtt::MAX_UNACKED`] were waiting on their
+    /// side.
+    pub rtt_untracked: u64,
 }
 
 impl Counts {
@@ -130,16 +139,17 @@ impl Counts {
 /// let mut reports = Vec::new();
 /// tracker.observe(&syn, &mut reports);
 /// assert_eq!(tracker.len(), 1);
-/// tracker.finish(1_000, &mut reports);
+/// tracker.finish(1_000, usize::MAX, &mut reports);
 /// assert_eq!(reports.len(), 1);
 /// ```
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
     table: Table<Entry>,
-    /// Connections in the order they were last queued, with the last-seen time they had then:
-    /// the front is the eviction candidate unless seen since (then it goes to the back).
-    queue: VecDeque<(Key, u64, u64)>,
+    /// Connections in the order they were last queued, as (hash, id, last-seen time they had
+    /// then): the front is the eviction candidate unless seen since (then it goes to the back).
+    /// The hash and id find the entry again in 16 bytes, where the key would take 40.
+    queue: VecDeque<(u64, u64, u64)>,
     next_id: u64,
     counts: Counts,
     /// The keys of the packets of one [`Tracker::observe_all`] call (memory kept between calls).
@@ -203,7 +213,7 @@ impl Tracker {
                 self.table.prefetch_slot(hash);
             }
             if let Some(&(_, _, hash)) = keys.get(i + AHEAD) {
-                self.table.prefetch(hash);
+                self.table.prefetch(hash, Analysis::HOT_BYTES);
             }
             let (key, side, hash) = keys[i];
             self.observe_keyed(key, side, hash, raw, out);
@@ -222,15 +232,20 @@ impl Tracker {
         if let Some(entry) = self.table.get_mut(&key, hash) {
             if !entry.analysis.is_reuse(raw) {
                 let analysis = &mut entry.analysis;
-                let retransmits = analysis.sent(side).retransmits;
-                let handshake = analysis.handshake.synack_ns;
-                analysis.observe(side, raw);
-                self.counts.retransmits += analysis.sent(side).retransmits - retransmits;
-                if handshake.is_none()
-                    && let (Some(syn), Some(synack)) =
-                        (analysis.handshake.syn_ns, analysis.handshake.synack_ns)
-                {
-                    self.counts.handshakes.observe(synack.saturating_sub(syn));
+                let Observed {
+                    ack_rtt_us,
+                    retransmit,
+                    rtt_untracked,
+                    handshake_ns,
+                } = analysis.observe(side, raw);
+                self.counts.retransmits += u64::from(retransmit);
+                self.counts.rtt_untracked += u64::from(rtt_untracked);
+                if let Some(us) = ack_rtt_us {
+                    let by = usize::from(analysis.client().0 != side);
+                    self.counts.ack_rtt[by].observe(u64::from(us) * 1000);
+                }
+                if let Some(ns) = handshake_ns {
+                    self.counts.handshakes.observe(ns);
                 }
                 return;
             }
@@ -241,10 +256,11 @@ impl Tracker {
             self.evict(raw.ts_ns, out);
         }
         let mut analysis = Analysis::new(side, raw.ts_ns);
-        analysis.observe(side, raw);
+        // The first packet of a connection acknowledges nothing it has seen.
+        let _ = analysis.observe(side, raw);
         let id = self.next_id;
         self.next_id += 1;
-        self.queue.push_back((key, id, raw.ts_ns));
+        self.queue.push_back((hash, id, raw.ts_ns));
         self.table.insert(
             key,
             hash,
@@ -259,25 +275,26 @@ impl Tracker {
         // then, so that the queue stays proportional to the table.
         if self.queue.len() > 2 * self.table.len() + 1024 {
             let table = &self.table;
-            self.queue.retain(|(key, id, _)| {
-                table.get(key, table.hash(key)).is_some_and(|e| e.id == *id)
-            });
+            self.queue
+                .retain(|&(hash, id, _)| table.get_by(hash, |e| e.id == id).is_some());
         }
     }
 
     /// Pushes out the least recently seen connection (second chance: one seen since it was
     /// queued goes back to the end of the queue).
     fn evict(&mut self, now_ns: u64, out: &mut Vec<Report>) {
-        while let Some((key, id, queued_seen)) = self.queue.pop_front() {
-            let hash = self.table.hash(&key);
-            let Some(entry) = self.table.get(&key, hash).filter(|e| e.id == id) else {
+        while let Some((hash, id, queued_seen)) = self.queue.pop_front() {
+            let Some((_, entry)) = self.table.get_by(hash, |e| e.id == id) else {
                 continue;
             };
             if entry.analysis.last_ns != queued_seen {
-                self.queue.push_back((key, id, entry.analysis.last_ns));
+                self.queue.push_back((hash, id, entry.analysis.last_ns));
                 continue;
             }
-            let entry = self.table.remove(&key, hash).expect("just found");
+            let (key, entry) = self
+                .table
+                .remove_by(hash, |e| e.id == id)
+                .expect("just found");
             self.report(key, entry, Some(End::Evicted), now_ns, out);
             return;
         }
@@ -343,12 +360,18 @@ impl Tracker {
         }
     }
 
-    /// Reports every connection still tracked (`shutdown` unless it ended), emptying the table.
-    pub fn finish(&mut self, now_ns: u64, out: &mut Vec<Report>) {
-        let table = self.table.take_all();
-        self.queue.clear();
-        for (key, entry) in table {
+    /// Reports up to `max` of the connections still tracked (`shutdown` unless they ended),
+    /// removing them: called until the tracker is empty, a few at a time, the records on their way
+    /// out take the place of the connections' memory rather than doubling it.
+    pub fn finish(&mut self, now_ns: u64, max: usize, out: &mut Vec<Report>) {
+        for _ in 0..max {
+            let Some((key, entry)) = self.table.pop() else {
+                break;
+            };
             self.report(key, entry, Some(End::Shutdown), now_ns, out);
+        }
+        if self.table.is_empty() {
+            self.queue = VecDeque::new();
         }
     }
 }
@@ -515,7 +538,7 @@ mod tests {
         tracker.observe(&packet(2, 1, tcp_flags::SYN), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(tracker.len(), 1);
-        tracker.finish(3, &mut out);
+        tracker.finish(3, usize::MAX, &mut out);
         assert_eq!(out[1].end, Some(End::Shutdown));
         assert_eq!(tracker.counts().closed, [0, 1, 0, 0, 1]);
     }

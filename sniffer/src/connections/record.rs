@@ -10,7 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde_json::Value;
 use sniffer_common::time::Timestamp;
 
-use super::analysis::{Analysis, End, Endpoint, Key, Sent};
+use super::{
+    analysis::{Analysis, End, Endpoint, Key, Sent},
+    rtt::Samples,
+};
 use crate::capture::clock::WallClock;
 
 /// A connection leaving the tracker, or reported while open.
@@ -27,7 +30,7 @@ pub struct Report {
 }
 
 /// One connection record, ready to be written in any output format. It keeps the report
-/// (about 300 bytes) and makes the fields only when the record is written, so that records
+/// (about 600 bytes) and makes the fields only when the record is written, so that records
 /// waiting for delivery cost little more memory than the connections did.
 #[derive(Clone, Debug)]
 pub struct ConnectionRecord {
@@ -53,8 +56,13 @@ fn difference(later: Option<u64>, earlier: Option<u64>) -> Value {
     }
 }
 
-/// The per-side counters, prefixed by `client_` or `server_`.
-fn push_sent(fields: &mut Vec<(&'static str, Value)>, names: &[&'static str; 8], sent: &Sent) {
+/// The per-side counters and round trips, prefixed by `client_` or `server_`.
+fn push_side(
+    fields: &mut Vec<(&'static str, Value)>,
+    names: &[&'static str; 12],
+    sent: &Sent,
+    rtt: &Samples,
+) {
     let Sent {
         packets,
         bytes,
@@ -67,6 +75,10 @@ fn push_sent(fields: &mut Vec<(&'static str, Value)>, names: &[&'static str; 8],
     let (min, max) = window.map_or((Value::Null, Value::Null), |(min, max)| {
         (Value::from(min), Value::from(max))
     });
+    let [rtt_min, rtt_mean, rtt_max] = rtt.summary_ns().map_or(
+        [Value::Null, Value::Null, Value::Null],
+        |(min, mean, max)| [Value::from(min), Value::from(mean), Value::from(max)],
+    );
     for (name, value) in names.iter().zip([
         Value::from(packets),
         Value::from(bytes),
@@ -76,12 +88,16 @@ fn push_sent(fields: &mut Vec<(&'static str, Value)>, names: &[&'static str; 8],
         Value::from(dup_acks),
         min,
         max,
+        Value::from(rtt.count),
+        rtt_min,
+        rtt_mean,
+        rtt_max,
     ]) {
         fields.push((name, value));
     }
 }
 
-const CLIENT: [&str; 8] = [
+const CLIENT: [&str; 12] = [
     "client_packets",
     "client_bytes",
     "client_retransmits",
@@ -90,8 +106,12 @@ const CLIENT: [&str; 8] = [
     "client_dup_acks",
     "client_window_min",
     "client_window_max",
+    "client_ack_rtt_samples",
+    "client_ack_rtt_min_ns",
+    "client_ack_rtt_mean_ns",
+    "client_ack_rtt_max_ns",
 ];
-const SERVER: [&str; 8] = [
+const SERVER: [&str; 12] = [
     "server_packets",
     "server_bytes",
     "server_retransmits",
@@ -100,6 +120,10 @@ const SERVER: [&str; 8] = [
     "server_dup_acks",
     "server_window_min",
     "server_window_max",
+    "server_ack_rtt_samples",
+    "server_ack_rtt_min_ns",
+    "server_ack_rtt_mean_ns",
+    "server_ack_rtt_max_ns",
 ];
 
 impl ConnectionRecord {
@@ -144,12 +168,15 @@ impl ConnectionRecord {
             }
         };
         let shake = &analysis.handshake;
+        let (conn_state, history) = analysis.zeek();
         let mut fields = vec![
             ("type", Value::from("connection")),
             ("ts", wall(*at_ns)),
             ("state", Value::from(state)),
             ("end_reason", reason),
             ("rst_by", rst_by),
+            ("conn_state", Value::from(conn_state)),
+            ("history", Value::from(history)),
             ("first_seen", wall(analysis.first_ns)),
             ("last_seen", wall(analysis.last_ns)),
             ("ip_version", Value::from(key.ip_version)),
@@ -173,8 +200,18 @@ impl ConnectionRecord {
                 difference(shake.ack_ns, shake.synack_ns),
             ),
         ];
-        push_sent(&mut fields, &CLIENT, analysis.sent(client));
-        push_sent(&mut fields, &SERVER, analysis.sent(server));
+        push_side(
+            &mut fields,
+            &CLIENT,
+            analysis.sent(client),
+            analysis.ack_rtt(client),
+        );
+        push_side(
+            &mut fields,
+            &SERVER,
+            analysis.sent(server),
+            analysis.ack_rtt(server),
+        );
         fields
     }
 
@@ -283,6 +320,7 @@ mod tests {
             serde_json::json!({
                 "type": "connection", "ts": "1970-01-01T00:00:01.000000000Z",
                 "state": "closed", "end_reason": "rst", "rst_by": "server",
+                "conn_state": "RSTR", "history": "Shr",
                 "first_seen": "1970-01-01T00:00:00.000001000Z",
                 "last_seen": "1970-01-01T00:00:00.000090000Z",
                 "ip_version": 4, "client_ip": "10.0.0.9", "client_port": 40000,
@@ -291,9 +329,13 @@ mod tests {
                 "client_packets": 1, "client_bytes": 0, "client_retransmits": 0,
                 "client_out_of_order": 0, "client_zero_windows": 0, "client_dup_acks": 0,
                 "client_window_min": null, "client_window_max": null,
+                "client_ack_rtt_samples": 0, "client_ack_rtt_min_ns": null,
+                "client_ack_rtt_mean_ns": null, "client_ack_rtt_max_ns": null,
                 "server_packets": 2, "server_bytes": 0, "server_retransmits": 0,
                 "server_out_of_order": 0, "server_zero_windows": 0, "server_dup_acks": 0,
                 "server_window_min": 64240, "server_window_max": 64240,
+                "server_ack_rtt_samples": 1, "server_ack_rtt_min_ns": 50000,
+                "server_ack_rtt_mean_ns": 50000, "server_ack_rtt_max_ns": 50000,
             })
         );
         let text = String::from_utf8(json).unwrap();

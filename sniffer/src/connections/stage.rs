@@ -21,8 +21,11 @@ use crate::{
     metrics::{Stats, add},
 };
 
+/// Connections reported at a time at shutdown.
+const FINISH_CHUNK: usize = 1024;
+
 /// How often ended, idle and long-lived connections are looked for.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Tracks connections in front of `output`.
 ///
@@ -152,11 +155,16 @@ impl Sink for Tracking {
         if let Some(err) = self.failed.take() {
             return Err(err);
         }
-        self.tracker.finish(
-            u64::try_from(monotonic_ns()).unwrap_or(0),
-            &mut self.reports,
-        );
-        self.hand_over(&WallClock::now())?;
+        let (now_ns, clock) = (u64::try_from(monotonic_ns()).unwrap_or(0), WallClock::now());
+        // A batch's worth at a time: the connections leave the table as their records go out.
+        loop {
+            self.tracker.finish(now_ns, FINISH_CHUNK, &mut self.reports);
+            self.hand_over(&clock)?;
+            if self.tracker.is_empty() {
+                break;
+            }
+        }
+        self.records = Vec::new();
         self.output.finish(deadline)
     }
 }

@@ -14,8 +14,10 @@ use super::analysis::Key;
 /// An empty slot.
 const EMPTY: u64 = 0;
 
-/// One stored value and what finds it again.
+/// One stored value and what finds it again (in C order: the key first, then the value's
+/// start, which [`Table::prefetch`] fetches together).
 #[derive(Debug)]
+#[repr(C)]
 struct Item<V> {
     key: Key,
     hash: u64,
@@ -99,13 +101,6 @@ impl<V> Table<V> {
         Some(&mut self.items[index_of(self.slots[at])].value)
     }
 
-    /// The value of `key`.
-    #[must_use]
-    pub fn get(&self, key: &Key, hash: u64) -> Option<&V> {
-        let at = self.find(key, hash).ok()?;
-        Some(&self.items[index_of(self.slots[at])].value)
-    }
-
     /// Stores `value` under `key`, which must not be stored yet.
     pub fn insert(&mut self, key: Key, hash: u64, value: V) {
         if (self.items.len() + 1) * 2 > self.slots.len() {
@@ -115,6 +110,11 @@ impl<V> Table<V> {
             unreachable!("insert of a key already stored");
         };
         self.slots[at] = pack(hash, self.items.len());
+        if self.items.len() == self.items.capacity() {
+            // A quarter more, not twice as many: at most a quarter of the entries' memory stands
+            // empty. Large blocks are remapped, not copied, as they grow.
+            self.items.reserve_exact((self.items.len() / 4).max(16));
+        }
         self.items.push(Item { key, hash, value });
     }
 
@@ -130,9 +130,45 @@ impl<V> Table<V> {
         }
     }
 
+    /// The slot of the first entry with this `hash` whose value `matches`.
+    fn find_by(&self, hash: u64, mut matches: impl FnMut(&V) -> bool) -> Option<usize> {
+        let mask = self.mask();
+        let mut at = hash as usize & mask;
+        loop {
+            let slot = self.slots[at];
+            if slot == EMPTY {
+                return None;
+            }
+            if tag_of(slot) == hash & 0xffff_ffff && matches(&self.items[index_of(slot)].value) {
+                return Some(at);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The key and value of the entry with this `hash` whose value `matches`: a lookup for
+    /// callers that keep a hash and something that tells the value apart, not the whole key.
+    #[must_use]
+    pub fn get_by(&self, hash: u64, matches: impl FnMut(&V) -> bool) -> Option<(&Key, &V)> {
+        let item = &self.items[index_of(self.slots[self.find_by(hash, matches)?])];
+        Some((&item.key, &item.value))
+    }
+
+    /// Removes the entry [`Table::get_by`] finds, returning its key and value.
+    pub fn remove_by(&mut self, hash: u64, matches: impl FnMut(&V) -> bool) -> Option<(Key, V)> {
+        let at = self.find_by(hash, matches)?;
+        let item = self.remove_at(at);
+        Some((item.key, item.value))
+    }
+
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &Key, hash: u64) -> Option<V> {
         let at = self.find(key, hash).ok()?;
+        Some(self.remove_at(at).value)
+    }
+
+    /// Removes the entry of slot `at`.
+    fn remove_at(&mut self, at: usize) -> Item<V> {
         let index = index_of(self.slots[at]);
         self.vacate(at);
         let last = self.items.len() - 1;
@@ -145,7 +181,7 @@ impl<V> Table<V> {
             }
             self.slots[slot] = pack(self.items[last].hash, index);
         }
-        Some(self.items.swap_remove(index).value)
+        self.items.swap_remove(index)
     }
 
     /// Empties slot `at`, shifting back the slots after it that probing would no longer reach
@@ -175,14 +211,17 @@ impl<V> Table<V> {
         prefetch_lines(slot.cast(), 1);
     }
 
-    /// Asks the CPU to bring the entry of `key` (by its `hash`) into its caches, if the first
-    /// slot probed holds it: a hint, without effect on the table. The slot is read, so it
-    /// should have been asked for with [`Table::prefetch_slot`] some time before.
-    pub fn prefetch(&self, hash: u64) {
+    /// Asks the CPU to bring the entry of `key` (by its `hash`) into its caches, with the
+    /// first `value_bytes` of its value, if the first slot probed holds it: a hint, without
+    /// effect on the table. The slot is read, so it should have been asked for with
+    /// [`Table::prefetch_slot`] some time before.
+    pub fn prefetch(&self, hash: u64, value_bytes: usize) {
         let slot = self.slots[hash as usize & self.mask()];
         if slot != EMPTY && tag_of(slot) == hash & 0xffff_ffff {
             let item: *const Item<V> = &raw const self.items[index_of(slot)];
-            prefetch_lines(item.cast(), size_of::<Item<V>>());
+            let bytes =
+                (std::mem::offset_of!(Item<V>, value) + value_bytes).min(size_of::<Item<V>>());
+            prefetch_lines(item.cast(), bytes);
         }
     }
 
@@ -193,24 +232,35 @@ impl<V> Table<V> {
             .map(|item| (&item.key, &mut item.value))
     }
 
-    /// Removes and returns everything.
-    pub fn take_all(&mut self) -> Vec<(Key, V)> {
-        self.slots.fill(EMPTY);
-        self.items
-            .drain(..)
-            .map(|item| (item.key, item.value))
-            .collect()
+    /// Removes and returns one entry (the last stored), giving memory back as the table
+    /// empties: a table drained this way never needs room for its entries twice.
+    pub fn pop(&mut self) -> Option<(Key, V)> {
+        let last = self.items.last()?;
+        let mask = self.mask();
+        let mut at = last.hash as usize & mask;
+        while index_of(self.slots[at]) != self.items.len() - 1 {
+            at = (at + 1) & mask;
+        }
+        let item = self.remove_at(at);
+        let (len, capacity) = (self.items.len(), self.items.capacity());
+        if capacity >= 64 && len <= capacity / 2 {
+            self.items.shrink_to(len + len / 4);
+        }
+        Some((item.key, item.value))
     }
 }
 
-/// Prefetches the cache lines of `len` bytes at `at`.
+/// Prefetches the cache lines that hold the `len` bytes at `at` (an item need not start a
+/// line: its last bytes may be on one line more than `len / 64` counts).
 #[cfg(target_arch = "x86_64")]
 fn prefetch_lines(at: *const u8, len: usize) {
     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-    for offset in (0..len).step_by(64) {
-        // SAFETY: a prefetch never faults and has no effect on memory; the address is within
-        // (or one line past) an item of the table's vector.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(offset).cast()) };
+    let first = at.addr() & !63;
+    let lines = (at.addr() + len - first).div_ceil(64);
+    for line in (0..lines).map(|i| first + 64 * i) {
+        // SAFETY: a prefetch never faults and has no effect on memory; the lines are those of
+        // an item of the table's vector.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.with_addr(line).cast()) };
     }
 }
 
@@ -262,17 +312,32 @@ mod tests {
         }
         for (n, value) in &model {
             let k = key(*n);
-            assert_eq!(table.get(&k, table.hash(&k)), Some(value));
+            assert_eq!(table.get_mut(&k, table.hash(&k)).copied(), Some(*value));
             table.prefetch_slot(table.hash(&k));
-            table.prefetch(table.hash(&k));
+            table.prefetch(table.hash(&k), 4);
         }
-        let mut all: Vec<u32> = table.take_all().into_iter().map(|(_, v)| v).collect();
+        let mut all: Vec<u32> = std::iter::from_fn(|| table.pop()).map(|(_, v)| v).collect();
         let mut expected: Vec<u32> = model.into_values().collect();
         all.sort_unstable();
         expected.sort_unstable();
         assert_eq!(all, expected);
         assert!(table.is_empty());
-        assert_eq!(table.get(&key(1), table.hash(&key(1))), None);
+        assert_eq!(table.get_mut(&key(1), table.hash(&key(1))), None);
+    }
+
+    #[test]
+    fn entries_are_found_and_removed_by_hash_and_value() {
+        let mut table = Table::default();
+        // Same first slot for all: the value tells them apart.
+        for n in 0..10u32 {
+            table.insert(key(n), 9, n * 100);
+        }
+        assert_eq!(table.get_by(9, |v| *v == 300), Some((&key(3), &300)));
+        assert_eq!(table.get_by(8, |v| *v == 300), None, "another hash");
+        assert_eq!(table.remove_by(9, |v| *v == 300), Some((key(3), 300)));
+        assert_eq!(table.get_by(9, |v| *v == 300), None);
+        assert_eq!(table.get_mut(&key(4), 9).copied(), Some(400));
+        assert_eq!(table.len(), 9);
     }
 
     #[test]
@@ -287,8 +352,8 @@ mod tests {
             assert_eq!(table.remove(k, 5), Some(i));
         }
         for (i, k) in keys.iter().enumerate() {
-            let expected = (i % 3 != 0).then_some(&i);
-            assert_eq!(table.get(k, 5), expected, "key {i}");
+            let expected = (i % 3 != 0).then_some(i);
+            assert_eq!(table.get_mut(k, 5).copied(), expected, "key {i}");
         }
     }
 }

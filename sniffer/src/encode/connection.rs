@@ -62,7 +62,9 @@ pub fn loki(out: &mut Vec<u8>, records: &[ConnectionRecord]) {
 /// The OTLP attribute name of a connection record field, or `None` for the fields the
 /// `LogRecord` carries otherwise (`type` is the event name, `ts` the time): the semantic
 /// conventions' `client.*`, `server.*` and `network.type` where they apply, `tcp.connection.*`
-/// for the rest.
+/// for the rest: Zeek's verdict as `tcp.connection.state` and `tcp.connection.history`, the
+/// round trips per side as `tcp.connection.<side>.ack_rtt.{samples,min,mean,max}` (nanoseconds),
+/// every other field under its own name.
 ///
 /// # Examples
 ///
@@ -72,6 +74,9 @@ pub fn loki(out: &mut Vec<u8>, records: &[ConnectionRecord]) {
 /// assert_eq!(otlp_attribute("client_ip").as_deref(), Some("client.address"));
 /// assert_eq!(otlp_attribute("server_retransmits").as_deref(),
 ///            Some("tcp.connection.server_retransmits"));
+/// assert_eq!(otlp_attribute("client_ack_rtt_mean_ns").as_deref(),
+///            Some("tcp.connection.client.ack_rtt.mean"));
+/// assert_eq!(otlp_attribute("conn_state").as_deref(), Some("tcp.connection.state"));
 /// assert_eq!(otlp_attribute("ts"), None);
 /// ```
 #[must_use]
@@ -83,8 +88,19 @@ pub fn otlp_attribute(name: &str) -> Option<Cow<'static, str>> {
         "server_ip" => Cow::Borrowed("server.address"),
         "server_port" => Cow::Borrowed("server.port"),
         "ip_version" => Cow::Borrowed("network.type"),
-        other => Cow::Owned(format!("tcp.connection.{other}")),
+        "conn_state" => Cow::Borrowed("tcp.connection.state"),
+        other => Cow::Owned(match rtt_attribute(other) {
+            Some((side, statistic)) => format!("tcp.connection.{side}.ack_rtt.{statistic}"),
+            None => format!("tcp.connection.{other}"),
+        }),
     })
+}
+
+/// `("client", "mean")` for `client_ack_rtt_mean_ns`, and so on; `None` for other fields.
+fn rtt_attribute(name: &str) -> Option<(&str, &str)> {
+    let (side, rest) = name.split_once("_ack_rtt_")?;
+    let statistic = rest.strip_suffix("_ns").unwrap_or(rest);
+    matches!(side, "client" | "server").then_some((side, statistic))
 }
 
 /// The attributes of a record: (name, value), `null`s left out, `ip_version` as `ipv4`/`ipv6`,

@@ -216,22 +216,7 @@ fn run(ns: &Netns, server: SocketAddr, workload: Workload) -> (u16, Option<TcpSt
             Workload::Reset => {
                 stream.write_all(b"bye").expect("send");
                 thread::sleep(Duration::from_millis(50));
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                // SAFETY: setsockopt on the stream's own descriptor.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        stream.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        size_of::<libc::linger>() as libc::socklen_t,
-                    )
-                };
-                assert_eq!(rc, 0, "SO_LINGER");
-                drop(stream);
+                reset(stream);
                 (port, None)
             }
             Workload::Idle => {
@@ -253,10 +238,18 @@ fn run(ns: &Netns, server: SocketAddr, workload: Workload) -> (u16, Option<TcpSt
 
 /// Drops `LOSS_PERCENT` % of the data segments `ns` receives from `sport` or on `dport`.
 fn induce_loss(ns: &Netns, rule: &str) {
-    let script = format!(
-        "table inet tcp_sniffer_loss {{\n chain input {{\n type filter hook input priority 0;\n \
-         {rule} meta length > 200 numgen random mod 100 < {LOSS_PERCENT} drop\n }}\n}}\n"
+    nft(
+        ns,
+        &format!(
+            "table inet tcp_sniffer_loss {{\n chain input {{\n type filter hook input priority 0;\n \
+             {rule} meta length > 200 numgen random mod 100 < {LOSS_PERCENT} drop\n }}\n}}\n"
+        ),
     );
+}
+
+/// Loads an nftables `script` in `ns`. The input hook runs after the interface's packet taps:
+/// what it drops, the sniffer and tcpdump still see.
+pub fn nft(ns: &Netns, script: &str) {
     let out = ns
         .command("nft")
         .args(["-f", "-"])
@@ -280,21 +273,22 @@ fn induce_loss(ns: &Netns, rule: &str) {
     );
 }
 
-/// tcpdump writing a pcap of `interface` in `ns`.
-struct Pcap {
+/// tcpdump writing a pcap of `interface` in `ns`, nanosecond timestamps.
+pub struct Pcap {
     child: Child,
     path: PathBuf,
 }
 
 impl Pcap {
-    fn start(ns: &Netns, interface: &str) -> Self {
+    /// Starts capturing what `filter` (a capture filter) matches; returns once tcpdump listens.
+    pub fn start(ns: &Netns, interface: &str, filter: &str) -> Self {
         let path = std::env::temp_dir().join(format!("tcp-sniffer-conn-{}.pcap", ns.name));
         let mut child = ns
             .command("tcpdump")
             .args(["-i", interface, "-U", "-s", "128"])
             .args(["--time-stamp-precision", "nano", "-w"])
             .arg(&path)
-            .arg(format!("tcp port {PORT} or tcp port {SMALL_WINDOW_PORT}"))
+            .arg(filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -314,7 +308,8 @@ impl Pcap {
         Self { child, path }
     }
 
-    fn stop(mut self) -> PathBuf {
+    /// Stops tcpdump; returns the pcap.
+    pub fn stop(mut self) -> PathBuf {
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGINT) };
@@ -339,7 +334,8 @@ struct Packet {
     duplicate_ack: bool,
 }
 
-fn tshark(pcap: &Path, args: &[&str]) -> String {
+/// What tshark prints reading `pcap` with `args`.
+pub fn tshark(pcap: &Path, args: &[&str]) -> String {
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
@@ -354,6 +350,41 @@ fn tshark(pcap: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("tshark output")
 }
 
+/// The values of `fields`, one row per frame of `pcap` matching the display filter `filter`
+/// (every frame when empty).
+pub fn tshark_fields(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut args = vec!["-T", "fields", "-E", "separator=,"];
+    if !filter.is_empty() {
+        args.extend(["-Y", filter]);
+    }
+    for field in fields {
+        args.extend(["-e", field]);
+    }
+    tshark(pcap, &args)
+        .lines()
+        .map(|line| line.split(',').map(str::to_owned).collect())
+        .collect()
+}
+
+/// Closes `stream` with `SO_LINGER` 0: the kernel sends a RST.
+pub fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on the stream's own descriptor.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+}
+
 /// The frame numbers matching a display filter.
 fn frames(pcap: &Path, filter: &str) -> HashSet<u64> {
     tshark(pcap, &["-Y", filter, "-T", "fields", "-e", "frame.number"])
@@ -363,7 +394,7 @@ fn frames(pcap: &Path, filter: &str) -> HashSet<u64> {
 }
 
 /// "1700000000.123456789" → nanoseconds.
-fn epoch_ns(text: &str) -> i128 {
+pub fn epoch_ns(text: &str) -> i128 {
     let (seconds, fraction) = text.split_once('.').expect("epoch time");
     let fraction = format!("{fraction:0<9}");
     seconds.parse::<i128>().expect("seconds") * 1_000_000_000
@@ -427,7 +458,7 @@ fn days(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// "2026-11-28T10:00:00.123456789Z" → nanoseconds since the epoch.
-fn rfc3339_ns(text: &str) -> i128 {
+pub fn rfc3339_ns(text: &str) -> i128 {
     let n = |range: std::ops::Range<usize>| text[range].parse::<i64>().expect("number");
     let day = days(n(0..4), n(5..7), n(8..10));
     let seconds = day * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
@@ -489,7 +520,11 @@ fn connection_records_match_tshark_under_induced_loss() {
         &topology.client,
         &format!("tcp sport {{ {PORT}, {SMALL_WINDOW_PORT} }}"),
     );
-    let pcap = Pcap::start(&topology.server, "eth0");
+    let pcap = Pcap::start(
+        &topology.server,
+        "eth0",
+        &format!("tcp port {PORT} or tcp port {SMALL_WINDOW_PORT}"),
+    );
     let mut sniffer = topology.server.command(SNIFFER);
     sniffer
         .env("PORTS", format!("{PORT},{SMALL_WINDOW_PORT}"))

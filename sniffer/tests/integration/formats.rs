@@ -768,6 +768,77 @@ fn ndjson_lands_in_a_real_clickhouse_with_the_capture_s_counts() {
     );
 }
 
+/// The connection records' table of the recipe (docs/recipes.md), as ClickHouse 18.16 takes it:
+/// times as text, `handshake_seen` as `UInt8`.
+const CONNECTIONS_DDL: &str = "CREATE TABLE connections (type String, ts String, \
+    state String, end_reason Nullable(String), rst_by Nullable(String), \
+    conn_state String, history String, first_seen String, last_seen String, ip_version UInt8, \
+    client_ip String, client_port UInt16, server_ip String, server_port UInt16, \
+    handshake_seen UInt8, syn_to_synack_ns Nullable(UInt64), synack_to_ack_ns Nullable(UInt64), \
+    client_packets UInt64, client_bytes UInt64, client_retransmits UInt32, \
+    client_out_of_order UInt32, client_zero_windows UInt32, client_dup_acks UInt32, \
+    client_window_min Nullable(UInt16), client_window_max Nullable(UInt16), \
+    client_ack_rtt_samples UInt32, client_ack_rtt_min_ns Nullable(UInt64), \
+    client_ack_rtt_mean_ns Nullable(UInt64), client_ack_rtt_max_ns Nullable(UInt64), \
+    server_packets UInt64, server_bytes UInt64, server_retransmits UInt32, \
+    server_out_of_order UInt32, server_zero_windows UInt32, server_dup_acks UInt32, \
+    server_window_min Nullable(UInt16), server_window_max Nullable(UInt16), \
+    server_ack_rtt_samples UInt32, server_ack_rtt_min_ns Nullable(UInt64), \
+    server_ack_rtt_mean_ns Nullable(UInt64), server_ack_rtt_max_ns Nullable(UInt64), \
+    pod Nullable(String), namespace Nullable(String), node Nullable(String), instance String) \
+    ENGINE = MergeTree ORDER BY (client_port, ts)";
+
+/// Connection records go into the recipe's `connections` table as they are, every field in a
+/// column of the documented type: one row per connection, its verdict and round trips queryable.
+#[test]
+fn connection_records_land_in_a_real_clickhouse() {
+    if !privileged("connection_records_land_in_a_real_clickhouse") {
+        return;
+    }
+    let topology = topology();
+    let clickhouse = ClickHouse::start(&topology);
+    clickhouse
+        .query(&topology, CONNECTIONS_DDL)
+        .expect("create the table");
+    let url = format!(
+        "http://127.0.0.1:{}/?query=INSERT%20INTO%20connections%20FORMAT%20JSONEachRow",
+        clickhouse.port
+    );
+    let run = run_traffic(
+        &topology,
+        &url,
+        &[
+            ("OUTPUT_FORMAT", "ndjson"),
+            ("RECORDS", "connections"),
+            ("OUTPUT_URL_AUTH_TOKEN", CLICKHOUSE_KEY),
+            ("OUTPUT_AUTH_HEADER", "X-ClickHouse-Key"),
+            ("OUTPUT_AUTH_SCHEME", ""),
+            (
+                "OUTPUT_HEADERS",
+                &format!("X-ClickHouse-User={CLICKHOUSE_USER}"),
+            ),
+        ],
+    );
+    let made = stopped(&run.finished, "connection_records");
+    assert_eq!(stopped(&run.finished, "delivered"), made);
+    let rows = clickhouse
+        .query(
+            &topology,
+            "SELECT client_port, conn_state, substring(history, 1, 4), handshake_seen, \
+             client_ack_rtt_samples > 0, server_ack_rtt_mean_ns >= server_ack_rtt_min_ns \
+             FROM connections WHERE namespace = 'shop' ORDER BY client_port FORMAT TSV",
+        )
+        .unwrap();
+    let mut ports = run.connections.clone();
+    ports.sort_unstable();
+    let expected: String = ports
+        .iter()
+        .map(|port| format!("{port}\tSF\tShAD\t1\t1\t1\n"))
+        .collect();
+    assert_eq!(rows, expected);
+    eprintln!("ClickHouse connections:\n{rows}");
+}
+
 #[test]
 fn the_plain_receiver_recipe_works() {
     if !privileged("the_plain_receiver_recipe_works") {
@@ -837,12 +908,20 @@ fn connection_of_log(log: &Value) -> Value {
             "client.port" => ("client_port", value.clone()),
             "server.address" => ("server_ip", value.clone()),
             "server.port" => ("server_port", value.clone()),
-            other => (
-                other
+            "tcp.connection.state" => ("conn_state", value.clone()),
+            other => {
+                let field = other
                     .strip_prefix("tcp.connection.")
-                    .unwrap_or_else(|| panic!("unexpected attribute {other}")),
-                value.clone(),
-            ),
+                    .unwrap_or_else(|| panic!("unexpected attribute {other}"));
+                // `client.ack_rtt.mean` is the record's `client_ack_rtt_mean_ns`.
+                if let Some((side, statistic)) = field.split_once(".ack_rtt.") {
+                    let unit = if statistic == "samples" { "" } else { "_ns" };
+                    record.insert(format!("{side}_ack_rtt_{statistic}{unit}"), value.clone());
+                    continue;
+                }
+                assert!(!field.contains('.'), "unexpected attribute {other}");
+                (field, value.clone())
+            }
         };
         record.insert(name.into(), value);
     }
@@ -932,6 +1011,21 @@ fn connection_records_reach_every_format_with_the_capture_s_counts() {
             assert_eq!(record["server_port"], MATCHED, "{record}");
             assert_eq!(record["end_reason"], "fin", "{record}");
             assert_eq!(record["handshake_seen"], true, "{record}");
+            // Zeek's verdict and the round trips, in every format.
+            assert_eq!(record["conn_state"], "SF", "{format}: {record}");
+            let history = record["history"].as_str().unwrap_or_default();
+            assert!(history.starts_with("ShAD"), "{format}: {record}");
+            for side in ["client", "server"] {
+                let samples = record[format!("{side}_ack_rtt_samples")]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{format}: {side} samples in {record}"));
+                assert!(samples > 0, "{format}: {record}");
+                let ns = |what: &str| record[format!("{side}_ack_rtt_{what}_ns")].as_u64();
+                let (Some(min), Some(mean), Some(max)) = (ns("min"), ns("mean"), ns("max")) else {
+                    panic!("{format}: {side} round trips in {record}");
+                };
+                assert!(min <= mean && mean <= max, "{format}: {record}");
+            }
             // Each side's packets and bytes, from the independent capture.
             for (prefix, from) in [("client", *port), ("server", MATCHED)] {
                 let sent: Vec<&Value> = run

@@ -10,6 +10,7 @@ mod connections;
 mod delivery;
 mod dissector;
 mod formats;
+mod health;
 mod live_ports;
 mod netns;
 mod overload;
