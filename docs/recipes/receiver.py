@@ -14,6 +14,7 @@ import gzip
 import hmac
 import json
 import os
+import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,12 +63,20 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
+def stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--out", default="-")
     args = parser.parse_args()
+    # SIGTERM is how Kubernetes (and most supervisors) stop a process; SIGINT is set too, since
+    # a shell starts background jobs with it ignored and Python then keeps it ignored.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
     server = ThreadingHTTPServer((args.host, args.port), Receiver)
     server.out = sys.stdout if args.out == "-" else open(args.out, "a", encoding="utf-8")
     try:

@@ -874,7 +874,7 @@ fn the_plain_receiver_recipe_works() {
     }
     let run = run_traffic(&topology, &format!("http://127.0.0.1:{port}/"), &[]);
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(receiver.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
     let summary = receiver.wait_with_output().unwrap();
     let summary: Value =
         serde_json::from_str(String::from_utf8_lossy(&summary.stderr).trim()).unwrap();
