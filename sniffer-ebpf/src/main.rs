@@ -70,19 +70,24 @@ fn bump(counter: Counter) {
     }
 }
 
-/// Wakes userspace only when the unread data crosses a multiple of `WAKEUP_BYTES`.
+/// Wakes userspace when this record is the only unread one (the ring was empty: the reader may
+/// be asleep waiting for it) or when the unread data crosses a multiple of `WAKEUP_BYTES`.
 ///
 /// The ring's default wakes the reader whenever it has caught up, which at high packet rates means
-/// one wakeup (an IPI and a context switch) per packet. Crossing a multiple is checked rather than
-/// a threshold so that a crossing missed by a race between CPUs is made up at the next one;
-/// userspace also polls on a timer, which bounds the latency of a quiet trickle.
+/// one wakeup (an IPI and a context switch) per packet; the reader instead reads again a short
+/// while after each read that found records, and waits for a wakeup only once the ring is empty,
+/// so an idle sniffer sleeps. Crossing a multiple is checked rather than a threshold so that a
+/// crossing missed by a race between CPUs is made up at the next one; two CPUs writing the first
+/// records into an empty ring at once may both see the other's and not wake the reader, which
+/// then finds them at its next once-a-second look.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
     // SAFETY: read-only global rewritten by the loader before load.
     let step = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     let mask = !(step.wrapping_sub(1));
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA.into());
-    if pending & mask != pending.wrapping_sub(RING_ENTRY_BYTES) & mask {
+    let before = pending.wrapping_sub(RING_ENTRY_BYTES);
+    if before == 0 || pending & mask != before & mask {
         BPF_RB_FORCE_WAKEUP.into()
     } else {
         BPF_RB_NO_WAKEUP.into()

@@ -116,8 +116,9 @@ pub struct Args {
     /// values mean fewer wakeups at high packet rates.
     #[arg(long, env = "RING_WAKEUP_BYTES", default_value_t = DEFAULT_WAKEUP_BYTES)]
     pub ring_wakeup_bytes: u64,
-    /// The reader also checks the ring this often (milliseconds): the longest a record of slow
-    /// traffic waits before it is read.
+    /// The reader reads the ring at most this often (milliseconds) while less than
+    /// `RING_WAKEUP_BYTES` waits: the longest a record of slow traffic waits before it is read.
+    /// An empty ring is not polled: the kernel wakes the reader for its first record.
     #[arg(long, env = "RING_POLL_INTERVAL_MS", default_value_t = 50)]
     pub ring_poll_interval_ms: u64,
     /// What to send: `packets` (a record per packet), `connections` (a record per connection),

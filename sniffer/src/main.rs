@@ -27,10 +27,10 @@ use sniffer::{
 use sniffer_common::echo::Echo;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// How often the kernel's counters are read (and new ring losses reported).
-const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
-/// How often `PORTS_FILE` is read (the kubelet itself updates it within about a minute).
-const PORTS_FILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the housekeeping runs: the kernel's counters are read (and new ring losses
+/// reported), the interface checked and `PORTS_FILE` read (the kubelet itself updates it within
+/// about a minute). One timer for all, so that an idle sniffer wakes once a second.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let args = match exit::parse_args::<Args>(
@@ -241,9 +241,9 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
 /// Moves records from the ring to `sink` until a signal arrives (its name is returned) or
 /// capture or delivery cannot go on.
 ///
-/// The branches are polled in order: signals, then the timed work (losses, health, the
-/// interface, `PORTS_FILE`, the `stats` line, batches that reached their age), and only then the
-/// ring. Timers are ready only when due, so they cost nothing in between; under a flood that
+/// The branches are polled in order: signals, then the timed work (the housekeeping: losses,
+/// health, the interface, `PORTS_FILE`; the `stats` line; batches that reached their age), and
+/// only then the ring. Timers are ready only when due, so they cost nothing in between; under a flood that
 /// keeps the ring from ever emptying, they still run on time.
 async fn pump(
     capture: &mut Capture,
@@ -253,7 +253,7 @@ async fn pump(
     config: &Config,
 ) -> anyhow::Result<&'static str> {
     let mut records = Vec::with_capacity(MAX_BATCH);
-    let mut counters = tokio::time::interval(COUNTER_INTERVAL);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     let mut stats_log = config
         .stats_interval
         .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
@@ -262,23 +262,21 @@ async fn pump(
         .ports_file
         .clone()
         .map(|path| PortsWatch::new(path, config.ports.clone()));
-    let mut ports_file = tokio::time::interval(PORTS_FILE_INTERVAL);
     loop {
         let due = sink.due();
         tokio::select! {
             biased;
             _ = signals.terminate.recv() => return Ok("SIGTERM"),
             _ = signals.interrupt.recv() => return Ok("SIGINT"),
-            _ = counters.tick() => {
+            _ = housekeeping.tick() => {
                 read_kernel_counters(capture, stats)?;
                 if let Some(failure) = stats.failure() {
                     anyhow::bail!(failure);
                 }
                 check_interface(capture, config)?;
-            }
-            _ = ports_file.tick(), if watch.is_some() => {
-                let watch = watch.as_mut().expect("guarded");
-                if let Some(seen) = watch.poll(&ports) {
+                if let Some(watch) = watch.as_mut()
+                    && let Some(seen) = watch.poll(&ports)
+                {
                     follow_ports(capture, stats, &mut ports, seen, watch.path())?;
                 }
             }

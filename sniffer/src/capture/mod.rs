@@ -7,6 +7,8 @@ pub mod socket;
 
 use std::{io, time::Duration};
 
+use tokio::time::Instant;
+
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, MapData, MapError, PerCpuArray},
@@ -18,10 +20,7 @@ use sniffer_common::{
     ports::{bitmap_changes, port_bitmap},
 };
 use thiserror::Error;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    time::{Interval, MissedTickBehavior},
-};
+use tokio::io::{Interest, unix::AsyncFd};
 
 use self::{
     ring::Ring,
@@ -84,7 +83,8 @@ pub struct CaptureOptions<'a> {
     pub ring_buffer_bytes: u32,
     /// Unread bytes in the ring that wake the reader (a power of two).
     pub wakeup_bytes: u64,
-    /// The reader also looks at the ring this often, for traffic too slow to reach `wakeup_bytes`.
+    /// The reader reads at most once per this interval while fewer than `wakeup_bytes` wait:
+    /// the longest a record of slow traffic waits in the ring.
     pub poll_interval: Duration,
 }
 
@@ -116,8 +116,12 @@ pub struct Capture {
     malformed: u64,
     /// The last drain stopped at [`MAX_BATCH`] with records left.
     more: bool,
-    /// Paces the reader when wakeups do not come (slow traffic).
-    poll: Interval,
+    /// When the ring was last read.
+    last_read: Instant,
+    /// See [`CaptureOptions::poll_interval`].
+    poll_interval: Duration,
+    /// See [`CaptureOptions::wakeup_bytes`].
+    wakeup_bytes: usize,
     ebpf: Ebpf,
 }
 
@@ -190,36 +194,52 @@ impl Capture {
             socket: Some(socket),
             malformed: 0,
             more: false,
-            poll: {
-                let mut poll = tokio::time::interval(poll_interval);
-                poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                poll
-            },
+            last_read: Instant::now(),
+            poll_interval,
+            wakeup_bytes: usize::try_from(wakeup_bytes).unwrap_or(usize::MAX),
             ebpf,
         })
     }
 
-    /// Waits for a wakeup from the kernel or the next poll tick, then moves up to [`MAX_BATCH`]
-    /// records into `batch` (possibly none).
+    /// Waits until records are due, then moves up to [`MAX_BATCH`] records into `batch`
+    /// (possibly none).
+    ///
+    /// An empty ring is waited on without a timer: the kernel wakes the reader for the first
+    /// record, so an idle sniffer sleeps. Records are then read at most once per
+    /// [`CaptureOptions::poll_interval`], sooner when [`CaptureOptions::wakeup_bytes`] wait, so
+    /// that a steady trickle costs a few wakeups a second, not one per packet.
     ///
     /// With records left from the last read it does not wait, but it yields to the runtime
     /// first: a backlog that never empties still lets the runtime's other tasks (the metrics
     /// endpoint and its `/healthz`) and its I/O run between two reads.
     ///
-    /// Cancel-safe: nothing is taken from the ring before the wait completes.
+    /// Cancel-safe: nothing is taken from the ring before the wait completes, and a call after
+    /// a cancelled one looks at the ring afresh.
     pub async fn next_batch(&mut self, batch: &mut Vec<PacketRecord>) -> Result<(), CaptureError> {
         if self.more {
             tokio::task::yield_now().await;
         } else {
-            tokio::select! {
-                guard = self.ring.readable_mut() => {
-                    // Cleared before draining: a wakeup sent while we drain is not lost.
-                    guard.map_err(CaptureError::Poll)?.clear_ready();
+            if self.ring.get_ref().unread_bytes() == 0 {
+                self.wait_readable().await?;
+            }
+            let due = self.last_read + self.poll_interval;
+            while Instant::now() < due && self.ring.get_ref().unread_bytes() < self.wakeup_bytes {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    ready = self.wait_readable() => ready?,
                 }
-                _ = self.poll.tick() => {}
             }
         }
         self.drain(batch, MAX_BATCH);
+        self.last_read = Instant::now();
+        Ok(())
+    }
+
+    /// Waits for the kernel's next wakeup.
+    async fn wait_readable(&mut self) -> Result<(), CaptureError> {
+        let mut guard = self.ring.readable_mut().await.map_err(CaptureError::Poll)?;
+        // Cleared before reading: a wakeup sent while the ring is read is not lost.
+        guard.clear_ready();
         Ok(())
     }
 

@@ -129,6 +129,10 @@ impl Sink for Tracking {
     }
 
     fn due(&self) -> Option<Instant> {
+        // Nothing tracked, nothing to sweep: an idle agent is not woken for it.
+        if self.tracker.is_empty() {
+            return self.output.due();
+        }
         Some(
             self.output
                 .due()
