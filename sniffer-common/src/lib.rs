@@ -26,6 +26,14 @@ pub const PORTS_MAP: &str = "PORTS";
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of `u64` counters indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the ring buffer carrying the first bytes of matched packets while a packet capture
+/// asks for them: a [`CapturedHeader`] then the bytes, per packet.
+pub const PACKETS_MAP: &str = "PACKETS";
+/// Name of the array of two `u32` telling the program what to copy into `PACKETS`, indexed by
+/// [`CaptureControl`]; all zero (the default) copies nothing.
+pub const CAPTURE_MAP: &str = "CAPTURE";
+/// Name of the per-CPU array (one [`CaptureBuffer`]) the program assembles a packet's bytes in.
+pub const SCRATCH_MAP: &str = "SCRATCH";
 /// Name of the global (`u8`, a [`LinkLayer`] value) telling the program what precedes the IP header.
 pub const LINK_LAYER_GLOBAL: &str = "LINK_LAYER";
 /// Name of the global (`u64`, a power of two) setting how much unread data wakes userspace.
@@ -73,11 +81,71 @@ pub enum Counter {
     Matched = 0,
     /// Matched packets lost because the ring buffer had no room for their record.
     RingFull = 1,
+    /// Packets copied for a packet capture.
+    Captured = 2,
+    /// Packets a packet capture asked for and lost because `PACKETS` had no room.
+    CaptureRingFull = 3,
 }
 
 impl Counter {
     /// Number of counters, i.e. the `max_entries` of `COUNTERS`.
+    pub const COUNT: u32 = 4;
+}
+
+/// The entries of `CAPTURE`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureControl {
+    /// Non-zero: copy each matched packet up to the end of its TCP header.
+    Headers = 0,
+    /// Non-zero: copy each matched packet's first this many bytes (at most
+    /// [`CAPTURE_MAX_BYTES`]), or up to the end of its TCP header if that is further and
+    /// `Headers` is set.
+    Snaplen = 1,
+}
+
+impl CaptureControl {
+    /// Number of entries, i.e. the `max_entries` of `CAPTURE`.
     pub const COUNT: u32 = 2;
+}
+
+/// The most bytes of one packet a capture copies (a power of two: the kernel program bounds
+/// lengths with it).
+pub const CAPTURE_MAX_BYTES: u32 = 4096;
+const _: () = assert!(CAPTURE_MAX_BYTES.is_power_of_two());
+/// `PACKETS` size compiled into the object, and the loader's default when captures are on.
+pub const DEFAULT_PACKETS_RING_BYTES: u32 = 2 << 20;
+
+/// What precedes a packet's bytes in `PACKETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapturedHeader {
+    /// `bpf_ktime_get_ns()` at capture, the same value as the packet's [`PacketRecord::ts_ns`].
+    pub ts_ns: u64,
+    /// The packet's length on the interface.
+    pub len: u32,
+    /// Bytes copied after this header.
+    pub captured: u32,
+    /// See [`PacketRecord::headers_len`].
+    pub headers_len: u32,
+    /// TCP source port.
+    pub src_port: u16,
+    /// TCP destination port.
+    pub dst_port: u16,
+}
+
+/// Bytes of a [`CapturedHeader`].
+pub const CAPTURED_HEADER_SIZE: usize = core::mem::size_of::<CapturedHeader>();
+const _: () = assert!(CAPTURED_HEADER_SIZE == 24);
+
+/// The per-CPU scratch space where the program assembles one `PACKETS` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CaptureBuffer {
+    /// The entry's header.
+    pub header: CapturedHeader,
+    /// The packet's first bytes.
+    pub data: [u8; CAPTURE_MAX_BYTES as usize],
 }
 
 /// `pkt_type` the kernel reports for a packet addressed to this host (`PACKET_HOST`).
@@ -162,8 +230,9 @@ pub struct PacketRecord {
     pub ip_version: u8,
     /// The kernel's packet type (`PACKET_HOST`, `PACKET_OUTGOING`, …).
     pub pkt_type: u32,
-    /// Explicit padding so the layout has no hidden bytes (size is a multiple of 8).
-    pub _pad: u32,
+    /// Bytes from the start of the frame to the end of the TCP header, options included: what
+    /// a headers-only packet capture keeps.
+    pub headers_len: u32,
 }
 
 impl PacketRecord {
@@ -207,3 +276,7 @@ const _: () = assert!(RECORD_SIZE.is_multiple_of(8));
 // SAFETY: `PacketRecord` is `repr(C)`, made only of integers and arrays of integers, with explicit
 // padding: every bit pattern is a valid value and no byte is uninitialised.
 unsafe impl aya::Pod for PacketRecord {}
+
+#[cfg(feature = "user")]
+// SAFETY: `CapturedHeader` is `repr(C)`, made only of integers, without padding (24 bytes).
+unsafe impl aya::Pod for CapturedHeader {}

@@ -247,7 +247,7 @@ fn tcp_header(
         ip_version,
         src_addr,
         dst_addr,
-        l4_offset: _,
+        l4_offset,
         l4_len,
     } = network;
     let header_len = u32::from(h[12] >> 4) * 4;
@@ -268,7 +268,8 @@ fn tcp_header(
         tcp_flags: h[13],
         ip_version,
         pkt_type: 0,
-        _pad: 0,
+        // At most 64 KiB of link, IP and TCP headers: the offsets come from 16-bit fields.
+        headers_len: (l4_offset as u32).saturating_add(header_len),
     })
 }
 
@@ -362,6 +363,7 @@ mod tests {
         assert_eq!(r.payload_len, 0);
         assert_eq!(r.len, packet.len() as u32);
         assert_eq!(r.len, 14 + 20 + 40);
+        assert_eq!(r.headers_len, 14 + 20 + 40);
     }
 
     #[test]
@@ -371,6 +373,11 @@ mod tests {
         let packet = frame(ETH_P_IPV4, &ipv4(6, 10, 0, &segment));
         let r = parse(&packet).expect("tcp with IP options");
         assert_eq!(r.payload_len, 100);
+        assert_eq!(
+            r.headers_len,
+            14 + 20 + 40 + 32,
+            "IP and TCP options included"
+        );
         assert_eq!((r.src_port, r.dst_port), (8080, 40000));
     }
 
@@ -382,6 +389,11 @@ mod tests {
         let r = parse(&packet).unwrap();
         assert_eq!(r.payload_len, 0);
         assert_eq!(r.len, 60);
+        assert_eq!(
+            r.headers_len,
+            14 + 20 + 20,
+            "padding is not a header either"
+        );
     }
 
     #[test]
@@ -446,6 +458,7 @@ mod tests {
         chain.extend_from_slice(&segment);
         let r = parse(&frame(ETH_P_IPV6, &ipv6(IPV6_HOP_BY_HOP, &chain))).expect("ext headers");
         assert_eq!(r.payload_len, 7);
+        assert_eq!(r.headers_len, 14 + 40 + 8 + 16 + 8 + 20);
         assert_eq!(r.src_port, 443);
 
         let mut later_fragment = Vec::from([IPPROTO_TCP, 0, 0x05, 0x00, 0, 0, 0, 9]);

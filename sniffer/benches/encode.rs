@@ -62,7 +62,7 @@ fn raw(i: u64) -> PacketRecord {
         } else {
             PACKET_OUTGOING
         },
-        _pad: 0,
+        headers_len: 0,
     }
 }
 

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::{
     encode::{Format, UnknownFormat},
+    pcap::config::{CaptureArgs, CaptureConfig, CaptureConfigError},
     ports_watch::MAX_PORTS_FILE_BYTES,
 };
 use cli_support::small_file::{SmallFileError, read_small_file};
@@ -144,6 +145,9 @@ pub struct Args {
     /// Node name (downward API), included in logs.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// The packet capture endpoint (`CAPTURE_*`).
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 }
 
 /// How to reach the collector.
@@ -247,6 +251,8 @@ pub struct Config {
     pub records: Records,
     /// The connection tracker's limits, used unless `records` is [`Records::Packets`].
     pub tracker: TrackerConfig,
+    /// The packet capture endpoint; `None` when `CAPTURE_LISTEN` is `off`.
+    pub capture: Option<CaptureConfig>,
 }
 
 /// What the agent sends (`RECORDS`).
@@ -393,6 +399,9 @@ pub enum ConfigError {
         /// Largest accepted value.
         max: u64,
     },
+    /// A `CAPTURE_*` value is invalid.
+    #[error(transparent)]
+    Capture(#[from] CaptureConfigError),
 }
 
 impl Args {
@@ -502,6 +511,7 @@ impl Args {
             ring_poll_interval: Duration::from_millis(self.ring_poll_interval_ms),
             records,
             tracker,
+            capture: self.capture.validate()?,
         })
     }
 
@@ -666,6 +676,27 @@ impl Placement {
             node,
         } = self.clone();
         [("pod", pod), ("namespace", namespace), ("node", node)]
+    }
+
+    /// Where the sniffer runs, in words (a capture's interface description): `pod web-1,
+    /// namespace shop, node n1`, the unknown parts left out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sniffer::config::Placement;
+    ///
+    /// let placement = Placement { pod: Some("web-1".into()), namespace: None, node: Some("n1".into()) };
+    /// assert_eq!(placement.describe(), "pod web-1, node n1");
+    /// assert_eq!(Placement::default().describe(), "");
+    /// ```
+    #[must_use]
+    pub fn describe(&self) -> String {
+        self.log_fields()
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|value| format!("{name} {value}")))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

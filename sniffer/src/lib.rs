@@ -11,12 +11,17 @@
 //! | encode | [`encode`] | a kernel record → [`encode::record::Record`] → JSON; [`encode::batch`] the batch body; [`encode::Encoder`] bodies for the sender threads |
 //! | deliver | [`deliver`] | the [`deliver::Sink`] both outputs implement: [`deliver::stdout`] NDJSON lines, [`deliver::http`] batches ([`deliver::batch`]) POSTed by sender threads with [`deliver::retry`] and [`deliver::resolve`] |
 //! | account | [`metrics`] | every record's fate, Prometheus text, the `METRICS_ADDR` endpoint |
+//! | show packets | [`pcap`] | on request, packets' headers as pcapng for Wireshark on `CAPTURE_LISTEN`: [`capture::packets`] the kernel's copies, [`pcap::server`] the endpoint, [`pcap::recorder`] the flight recorder |
+//!
+//! [`endpoint`] is the small bounded HTTP/1.1 server both endpoints use.
 
 pub mod capture;
 pub mod config;
 pub mod connections;
 pub mod deliver;
 pub mod encode;
+pub mod endpoint;
 pub mod metrics;
+pub mod pcap;
 pub mod podinfo;
 pub mod ports_watch;

@@ -20,12 +20,23 @@ use sniffer::{
     connections::Tracking,
     deliver::{Sink, http::HttpOutput, stdout::Lines},
     encode::AgentInfo,
+    endpoint,
     metrics::{self, Stats, add, get},
+    pcap::{
+        Captures,
+        config::CaptureConfig,
+        pcapng::LinkType,
+        run_tap,
+        server::{Interface, Server},
+    },
     podinfo::PortsChange,
     ports_watch::{PortsWatch, Seen},
 };
-use sniffer_common::echo::Echo;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use sniffer_common::{DEFAULT_PACKETS_RING_BYTES, LinkLayer, echo::Echo};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::watch,
+};
 
 /// How often the housekeeping runs: the kernel's counters are read (and new ring losses
 /// reported), the interface checked and `PORTS_FILE` read (the kubelet itself updates it within
@@ -158,10 +169,11 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     stats
         .ring_buffer_bytes
         .store(u64::from(config.ring_buffer_bytes), Relaxed);
+    let description = placement.describe();
     let mut sink = pipeline(sink(config, placement, &stats)?, config, &stats);
     if let Some(addr) = config.metrics_addr {
         // Bound here, so that a scrape right after "capture attached" finds it listening.
-        let listener = metrics::bind(addr).await;
+        let listener = endpoint::bind(addr).await;
         if listener.is_ok() {
             info!(address = addr.to_string().as_str(); "metrics endpoint listening");
         }
@@ -179,8 +191,21 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         ring_buffer_bytes: config.ring_buffer_bytes,
         wakeup_bytes: config.ring_wakeup_bytes,
         poll_interval: config.ring_poll_interval,
+        packets_ring_bytes: config.capture.map(|_| DEFAULT_PACKETS_RING_BYTES),
     })
     .with_context(|| format!("cannot start capture on {}", config.interface))?;
+    let (ports_tx, ports_rx) = watch::channel(config.ports.clone());
+    if let Some(capture_config) = config.capture {
+        let interface = Interface {
+            name: config.interface.clone(),
+            description,
+            link: match capture.link_layer() {
+                LinkLayer::Ethernet => LinkType::Ethernet,
+                LinkLayer::RawIp => LinkType::RawIp,
+            },
+        };
+        serve_captures(&mut capture, capture_config, interface, ports_rx, &stats).await;
+    }
     info!(
         interface = config.interface.as_str(),
         ports:serde = config.ports,
@@ -192,7 +217,16 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         .ports_captured
         .store(config.ports.len() as u64, Relaxed);
 
-    let failure = match pump(&mut capture, sink.as_mut(), &stats, &mut signals, config).await {
+    let failure = match pump(
+        &mut capture,
+        sink.as_mut(),
+        &stats,
+        &mut signals,
+        config,
+        &ports_tx,
+    )
+    .await
+    {
         Ok(signal) => {
             info!(signal; "stopping");
             None
@@ -238,6 +272,43 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     failure.map_or(Ok(()), |err| Err(Failure::Runtime(err)))
 }
 
+/// Starts the packet capture endpoint and the reader of the packets' ring that feeds it.
+async fn serve_captures(
+    capture: &mut Capture,
+    config: CaptureConfig,
+    interface: Interface,
+    ports: watch::Receiver<Vec<u16>>,
+    stats: &Arc<Stats>,
+) {
+    let Some(source) = capture.take_packet_source() else {
+        return;
+    };
+    let captures = Captures::new(&config, Arc::clone(stats));
+    tokio::spawn({
+        let captures = Arc::clone(&captures);
+        async move {
+            if let Err(err) = run_tap(source, captures).await {
+                error!(error = err.to_string().as_str(); "packet captures stopped: {err}");
+            }
+        }
+    });
+    // Bound here, so that a capture asked for right after "capture attached" finds it listening.
+    let listener = endpoint::bind(config.listen).await;
+    if listener.is_ok() {
+        info!(address = config.listen.to_string().as_str(),
+              max_snaplen = config.max_snaplen, recorder_bytes = config.recorder_bytes;
+              "packet capture endpoint listening");
+    }
+    let server = Server {
+        captures,
+        config,
+        ports,
+        interface,
+        stats: Arc::clone(stats),
+    };
+    tokio::spawn(server.listen_and_serve(config.listen, listener));
+}
+
 /// Moves records from the ring to `sink` until a signal arrives (its name is returned) or
 /// capture or delivery cannot go on.
 ///
@@ -251,6 +322,7 @@ async fn pump(
     stats: &Stats,
     signals: &mut Signals,
     config: &Config,
+    ports_tx: &watch::Sender<Vec<u16>>,
 ) -> anyhow::Result<&'static str> {
     let mut records = Vec::with_capacity(MAX_BATCH);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
@@ -278,6 +350,11 @@ async fn pump(
                     && let Some(seen) = watch.poll(&ports)
                 {
                     follow_ports(capture, stats, &mut ports, seen, watch.path())?;
+                    ports_tx.send_if_modified(|shared| {
+                        let changed = *shared != ports;
+                        shared.clone_from(&ports);
+                        changed
+                    });
                 }
             }
             _ = async { stats_log.as_mut().expect("guarded").tick().await }, if stats_log.is_some() => {
@@ -371,7 +448,17 @@ fn hand_over(
 
 /// Copies the kernel's counters into `stats` and reports new ring losses.
 fn read_kernel_counters(capture: &Capture, stats: &Stats) -> anyhow::Result<()> {
-    let KernelCounters { matched, ring_full } = capture.counters()?;
+    let KernelCounters {
+        matched,
+        ring_full,
+        captured,
+        capture_ring_full,
+    } = capture.counters()?;
+    stats.capture.copied.store(captured, Relaxed);
+    stats
+        .capture
+        .dropped_ring_full
+        .store(capture_ring_full, Relaxed);
     let previous = stats.dropped_ring_full.swap(ring_full, Relaxed);
     stats.packets_matched.store(matched, Relaxed);
     stats

@@ -7,18 +7,21 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
 
 use cli_support::prometheus::{Exposition, Kind, Seconds};
-use log::{debug, error, info, warn};
-
-use crate::connections::{Counts, TIME_BOUNDS_NS, TimeHistogram};
+use log::debug;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    connections::{Counts, TIME_BOUNDS_NS, TimeHistogram},
+    endpoint::{self, Endpoint},
 };
 
 /// Shared counters, updated lock-free by the reader and the sender.
@@ -79,6 +82,36 @@ pub struct Stats {
     pub delivery_seconds: DeliverySeconds,
     /// Unix time (seconds) the agent started.
     pub start_time_seconds: AtomicU64,
+    /// The packet capture endpoint's counts.
+    pub capture: CaptureStats,
+}
+
+/// What the packet capture endpoint did (`CAPTURE_LISTEN`); exported while it is on.
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    /// Captures are on.
+    pub enabled: AtomicBool,
+    /// Captures started (live and from the recorder).
+    pub started: AtomicU64,
+    /// Requests refused because `CAPTURE_MAX_CONCURRENT` captures were running.
+    pub refused_busy: AtomicU64,
+    /// Requests refused as malformed or not allowed (`4xx` other than `429`).
+    pub refused_bad_request: AtomicU64,
+    /// Captures running now.
+    pub active: AtomicU64,
+    /// Packets written into captures.
+    pub packets: AtomicU64,
+    /// Bytes of pcapng sent.
+    pub bytes: AtomicU64,
+    /// Packets the kernel copied for captures (copied from its counter).
+    pub copied: AtomicU64,
+    /// Packets a capture asked for and lost because the kernel's ring was full (copied from its
+    /// counter).
+    pub dropped_ring_full: AtomicU64,
+    /// Packets a capture lost because its client read slower than the traffic came.
+    pub dropped_slow_client: AtomicU64,
+    /// Packets the flight recorder forgot to make room for newer ones.
+    pub recorder_forgotten: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the delivery-attempt histogram's buckets: loopback to a slow
@@ -148,6 +181,7 @@ impl Stats {
             ring_used_bytes,
             delivery_seconds,
             start_time_seconds,
+            capture,
         } = self;
         let mut text = Exposition::default();
         text.family(
@@ -303,6 +337,9 @@ impl Stats {
             );
             render_connections(&mut text, &counts, tracked);
         }
+        if capture.enabled.load(Relaxed) {
+            render_capture(&mut text, capture);
+        }
         text.finish()
     }
 
@@ -323,6 +360,79 @@ impl Stats {
             None
         }
     }
+}
+
+/// The packet capture endpoint's families.
+fn render_capture(text: &mut Exposition, capture: &CaptureStats) {
+    let CaptureStats {
+        enabled: _,
+        started,
+        refused_busy,
+        refused_bad_request,
+        active,
+        packets,
+        bytes,
+        copied,
+        dropped_ring_full,
+        dropped_slow_client,
+        recorder_forgotten,
+    } = capture;
+    let mut family = text.family(
+        "tcp_sniffer_captures_total",
+        Kind::Counter,
+        "Packet capture requests, by result: started, or refused (busy: CAPTURE_MAX_CONCURRENT running; bad_request: malformed or not allowed).",
+    );
+    for (result, value) in [
+        ("started", started),
+        ("busy", refused_busy),
+        ("bad_request", refused_bad_request),
+    ] {
+        family.sample(&[("result", result)], get(value));
+    }
+    let mut one = |name, kind, help, value| {
+        text.family(name, kind, help).sample(&[], get(value));
+    };
+    one(
+        "tcp_sniffer_captures_active",
+        Kind::Gauge,
+        "Packet captures being served now.",
+        active,
+    );
+    one(
+        "tcp_sniffer_capture_packets_total",
+        Kind::Counter,
+        "Packets written into packet captures.",
+        packets,
+    );
+    one(
+        "tcp_sniffer_capture_bytes_total",
+        Kind::Counter,
+        "Bytes of pcapng sent to capture clients.",
+        bytes,
+    );
+    one(
+        "tcp_sniffer_capture_packets_copied_total",
+        Kind::Counter,
+        "Packets the kernel program copied for captures and the flight recorder.",
+        copied,
+    );
+    let mut family = text.family(
+        "tcp_sniffer_capture_packets_dropped_total",
+        Kind::Counter,
+        "Packets captures asked for and lost, by reason: ring_full (the kernel's ring), slow_client (a client read slower than the traffic came).",
+    );
+    for (reason, value) in [
+        ("ring_full", dropped_ring_full),
+        ("slow_client", dropped_slow_client),
+    ] {
+        family.sample(&[("reason", reason)], get(value));
+    }
+    text.family(
+        "tcp_sniffer_capture_recorder_forgotten_total",
+        Kind::Counter,
+        "Packets the flight recorder (CAPTURE_RECORDER_BYTES) forgot to make room for newer ones.",
+    )
+    .sample(&[], get(recorder_forgotten));
 }
 
 /// The connection tracker's families: bounded labels only (how a connection ended), never an
@@ -416,108 +526,43 @@ fn histogram(
 pub const MAX_METRICS_CONNECTIONS: usize = 16;
 /// The longest a metrics connection may take.
 const METRICS_CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
-/// Waits after a failed accept (out of descriptors, say) grow from the first to the last.
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
-/// How often a failing accept is logged.
-const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves `GET /metrics` and `GET /healthz` over plain HTTP/1.1, one request per connection.
+/// The metrics endpoint, as [`endpoint`] serves it.
+pub const ENDPOINT: Endpoint = Endpoint {
+    variable: "METRICS_ADDR",
+    what: "metrics and /healthz",
+    max_connections: MAX_METRICS_CONNECTIONS,
+};
+
+/// Serves `GET /metrics` and `GET /healthz` over plain HTTP/1.1, one request per connection, on
+/// `addr` (bound already, or not: see [`endpoint::listen_and_serve`]).
 ///
 /// Requests are small and rare (a scrape every few seconds), so each connection gets a task, a
-/// 5-second deadline and an 8 KiB limit instead of a full HTTP stack. At most
-/// [`MAX_METRICS_CONNECTIONS`] at once; an accept that fails waits before the next one (up to a
-/// second) instead of spinning, and is logged at most every 10 s.
-pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let mut backoff = ACCEPT_BACKOFF.0;
-    let mut logged: Option<tokio::time::Instant> = None;
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => {
-                backoff = ACCEPT_BACKOFF.0;
-                accepted
-            }
-            Err(err) => {
-                if logged.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL) {
-                    warn!(error = err.to_string().as_str(); "metrics endpoint cannot accept connections; retrying");
-                    logged = Some(tokio::time::Instant::now());
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
-                continue;
-            }
-        };
-        if open.fetch_add(1, Relaxed) >= MAX_METRICS_CONNECTIONS {
-            open.fetch_sub(1, Relaxed);
-            drop(stream);
-            continue;
-        }
-        let (stats, open) = (Arc::clone(&stats), Arc::clone(&open));
-        tokio::spawn(async move {
-            if let Err(err) =
-                tokio::time::timeout(METRICS_CONNECTION_DEADLINE, respond(stream, &stats)).await
-            {
-                debug!(peer = peer.to_string().as_str(), error = err.to_string().as_str(); "metrics request timed out");
-            }
-            open.fetch_sub(1, Relaxed);
-        });
-    }
-}
-
-/// Listens on `addr`. The IPv6 wildcard (`[::]:9464`, what the injector sets: every address of
-/// the pod, IPv4 included) falls back to the IPv4 wildcard in a pod without IPv6.
-///
-/// # Errors
-///
-/// When neither can be bound.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    match TcpListener::bind(addr).await {
-        Err(err)
-            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
-                && (err.kind() == std::io::ErrorKind::AddrNotAvailable
-                    || err.raw_os_error() == Some(libc::EAFNOSUPPORT)) =>
-        {
-            TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port())).await
-        }
-        bound => bound,
-    }
-}
-
-/// Listens on `addr` and [serves](serve) there. When the address cannot be taken (an app in the
-/// pod uses the port), capture goes on: the error is logged and the bind retried every 10 s, so
-/// a sidecar never crash-loops, and so never makes its pod unready, over its metrics port.
+/// 5-second deadline and an 8 KiB limit instead of a full HTTP stack, and at most
+/// [`MAX_METRICS_CONNECTIONS`] are served at once.
 pub async fn listen_and_serve(
     addr: SocketAddr,
     first: std::io::Result<TcpListener>,
     stats: Arc<Stats>,
 ) {
-    let mut bound = first;
-    loop {
-        match bound {
-            Ok(listener) => return serve(listener, stats).await,
-            Err(err) => {
-                error!(address = addr.to_string().as_str(), error = err.to_string().as_str();
-                       "cannot listen on METRICS_ADDR; metrics and /healthz are off until it can (retrying every 10 s)");
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                bound = bind(addr).await;
-                if bound.is_ok() {
-                    info!(address = addr.to_string().as_str(); "metrics endpoint listening");
-                }
+    endpoint::listen_and_serve(ENDPOINT, addr, first, move |stream, peer| {
+        let stats = Arc::clone(&stats);
+        async move {
+            if let Err(err) =
+                tokio::time::timeout(METRICS_CONNECTION_DEADLINE, respond(stream, &stats)).await
+            {
+                debug!(peer = peer.to_string().as_str(), error = err.to_string().as_str(); "metrics request timed out");
             }
         }
-    }
+    })
+    .await;
 }
 
 async fn respond(mut stream: TcpStream, stats: &Stats) {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let (status, content_type, body) = route(&head, stats);
+    let Some(line) = endpoint::read_request_line(&mut stream).await else {
+        return;
+    };
+    let (status, content_type, body) = route(&line.method, &line.target, stats);
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -526,23 +571,17 @@ async fn respond(mut stream: TcpStream, stats: &Stats) {
     let _ = stream.shutdown().await;
 }
 
-/// Chooses the response for a request head.
-fn route(head: &[u8], stats: &Stats) -> (&'static str, &'static str, String) {
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
+/// Chooses the response for a request.
+fn route(method: &str, target: &str, stats: &Stats) -> (&'static str, &'static str, String) {
     let text = "text/plain; charset=utf-8";
-    match (method, path) {
-        (b"GET", b"/metrics") => (
+    match (method, target) {
+        ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             stats.render(),
         ),
-        (b"GET", b"/healthz") if stats.healthy() => ("200 OK", text, "ok\n".to_owned()),
-        (b"GET", b"/healthz") => (
+        ("GET", "/healthz") if stats.healthy() => ("200 OK", text, "ok\n".to_owned()),
+        ("GET", "/healthz") => (
             "503 Service Unavailable",
             text,
             format!(
@@ -550,7 +589,7 @@ fn route(head: &[u8], stats: &Stats) -> (&'static str, &'static str, String) {
                 stats.failure().unwrap_or_default()
             ),
         ),
-        (b"GET", _) => (
+        ("GET", _) => (
             "404 Not Found",
             text,
             "not found: try /metrics or /healthz\n".to_owned(),
@@ -653,21 +692,17 @@ mod tests {
     #[test]
     fn routes() {
         let stats = Stats::default();
-        assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &stats).0,
-            "200 OK"
-        );
-        assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n", &stats).2, "ok\n");
+        assert_eq!(route("GET", "/metrics", &stats).0, "200 OK");
+        assert_eq!(route("GET", "/healthz", &stats).2, "ok\n");
         stats.sender_failed.store(true, Relaxed);
         assert_eq!(
-            route(b"GET /healthz HTTP/1.1\r\n\r\n", &stats).0,
+            route("GET", "/healthz", &stats).0,
             "503 Service Unavailable"
         );
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n", &stats).0, "404 Not Found");
+        assert_eq!(route("GET", "/", &stats).0, "404 Not Found");
         assert_eq!(
-            route(b"POST /metrics HTTP/1.1\r\n\r\n", &stats).0,
+            route("POST", "/metrics", &stats).0,
             "405 Method Not Allowed"
         );
-        assert_eq!(route(b"", &stats).0, "405 Method Not Allowed");
     }
 }

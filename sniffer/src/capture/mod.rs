@@ -2,12 +2,11 @@
 //! ring buffer; [`clock`] places the kernel's timestamps on the wall clock.
 
 pub mod clock;
+pub mod packets;
 pub mod ring;
 pub mod socket;
 
 use std::{io, time::Duration};
-
-use tokio::time::Instant;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -15,17 +14,23 @@ use aya::{
     programs::{ProgramError, SocketFilter, socket_filter::SocketFilterError},
 };
 use sniffer_common::{
-    COUNTERS_MAP, Counter, EVENTS_MAP, LINK_LAYER_GLOBAL, PORTS_MAP, PROGRAM_NAME, PacketRecord,
-    RECORD_SIZE, WAKEUP_BYTES_GLOBAL,
+    CAPTURE_MAP, COUNTERS_MAP, Counter, EVENTS_MAP, LINK_LAYER_GLOBAL, LinkLayer, PACKETS_MAP,
+    PORTS_MAP, PROGRAM_NAME, PacketRecord, RECORD_SIZE, WAKEUP_BYTES_GLOBAL,
     ports::{bitmap_changes, port_bitmap},
 };
 use thiserror::Error;
-use tokio::io::{Interest, unix::AsyncFd};
 
 use self::{
-    ring::Ring,
+    packets::PacketSource,
+    ring::{PacedRing, Ring},
     socket::{PacketSocket, SocketError},
 };
+
+/// This machine's page size: the smallest ring the kernel makes.
+fn page_size() -> u32 {
+    // SAFETY: no preconditions.
+    u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SNIFFER_EBPF_OBJECT"));
@@ -86,6 +91,9 @@ pub struct CaptureOptions<'a> {
     /// The reader reads at most once per this interval while fewer than `wakeup_bytes` wait:
     /// the longest a record of slow traffic waits in the ring.
     pub poll_interval: Duration,
+    /// Size of the ring packet captures read (a power of two and a page multiple), or `None`
+    /// when captures are off: the ring is then one page, and [`Capture::packet_source`] `None`.
+    pub packets_ring_bytes: Option<u32>,
 }
 
 /// Totals kept by the kernel program, summed over CPUs.
@@ -95,6 +103,10 @@ pub struct KernelCounters {
     pub matched: u64,
     /// Matched packets whose record was lost because the ring was full.
     pub ring_full: u64,
+    /// Packets copied for packet captures.
+    pub captured: u64,
+    /// Packets captures asked for and lost because their ring was full.
+    pub capture_ring_full: u64,
 }
 
 /// Kernel-side cost of the program, from the kernel's BPF statistics.
@@ -108,20 +120,16 @@ pub struct ProgramStats {
 
 /// A running capture: the program attached to a bound packet socket, and the ring to read.
 pub struct Capture {
-    ring: AsyncFd<Ring>,
+    ring: PacedRing,
+    /// The packet captures' ring, until [`Capture::take_packet_source`] hands it out.
+    packets: Option<PacketSource>,
     counters: PerCpuArray<MapData, u64>,
     /// Closing the socket detaches the program; `None` once stopped.
     socket: Option<PacketSocket>,
     /// Records of unexpected size taken off the ring (a loader/object mismatch).
     malformed: u64,
-    /// The last drain stopped at [`MAX_BATCH`] with records left.
-    more: bool,
-    /// When the ring was last read.
-    last_read: Instant,
-    /// See [`CaptureOptions::poll_interval`].
-    poll_interval: Duration,
-    /// See [`CaptureOptions::wakeup_bytes`].
-    wakeup_bytes: usize,
+    /// What precedes the IP header on the interface.
+    link_layer: LinkLayer,
     ebpf: Ebpf,
 }
 
@@ -137,13 +145,16 @@ impl Capture {
             ring_buffer_bytes,
             wakeup_bytes,
             poll_interval,
+            packets_ring_bytes,
         } = *options;
         let socket = PacketSocket::open()?;
-        let link = socket.link_layer(interface)? as u8;
+        let link_layer = socket.link_layer(interface)?;
+        let link = link_layer as u8;
         let mut ebpf = EbpfLoader::new()
             .override_global(LINK_LAYER_GLOBAL, &link, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
             .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
+            .map_max_entries(PACKETS_MAP, packets_ring_bytes.unwrap_or_else(page_size))
             .load(OBJECT)?;
 
         let mut port_map: Array<_, u64> = Array::try_from(
@@ -168,6 +179,15 @@ impl Capture {
             _ => return Err(CaptureError::Missing(EVENTS_MAP)),
         };
         let ring = Ring::new(events, ring_buffer_bytes).map_err(CaptureError::Ring)?;
+        let packets = match packets_ring_bytes {
+            Some(bytes) => Some(Self::packet_source(
+                &mut ebpf,
+                bytes,
+                poll_interval,
+                wakeup_bytes,
+            )?),
+            None => None,
+        };
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP)
                 .ok_or(CaptureError::Missing(COUNTERS_MAP))?,
@@ -186,61 +206,61 @@ impl Capture {
         socket.bind(ifindex)?;
 
         Ok(Self {
-            // SAFETY: the ring owns its map descriptor, which stays open and unchanged for as
-            // long as the `AsyncFd` owns the ring.
-            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                .map_err(|err| CaptureError::Poll(err.into_parts().1))?,
+            ring: PacedRing::new(ring, poll_interval, wakeup_bytes).map_err(CaptureError::Poll)?,
             counters,
             socket: Some(socket),
             malformed: 0,
-            more: false,
-            last_read: Instant::now(),
-            poll_interval,
-            wakeup_bytes: usize::try_from(wakeup_bytes).unwrap_or(usize::MAX),
+            packets,
+            link_layer,
             ebpf,
         })
     }
 
-    /// Waits until records are due, then moves up to [`MAX_BATCH`] records into `batch`
-    /// (possibly none).
+    /// Waits until records are due ([`PacedRing`]), then moves up to [`MAX_BATCH`] records
+    /// into `batch` (possibly none).
     ///
-    /// An empty ring is waited on without a timer: the kernel wakes the reader for the first
-    /// record, so an idle sniffer sleeps. Records are then read at most once per
-    /// [`CaptureOptions::poll_interval`], sooner when [`CaptureOptions::wakeup_bytes`] wait, so
-    /// that a steady trickle costs a few wakeups a second, not one per packet.
-    ///
-    /// With records left from the last read it does not wait, but it yields to the runtime
-    /// first: a backlog that never empties still lets the runtime's other tasks (the metrics
-    /// endpoint and its `/healthz`) and its I/O run between two reads.
-    ///
-    /// Cancel-safe: nothing is taken from the ring before the wait completes, and a call after
-    /// a cancelled one looks at the ring afresh.
+    /// Cancel-safe: nothing is taken from the ring before the wait completes.
     pub async fn next_batch(&mut self, batch: &mut Vec<PacketRecord>) -> Result<(), CaptureError> {
-        if self.more {
-            tokio::task::yield_now().await;
-        } else {
-            if self.ring.get_ref().unread_bytes() == 0 {
-                self.wait_readable().await?;
-            }
-            let due = self.last_read + self.poll_interval;
-            while Instant::now() < due && self.ring.get_ref().unread_bytes() < self.wakeup_bytes {
-                tokio::select! {
-                    () = tokio::time::sleep_until(due) => {}
-                    ready = self.wait_readable() => ready?,
-                }
-            }
-        }
+        self.ring.ready().await.map_err(CaptureError::Poll)?;
         self.drain(batch, MAX_BATCH);
-        self.last_read = Instant::now();
         Ok(())
     }
 
-    /// Waits for the kernel's next wakeup.
-    async fn wait_readable(&mut self) -> Result<(), CaptureError> {
-        let mut guard = self.ring.readable_mut().await.map_err(CaptureError::Poll)?;
-        // Cleared before reading: a wakeup sent while the ring is read is not lost.
-        guard.clear_ready();
-        Ok(())
+    fn packet_source(
+        ebpf: &mut Ebpf,
+        ring_bytes: u32,
+        poll_interval: Duration,
+        wakeup_bytes: u64,
+    ) -> Result<PacketSource, CaptureError> {
+        let ring = match ebpf.take_map(PACKETS_MAP) {
+            Some(aya::maps::Map::RingBuf(data)) => data,
+            _ => return Err(CaptureError::Missing(PACKETS_MAP)),
+        };
+        let ring = Ring::new(ring, ring_bytes).map_err(CaptureError::Ring)?;
+        let control = Array::try_from(
+            ebpf.take_map(CAPTURE_MAP)
+                .ok_or(CaptureError::Missing(CAPTURE_MAP))?,
+        )
+        .map_err(|source| CaptureError::Map {
+            name: CAPTURE_MAP,
+            source,
+        })?;
+        Ok(PacketSource::new(
+            PacedRing::new(ring, poll_interval, wakeup_bytes).map_err(CaptureError::Poll)?,
+            control,
+        ))
+    }
+
+    /// What precedes the IP header on the interface captured.
+    #[must_use]
+    pub const fn link_layer(&self) -> LinkLayer {
+        self.link_layer
+    }
+
+    /// The ring packet captures read, and the switch that fills it; `None` when captures are
+    /// off or it was taken already.
+    pub fn take_packet_source(&mut self) -> Option<PacketSource> {
+        self.packets.take()
     }
 
     /// Stops capturing: closes the socket, which detaches the program. Records already in the
@@ -256,7 +276,7 @@ impl Capture {
 
     fn drain(&mut self, batch: &mut Vec<PacketRecord>, limit: usize) {
         let malformed = &mut self.malformed;
-        self.more = self.ring.get_mut().read(limit, |item| {
+        self.ring.read(limit, |item| {
             if item.len() == RECORD_SIZE {
                 // SAFETY: the ring holds `PacketRecord`s written by the kernel program, which
                 // shares this definition; `read_unaligned` needs no alignment.
@@ -302,7 +322,7 @@ impl Capture {
     /// Bytes of the ring the kernel wrote and the reader has not read yet: how full it is.
     #[must_use]
     pub fn ring_unread_bytes(&self) -> u64 {
-        self.ring.get_ref().unread_bytes() as u64
+        self.ring.unread_bytes() as u64
     }
 
     /// Reads the kernel's counters.
@@ -320,6 +340,8 @@ impl Capture {
         Ok(KernelCounters {
             matched: read(Counter::Matched)?,
             ring_full: read(Counter::RingFull)?,
+            captured: read(Counter::Captured)?,
+            capture_ring_full: read(Counter::CaptureRingFull)?,
         })
     }
 

@@ -17,9 +17,14 @@ use std::{
     os::fd::{AsFd as _, AsRawFd, RawFd},
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicUsize, Ordering},
+    time::Duration,
 };
 
 use aya::maps::MapData;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::Instant,
+};
 
 /// Set in a record's length while the kernel is writing it.
 const BUSY: u32 = 1 << 31;
@@ -180,5 +185,85 @@ impl Ring {
 impl AsRawFd for Ring {
     fn as_raw_fd(&self) -> RawFd {
         self.map.fd().as_fd().as_raw_fd()
+    }
+}
+
+/// A [`Ring`] read at a pace: waited on without a timer while empty (the kernel program wakes
+/// the reader for the first record), then read at most once per `interval` while less than
+/// `wakeup_bytes` wait, so that a steady trickle costs a few wakeups a second, not one per
+/// record, and an idle reader sleeps.
+#[derive(Debug)]
+pub struct PacedRing {
+    ring: AsyncFd<Ring>,
+    /// The last read stopped at its limit with records left.
+    more: bool,
+    last_read: Instant,
+    interval: Duration,
+    wakeup_bytes: usize,
+}
+
+impl PacedRing {
+    /// Paces `ring`. Must run inside a tokio runtime with I/O enabled.
+    ///
+    /// # Errors
+    ///
+    /// When the ring cannot be registered with the runtime.
+    pub fn new(ring: Ring, interval: Duration, wakeup_bytes: u64) -> io::Result<Self> {
+        Ok(Self {
+            // SAFETY: the ring owns its map descriptor, which stays open and unchanged for as
+            // long as the `AsyncFd` owns the ring.
+            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|err| err.into_parts().1)?,
+            more: false,
+            last_read: Instant::now(),
+            interval,
+            wakeup_bytes: usize::try_from(wakeup_bytes).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// Waits until records are due: at once with records left from the last read (after
+    /// yielding to the runtime, so that a backlog that never empties still lets its other tasks
+    /// and its I/O run), otherwise as the type's documentation says.
+    ///
+    /// Cancel-safe: nothing is read, and a call after a cancelled one looks at the ring afresh.
+    ///
+    /// # Errors
+    ///
+    /// When waiting on the ring's descriptor fails.
+    pub async fn ready(&mut self) -> io::Result<()> {
+        if self.more {
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
+        if self.ring.get_ref().unread_bytes() == 0 {
+            self.wait_readable().await?;
+        }
+        let due = self.last_read + self.interval;
+        while Instant::now() < due && self.ring.get_ref().unread_bytes() < self.wakeup_bytes {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                ready = self.wait_readable() => ready?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_readable(&mut self) -> io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        // Cleared before reading: a wakeup sent while the ring is read is not lost.
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Reads up to `limit` records, as [`Ring::read`] does.
+    pub fn read(&mut self, limit: usize, each: impl FnMut(&[u8])) {
+        self.more = self.ring.get_mut().read(limit, each);
+        self.last_read = Instant::now();
+    }
+
+    /// See [`Ring::unread_bytes`].
+    #[must_use]
+    pub fn unread_bytes(&self) -> usize {
+        self.ring.get_ref().unread_bytes()
     }
 }

@@ -455,7 +455,7 @@ mod tests {
             tcp_flags: 0xff,
             ip_version: 6,
             pkt_type: 4,
-            _pad: 0,
+            headers_len: 0,
         };
         Record::from_kernel(&raw, &WallClock::from_offset(0))
     }

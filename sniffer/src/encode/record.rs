@@ -115,7 +115,7 @@ impl Record {
             tcp_flags,
             ip_version,
             pkt_type,
-            _pad,
+            headers_len: _,
         } = *raw;
         Self {
             ts: clock.wall(ts_ns),
@@ -393,7 +393,7 @@ mod tests {
             tcp_flags: tcp_flags::SYN,
             ip_version: 4,
             pkt_type: 0,
-            _pad: 0,
+            headers_len: 0,
         }
     }
 
@@ -546,7 +546,7 @@ mod tests {
                 tcp_flags: rng.u8(..),
                 ip_version: if six { 6 } else { 4 },
                 pkt_type: rng.u32(..6),
-                _pad: 0,
+                headers_len: 0,
             };
             let record = Record::from_kernel(&raw, &CLOCK);
             let expected = json!({

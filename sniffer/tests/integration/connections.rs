@@ -32,7 +32,7 @@ const SMALL_WINDOW_PORT: u16 = 8091;
 /// The sniffer's idle timeout in this test.
 const IDLE_TIMEOUT_MS: u64 = 2_000;
 /// The sniffer's metrics endpoint, inside the server namespace.
-const METRICS: &str = "127.0.0.1:9465";
+const METRICS: &str = "127.0.0.1:9464";
 /// Percent of data segments dropped in each direction.
 const LOSS_PERCENT: u32 = 3;
 

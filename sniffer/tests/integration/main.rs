@@ -14,6 +14,7 @@ mod health;
 mod live_ports;
 mod netns;
 mod overload;
+mod pcapng;
 mod process;
 mod resilience;
 mod traffic;

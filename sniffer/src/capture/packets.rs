@@ -1,0 +1,178 @@
+//! The packets a packet capture asks for: while [`PacketSource::want`] says so, the kernel
+//! program copies each matched packet's first bytes into the `PACKETS` ring; this reads them.
+//! Copying nothing costs the program two array reads per packet.
+
+use aya::maps::{Array, MapData};
+use sniffer_common::{CAPTURE_MAP, CAPTURED_HEADER_SIZE, CaptureControl, CapturedHeader};
+
+use super::{CaptureError, MAX_BATCH, ring::PacedRing};
+
+/// One packet's first bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedPacket {
+    /// Capture time, the kernel's monotonic nanoseconds (the same as its record's).
+    pub ts_ns: u64,
+    /// Its length on the interface.
+    pub len: u32,
+    /// Bytes up to the end of its TCP header.
+    pub headers_len: u32,
+    /// TCP source port.
+    pub src_port: u16,
+    /// TCP destination port.
+    pub dst_port: u16,
+    /// Its first bytes, as the kernel copied them.
+    pub data: Box<[u8]>,
+}
+
+impl CapturedPacket {
+    /// Decodes a `PACKETS` entry: a [`CapturedHeader`] then the bytes; `None` when the entry is
+    /// not one (a loader/object mismatch).
+    #[must_use]
+    pub fn from_entry(entry: &[u8]) -> Option<Self> {
+        let (header, data) = entry.split_at_checked(CAPTURED_HEADER_SIZE)?;
+        // SAFETY: `CapturedHeader` is plain integers (`aya::Pod`), `header` is exactly its size,
+        // and `read_unaligned` needs no alignment.
+        let CapturedHeader {
+            ts_ns,
+            len,
+            captured,
+            headers_len,
+            src_port,
+            dst_port,
+        } = unsafe { header.as_ptr().cast::<CapturedHeader>().read_unaligned() };
+        (usize::try_from(captured).ok()? == data.len()).then(|| Self {
+            ts_ns,
+            len,
+            headers_len,
+            src_port,
+            dst_port,
+            data: data.into(),
+        })
+    }
+}
+
+/// What the kernel program copies: nothing, or up to the end of each TCP header, or the first
+/// `snaplen` bytes, or the longer of the two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// Up to the end of the TCP header.
+    pub headers: bool,
+    /// The first this many bytes (0: none).
+    pub snaplen: u32,
+}
+
+/// The `PACKETS` ring and the `CAPTURE` switch.
+pub struct PacketSource {
+    ring: PacedRing,
+    control: Array<MapData, u32>,
+    wanted: Wanted,
+    /// Entries that were not a header and its bytes.
+    malformed: u64,
+}
+
+impl PacketSource {
+    pub(super) const fn new(ring: PacedRing, control: Array<MapData, u32>) -> Self {
+        Self {
+            ring,
+            control,
+            wanted: Wanted {
+                headers: false,
+                snaplen: 0,
+            },
+            malformed: 0,
+        }
+    }
+
+    /// Tells the kernel program what to copy from now on.
+    ///
+    /// # Errors
+    ///
+    /// When the `CAPTURE` map cannot be written.
+    pub fn want(&mut self, wanted: Wanted) -> Result<(), CaptureError> {
+        if wanted == self.wanted {
+            return Ok(());
+        }
+        let Wanted { headers, snaplen } = wanted;
+        let mut set = |entry: CaptureControl, value: u32| {
+            self.control
+                .set(entry as u32, value, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: CAPTURE_MAP,
+                    source,
+                })
+        };
+        // Snaplen first: a packet copied between the two writes is at worst one the capture
+        // cuts itself.
+        set(CaptureControl::Snaplen, snaplen)?;
+        set(CaptureControl::Headers, u32::from(headers))?;
+        self.wanted = wanted;
+        Ok(())
+    }
+
+    /// Waits for packets (as the records' ring is waited on), then moves up to
+    /// [`MAX_BATCH`] of them into `out`.
+    ///
+    /// Cancel-safe: nothing is taken from the ring before the wait completes.
+    ///
+    /// # Errors
+    ///
+    /// When waiting on the ring fails.
+    pub async fn next_batch(&mut self, out: &mut Vec<CapturedPacket>) -> Result<(), CaptureError> {
+        self.ring.ready().await.map_err(CaptureError::Poll)?;
+        let malformed = &mut self.malformed;
+        self.ring
+            .read(MAX_BATCH, |entry| match CapturedPacket::from_entry(entry) {
+                Some(packet) => out.push(packet),
+                None => *malformed += 1,
+            });
+        Ok(())
+    }
+
+    /// Entries taken off the ring that were not a header and its bytes.
+    #[must_use]
+    pub const fn malformed(&self) -> u64 {
+        self.malformed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(captured: u32, data: &[u8]) -> Vec<u8> {
+        let header = CapturedHeader {
+            ts_ns: 7,
+            len: 1514,
+            captured,
+            headers_len: 54,
+            src_port: 8080,
+            dst_port: 40_000,
+        };
+        // SAFETY: a plain-integer `repr(C)` struct without padding, viewed as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const header).cast::<u8>(),
+                size_of::<CapturedHeader>(),
+            )
+        };
+        [bytes, data].concat()
+    }
+
+    #[test]
+    fn entries_decode_and_mismatched_lengths_do_not() {
+        let packet = CapturedPacket::from_entry(&entry(3, &[1, 2, 3])).unwrap();
+        assert_eq!(
+            (
+                packet.ts_ns,
+                packet.len,
+                packet.headers_len,
+                packet.src_port,
+                packet.dst_port
+            ),
+            (7, 1514, 54, 8080, 40_000)
+        );
+        assert_eq!(&*packet.data, &[1, 2, 3]);
+        assert_eq!(CapturedPacket::from_entry(&entry(4, &[1, 2, 3])), None);
+        assert_eq!(CapturedPacket::from_entry(&[0; 10]), None);
+    }
+}
