@@ -5,14 +5,15 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
-use sniffer_common::{MAX_PORTS, echo::Echo, ports::parse_ports};
+use sniffer_common::{CAPTURE_PORT, MAX_PORTS, echo::Echo, ports::parse_ports};
 
 use crate::{
     annotations::{INJECT as INJECT_ANNOTATION, PORTS as PORTS_ANNOTATION},
     options::InjectorOptions,
     patch::{self, Add},
     sidecar::{
-        CONTAINER_NAME, METRICS_PORT_NAME, PODINFO_VOLUME, podinfo_volume, sniffer_container,
+        CONTAINER_NAME, Endpoints, METRICS_PORT_NAME, PODINFO_VOLUME, podinfo_volume,
+        sniffer_container,
     },
 };
 
@@ -254,7 +255,21 @@ pub fn decide(request: &Request<'_>, pod: Option<&Pod>, options: &InjectorOption
              injector's metricsPort to a free port"
         ));
     }
-    let container = sniffer_container(options, &ports, clash.is_none());
+    let capture_clash = options
+        .capture
+        .then(|| port_clash(spec, CAPTURE_PORT, None))
+        .flatten();
+    if let Some(clash) = &capture_clash {
+        warnings.push(format!(
+            "tcp-sniffer serves no packet captures in this pod: {clash}, the capture endpoint's \
+             loopback port"
+        ));
+    }
+    let endpoints = Endpoints {
+        metrics: clash.is_none(),
+        capture: capture_clash.is_none(),
+    };
+    let container = sniffer_container(options, &ports, endpoints);
     Decision::Inject {
         patch: patch::injection(pod, &container, options.native_sidecar, volume.as_ref()),
         ports,
@@ -270,6 +285,11 @@ fn metrics_port_clash(spec: &PodSpec, metrics_port: u16) -> Option<String> {
     if metrics_port == 0 {
         return None;
     }
+    port_clash(spec, metrics_port, Some(METRICS_PORT_NAME))
+}
+
+/// What in the pod declares TCP port `number`, or a port named `name`, if anything.
+fn port_clash(spec: &PodSpec, number: u16, name: Option<&str>) -> Option<String> {
     let containers = spec
         .containers
         .iter()
@@ -277,16 +297,18 @@ fn metrics_port_clash(spec: &PodSpec, metrics_port: u16) -> Option<String> {
     containers
         .flat_map(|c| c.ports.iter().flatten().map(move |p| (c, p)))
         .find_map(|(container, port)| {
-            if port.container_port == i32::from(metrics_port)
+            if port.container_port == i32::from(number)
                 && port.protocol.as_deref().is_none_or(|p| p == "TCP")
             {
                 Some(format!(
-                    "container {:?} declares port {metrics_port}",
+                    "container {:?} declares port {number}",
                     Echo(&container.name)
                 ))
-            } else if port.name.as_deref() == Some(METRICS_PORT_NAME) {
+            } else if let Some(name) = name
+                && port.name.as_deref() == Some(name)
+            {
                 Some(format!(
-                    "container {:?} declares a port named {METRICS_PORT_NAME}",
+                    "container {:?} declares a port named {name}",
                     Echo(&container.name)
                 ))
             } else {
@@ -503,6 +525,61 @@ mod tests {
         assert_eq!(
             warnings_of(decide(&CREATE, Some(&udp), &InjectorOptions::default())).len(),
             1
+        );
+    }
+
+    fn env_of(container: &serde_json::Value) -> Vec<(String, String)> {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+            .collect()
+    }
+
+    #[test]
+    fn captures_are_served_on_loopback_unless_turned_off_or_the_port_is_the_app_s() {
+        let capture_env = |options: &InjectorOptions, ports| {
+            let decision = decide(&CREATE, Some(&app(ports)), options);
+            let env = env_of(&container_of(decision.clone()));
+            let find = |name: &str| {
+                env.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, value)| value.clone())
+            };
+            (
+                find("CAPTURE_LISTEN"),
+                find("CAPTURE_RECORDER_BYTES"),
+                warnings_of(decision),
+            )
+        };
+        let http = json!([{"containerPort":8080}]);
+        let (listen, recorder, warnings) = capture_env(&InjectorOptions::default(), http.clone());
+        assert_eq!(
+            (listen.as_deref(), recorder, warnings.len()),
+            (Some("127.0.0.1:9465"), None, 1)
+        );
+        let recording = InjectorOptions {
+            capture_recorder_bytes: 4 << 20,
+            ..InjectorOptions::default()
+        };
+        let (_, recorder, _) = capture_env(&recording, http.clone());
+        assert_eq!(recorder.as_deref(), Some("4194304"));
+        let off = InjectorOptions {
+            capture: false,
+            ..InjectorOptions::default()
+        };
+        assert_eq!(capture_env(&off, http).0.as_deref(), Some("off"));
+        // The app's own port 9465: no capture endpoint to take it from the app.
+        let (listen, recorder, warnings) = capture_env(
+            &recording,
+            json!([{"containerPort":8080},{"containerPort":9465}]),
+        );
+        assert_eq!((listen.as_deref(), recorder), (Some("off"), None));
+        assert_eq!(
+            warnings[1],
+            "tcp-sniffer serves no packet captures in this pod: container \"app\" declares \
+             port 9465, the capture endpoint's loopback port"
         );
     }
 

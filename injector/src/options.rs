@@ -11,8 +11,8 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Serialize};
 use sniffer_common::{
-    OTLP_ENCODINGS, OUTPUT_FORMATS, RECORDS, echo::Echo, headers, headers::Credential,
-    ports::PortsError, url::parse_http_url,
+    MAX_RECORDER_BYTES, OTLP_ENCODINGS, OUTPUT_FORMATS, RECORDS, echo::Echo, headers,
+    headers::Credential, ports::PortsError, url::parse_http_url,
 };
 use thiserror::Error;
 
@@ -89,6 +89,13 @@ pub struct InjectorOptions {
     /// whole pod not ready (out of its Services' endpoints), which the sniffer must not do for
     /// its own sake unless the operator asks.
     pub readiness_probe: bool,
+    /// Serve packet captures (pcapng for Wireshark) on the pod's loopback
+    /// (`CAPTURE_LISTEN=127.0.0.1:9465`), which `kubectl port-forward` reaches and nothing
+    /// outside the pod does; `false` turns the endpoint off (`CAPTURE_LISTEN=off`).
+    pub capture: bool,
+    /// Bytes of the most recent packets' headers the sniffer keeps for `GET /capture/recent`
+    /// (`CAPTURE_RECORDER_BYTES`, counted in the container's memory); 0: no flight recorder.
+    pub capture_recorder_bytes: u64,
 }
 
 impl Default for InjectorOptions {
@@ -130,6 +137,8 @@ impl Default for InjectorOptions {
             metrics_port: DEFAULT_METRICS_PORT,
             liveness_probe: true,
             readiness_probe: false,
+            capture: true,
+            capture_recorder_bytes: 0,
         }
     }
 }
@@ -227,7 +236,21 @@ impl InjectorOptions {
             metrics_port,
             liveness_probe,
             readiness_probe,
+            capture,
+            capture_recorder_bytes,
         } = self;
+        if *capture_recorder_bytes > MAX_RECORDER_BYTES {
+            return Err(invalid(
+                "captureRecorderBytes",
+                format!("{capture_recorder_bytes} is more than the most, {MAX_RECORDER_BYTES}"),
+            ));
+        }
+        if *capture_recorder_bytes > 0 && !capture {
+            return Err(invalid(
+                "captureRecorderBytes",
+                "needs capture: the recorder's packets are served by the capture endpoint",
+            ));
+        }
         if *metrics_port == 0 {
             for (on, field) in [
                 (*liveness_probe, "livenessProbe"),
@@ -636,6 +659,14 @@ mod tests {
                 "option readinessProbe: needs metricsPort",
             ),
             (r#"{"metricsPort":70000}"#, "invalid value: integer `70000`"),
+            (
+                r#"{"capture":false,"captureRecorderBytes":1000000}"#,
+                "option captureRecorderBytes: needs capture",
+            ),
+            (
+                r#"{"captureRecorderBytes":2000000000}"#,
+                "option captureRecorderBytes: 2000000000 is more than the most",
+            ),
             (
                 r#"{"nativeSidecar":"yes"}"#,
                 "invalid type: string \"yes\", expected a boolean",

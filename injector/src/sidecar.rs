@@ -8,7 +8,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use sniffer_common::ports::format_ports;
+use sniffer_common::{CAPTURE_PORT, ports::format_ports};
 
 use crate::options::{InjectorOptions, SecretKeyRef};
 
@@ -98,22 +98,36 @@ fn health_probe() -> Probe {
     }
 }
 
-/// The sniffer container for `ports`; with `metrics`, serving `/metrics` and `/healthz` on the
-/// options' `metricsPort` (off when the pod already uses that port).
+/// Which of the sniffer's endpoints this pod leaves room for: each is off when the pod already
+/// uses its port (the sidecar shares the pod's network).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `/metrics` and `/healthz` on the options' `metricsPort`, if it is not 0.
+    pub metrics: bool,
+    /// Packet captures on the loopback's [`CAPTURE_PORT`], if the options' `capture` is on.
+    pub capture: bool,
+}
+
+/// The sniffer container for `ports`, serving the `endpoints` the pod leaves room for.
 ///
 /// # Examples
 ///
 /// ```
-/// use injector::{options::InjectorOptions, sidecar::sniffer_container};
+/// use injector::{options::InjectorOptions, sidecar::{Endpoints, sniffer_container}};
 ///
-/// let container = sniffer_container(&InjectorOptions::default(), &[8080, 8443], true);
+/// let endpoints = Endpoints { metrics: true, capture: true };
+/// let container = sniffer_container(&InjectorOptions::default(), &[8080, 8443], endpoints);
 /// let env = container.env.unwrap();
 /// assert_eq!(env[0].name, "PORTS");
 /// assert_eq!(env[0].value.as_deref(), Some("8080,8443"));
 /// assert_eq!(container.ports.unwrap()[0].container_port, 9464);
 /// ```
 #[must_use]
-pub fn sniffer_container(options: &InjectorOptions, ports: &[u16], metrics: bool) -> Container {
+pub fn sniffer_container(
+    options: &InjectorOptions,
+    ports: &[u16],
+    endpoints: Endpoints,
+) -> Container {
     let InjectorOptions {
         image,
         image_pull_policy,
@@ -137,8 +151,10 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16], metrics: bool
         metrics_port,
         liveness_probe,
         readiness_probe,
+        capture,
+        capture_recorder_bytes,
     } = options;
-    let metrics = metrics && *metrics_port != 0;
+    let metrics = endpoints.metrics && *metrics_port != 0;
     let mut env = vec![
         value("PORTS", format_ports(ports)),
         value("INTERFACE", interface),
@@ -186,6 +202,22 @@ pub fn sniffer_container(options: &InjectorOptions, ports: &[u16], metrics: bool
         // Every address of the pod, IPv4 and IPv6 (the sniffer falls back to IPv4 alone where
         // the pod has no IPv6): the kubelet probes the pod's IP, Prometheus scrapes it.
         env.push(value("METRICS_ADDR", format!("[::]:{metrics_port}")));
+    }
+    // Always said, on or off: the sniffer's own default is on, and a pod whose app uses the
+    // port must not get a sidecar that takes it first.
+    env.push(value(
+        "CAPTURE_LISTEN",
+        if endpoints.capture && *capture {
+            format!("127.0.0.1:{CAPTURE_PORT}")
+        } else {
+            "off".to_owned()
+        },
+    ));
+    if endpoints.capture && *capture && *capture_recorder_bytes > 0 {
+        env.push(value(
+            "CAPTURE_RECORDER_BYTES",
+            capture_recorder_bytes.to_string(),
+        ));
     }
     env.push(field("POD_NAME", "metadata.name"));
     env.push(field("POD_NAMESPACE", "metadata.namespace"));

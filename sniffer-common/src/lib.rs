@@ -39,6 +39,12 @@ pub const LINK_LAYER_GLOBAL: &str = "LINK_LAYER";
 /// Name of the global (`u64`, a power of two) setting how much unread data wakes userspace.
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 
+/// The port of the sniffer's packet capture endpoint by default (`CAPTURE_LISTEN`
+/// `127.0.0.1:9465`), which the injector keeps clear of the app's ports.
+pub const CAPTURE_PORT: u16 = 9465;
+/// The most `CAPTURE_RECORDER_BYTES` (1 GiB), as the sniffer and the injector check it.
+pub const MAX_RECORDER_BYTES: u64 = 1 << 30;
+
 /// The values of `OUTPUT_FORMAT` (the sniffer's body formats), as the injector checks its
 /// `outputFormat` option.
 pub const OUTPUT_FORMATS: [&str; 4] = ["batch", "ndjson", "otlp", "loki"];

@@ -12,7 +12,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::Command,
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -61,6 +61,7 @@ pub fn run_built(containers: &Containers) -> Result<()> {
     bootstrap::ensure_debian_packages(&[
         ("catatonit", "catatonit"),
         ("busybox", "busybox-static"),
+        ("tshark", "tshark"),
     ])?;
     let work = target_dir().join("pod-test");
     let _ = fs::remove_dir_all(&work);
@@ -86,7 +87,7 @@ pub fn run_built(containers: &Containers) -> Result<()> {
     fs::write(&yaml, serde_json::to_vec_pretty(&pod)?)?;
 
     running.play(&yaml, &seccomp_root)?;
-    check_pod(&running, &inbox, &token, &podinfo)?;
+    check_pod(&running, &inbox, &token, &podinfo, &work)?;
     eprintln!(
         "pod-test: all checks passed in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -95,7 +96,13 @@ pub fn run_built(containers: &Containers) -> Result<()> {
 }
 
 /// Every check on the running pod, in order; the pod is stopped by the last one.
-fn check_pod(running: &RunningPod, inbox: &Inbox, token: &str, podinfo: &Path) -> Result<()> {
+fn check_pod(
+    running: &RunningPod,
+    inbox: &Inbox,
+    token: &str,
+    podinfo: &Path,
+    work: &Path,
+) -> Result<()> {
     let sidecar = format!("{POD}-tcp-sniffer");
     let logs = running.wait_for_log(&sidecar, "capture attached")?;
     let first = logs.first().context("no log line")?;
@@ -149,6 +156,8 @@ fn check_pod(running: &RunningPod, inbox: &Inbox, token: &str, podinfo: &Path) -
     eprintln!(
         "pod-test: {CONNECTIONS} requests to {pod_ip}:{APP_PORT} → {syns} SYN records at the collector, one per connection"
     );
+
+    captures_through_the_pod_s_loopback(running, pod_ip, work)?;
 
     // The live port change, as the kubelet rewrites a downward-API volume.
     write_annotations(podinfo, NEW_PORT)?;
@@ -284,6 +293,7 @@ fn inject(work: &Path, collector: SocketAddr) -> Result<Value> {
         // Plain HTTP inside the test: the collector is on the host's bridge.
         "outputAllowPlaintextToken": true,
         "seccompProfile": {"type": "Localhost", "localhostProfile": PROFILE},
+        "captureRecorderBytes": 1_048_576,
     });
     let options_file = work.join("options.json");
     fs::write(&options_file, options.to_string())?;
@@ -588,6 +598,99 @@ impl Drop for RunningPod<'_> {
 
 /// The injected sidecar's metrics port (the injector's default `metricsPort`).
 const METRICS_PORT: u16 = 9464;
+/// The sidecar's capture endpoint, on the pod's loopback (the injector's `capture` option).
+const CAPTURE_PORT: u16 = 9465;
+
+/// A capture pulled from the sidecar through the pod's loopback, from the app container
+/// (`kubectl port-forward` connects to the same loopback), while requests come in; then what
+/// the flight recorder holds. tshark reads both; the endpoint is not on the pod's address.
+fn captures_through_the_pod_s_loopback(
+    running: &RunningPod,
+    pod_ip: Ipv4Addr,
+    work: &Path,
+) -> Result<()> {
+    let app = format!("{POD}-{POD}");
+    let url = |target: &str| format!("http://127.0.0.1:{CAPTURE_PORT}{target}");
+    let download = running
+        .podman()
+        .args(["exec", &app, "/bin/busybox", "wget", "-q", "-O", "-"])
+        .arg(url("/capture?seconds=3"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("podman exec wget")?;
+    running.wait_for_log(&format!("{POD}-tcp-sniffer"), "packet capture started")?;
+    let clients: Vec<u16> = (0..CONNECTIONS)
+        .map(|_| http_get(pod_ip, APP_PORT))
+        .collect::<Result<_>>()?;
+    let out = download.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "wget /capture in the app container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live = work.join("capture.pcapng");
+    fs::write(&live, &out.stdout)?;
+    let recent = work.join("recent.pcapng");
+    fs::write(
+        &recent,
+        cmd::output(
+            running
+                .podman()
+                .args(["exec", &app, "/bin/busybox", "wget", "-q", "-O", "-"])
+                .arg(url("/capture/recent")),
+        )?
+        .stdout,
+    )?;
+    for file in [&live, &recent] {
+        let syns = cmd::stdout(
+            Command::new("tshark")
+                .arg("-r")
+                .arg(file)
+                .args([
+                    "-Y",
+                    &format!("tcp.flags == 0x002 && tcp.dstport == {APP_PORT}"),
+                ])
+                .args(["-T", "fields", "-e", "tcp.srcport"]),
+        )?;
+        let seen: Vec<u16> = syns.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        ensure!(
+            clients.iter().all(|c| seen.contains(c)),
+            "{}: SYNs from {seen:?}, expected {clients:?}",
+            file.display()
+        );
+        let payload = cmd::stdout(Command::new("tshark").arg("-r").arg(file).args([
+            "-Y",
+            "tcp.len > 0 && tcp.payload",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ]))?;
+        ensure!(
+            payload.trim().is_empty(),
+            "{}: payload bytes in frames {payload}",
+            file.display()
+        );
+    }
+    let info = cmd::stdout(Command::new("capinfos").arg(&live))?;
+    ensure!(
+        info.contains(&format!("Description = pod {POD}, namespace {NAMESPACE}")),
+        "the capture's interface does not name the pod: {info}"
+    );
+    ensure!(
+        TcpStream::connect_timeout(
+            &SocketAddr::from((pod_ip, CAPTURE_PORT)),
+            Duration::from_secs(2)
+        )
+        .is_err(),
+        "the capture endpoint answers on the pod's address {pod_ip}"
+    );
+    eprintln!(
+        "pod-test: captures pulled through the pod's loopback: {CONNECTIONS} connections' SYNs in /capture and /capture/recent, headers only, not on {pod_ip}:{CAPTURE_PORT}"
+    );
+    Ok(())
+}
 
 /// The answer to `GET path` on the sidecar's metrics port, on the pod's address.
 fn metrics_get(ip: Ipv4Addr, path: &str) -> Result<String> {

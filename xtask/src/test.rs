@@ -14,6 +14,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),
     ("nft", "nftables"),
+    // Packet captures are pulled as a user would, with curl, and read with capinfos (tshark's).
+    ("curl", "curl"),
+    ("capinfos", "tshark"),
     // The monitoring component is checked with Prometheus' own tools and a real server, on the
     // manifests kubectl renders.
     ("promtool", "prometheus"),

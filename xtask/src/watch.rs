@@ -165,14 +165,20 @@ pub fn run_measured(cmd: &mut Command) -> Result<(f64, f64)> {
 
 /// The sniffer's `stopped` log line among `lines`, and a reader of its counters.
 pub fn stopped_line(lines: &[String]) -> Result<impl Fn(&str) -> Result<u64>> {
-    let stopped: serde_json::Value = lines
+    logged(lines, "stopped")
+}
+
+/// The numbers of the sniffer's first log line whose `msg` is `msg`, by field name.
+pub fn logged(lines: &[String], msg: &str) -> Result<impl Fn(&str) -> Result<u64>> {
+    let line: serde_json::Value = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["msg"] == "stopped")
-        .context("the sniffer logged no \"stopped\" line")?;
+        .find(|l| l["msg"] == msg)
+        .with_context(|| format!("the sniffer logged no {msg:?} line"))?;
+    let msg = msg.to_owned();
     Ok(move |name: &str| {
-        stopped[name]
+        line[name]
             .as_u64()
-            .with_context(|| format!("stopped line lacks {name}"))
+            .with_context(|| format!("{msg:?} line lacks {name}"))
     })
 }

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{ArgAction, builder::BoolishValueParser};
-use sniffer_common::{CAPTURE_MAX_BYTES, echo::Echo};
+use sniffer_common::{CAPTURE_MAX_BYTES, MAX_RECORDER_BYTES, echo::Echo};
 use thiserror::Error;
 
 /// The `CAPTURE_*` variables, as given (flattened into the sniffer's arguments).
@@ -55,8 +55,6 @@ pub struct CaptureConfig {
 const MAX_SECONDS: u64 = 86_400;
 /// Most `CAPTURE_MAX_CONCURRENT`.
 const MAX_CONCURRENT: u64 = 16;
-/// Largest flight recorder: 1 GiB.
-const MAX_RECORDER_BYTES: u64 = 1 << 30;
 
 /// A `CAPTURE_*` value the sniffer cannot start with.
 #[derive(Debug, Error)]
@@ -157,6 +155,7 @@ impl CaptureArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sniffer_common::CAPTURE_PORT;
 
     fn args() -> CaptureArgs {
         CaptureArgs {
@@ -172,7 +171,10 @@ mod tests {
     #[test]
     fn defaults_serve_headers_on_loopback() {
         let config = args().validate().unwrap().unwrap();
-        assert_eq!(config.listen, "127.0.0.1:9465".parse().unwrap());
+        assert_eq!(
+            config.listen,
+            SocketAddr::from(([127, 0, 0, 1], CAPTURE_PORT))
+        );
         assert_eq!(config.max_duration, Duration::from_secs(300));
         assert_eq!((config.max_snaplen, config.max_concurrent), (0, 1));
         let ipv6 = CaptureArgs {

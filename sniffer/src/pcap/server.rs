@@ -231,9 +231,8 @@ impl Server {
                 dropped,
             },
         );
-        self.send(stream, &end).await?;
         info!(packets = written, dropped; "packet capture ended");
-        Ok(())
+        self.send(stream, &end).await
     }
 
     /// Sends what the flight recorder holds.

@@ -27,7 +27,7 @@ use super::report::median;
 use crate::{
     collector::BenchCollector,
     target_dir,
-    watch::{Watched, cpu_ns, kernel_thread, run_measured, stopped_line},
+    watch::{Watched, cpu_ns, kernel_thread, logged, run_measured, stopped_line},
 };
 
 /// How long after the flood the capturer's CPU is still counted: longer than the sniffer's
@@ -36,6 +36,9 @@ const SETTLE: Duration = Duration::from_millis(1300);
 
 /// The port the frames go to.
 const PORT: u16 = 5201;
+
+/// The sniffer's capture endpoint (its default `CAPTURE_LISTEN`).
+const CAPTURE_PORT: u16 = 9465;
 
 /// Bursts per flood, alternating between the watched and the unwatched veth.
 const BURSTS: u64 = 10;
@@ -52,11 +55,17 @@ pub enum Flooded {
     /// The sniffer tracking connections (`RECORDS` `connections` or `both`), delivering `batch`
     /// bodies, with the flood spread over this many connections (all fit in `CONNECTION_MAX`).
     Tracking(&'static str, u64),
+    /// The sniffer delivering `batch` bodies while a packet capture (`GET /capture`, headers
+    /// only) streams to a client that only reads (`curl -o /dev/null`).
+    Capture,
+    /// `--baseline`: another sniffer binary (an earlier commit's) delivering `batch` bodies, for
+    /// a same-run comparison.
+    Baseline,
 }
 
 impl Flooded {
-    /// Every capturer, in the order they run in a round.
-    pub const ALL: [Self; 11] = [
+    /// Every capturer, in the order they run in a round (and [`Self::Baseline`] when asked).
+    pub const ALL: [Self; 12] = [
         Self::Tcpdump,
         Self::Stdout,
         Self::Http("batch", "protobuf"),
@@ -68,6 +77,7 @@ impl Flooded {
         Self::Tracking("both", FEW_CONNECTIONS),
         Self::Tracking("connections", FLOOD_CONNECTIONS),
         Self::Tracking("both", FLOOD_CONNECTIONS),
+        Self::Capture,
     ];
 
     /// Connections the flood's frames belong to.
@@ -88,6 +98,8 @@ impl Flooded {
             Self::Tracking(records, connections) => {
                 format!("sniffer → HTTP, batch, RECORDS={records}, {connections} connections")
             }
+            Self::Capture => "sniffer → HTTP, batch, + a pcapng capture streaming".to_owned(),
+            Self::Baseline => "baseline sniffer (--baseline) → HTTP, batch".to_owned(),
         }
     }
 }
@@ -113,6 +125,8 @@ pub struct FloodTrial {
     pub dropped: u64,
     /// Records the collector took (the sniffer's `delivered`), for HTTP runs.
     pub delivered: Option<u64>,
+    /// Packets the capture wrote, and lost, for [`Flooded::Capture`] runs.
+    pub streamed: Option<(u64, u64)>,
 }
 
 /// Connections in the flood: one per source port of [`config`]'s range.
@@ -178,8 +192,12 @@ pub fn trial(
     bare: &Topology,
     capturer: Flooded,
     packets: u64,
-    sniffer: &str,
+    sniffers: (&str, Option<&str>),
 ) -> Result<FloodTrial> {
+    let sniffer = match capturer {
+        Flooded::Baseline => sniffers.1.context("no --baseline binary")?,
+        _ => sniffers.0,
+    };
     let cfg = target_dir().join("bench/flood.cfg");
     let bare_cfg = target_dir().join("bench/flood-bare.cfg");
     fs::write(&cfg, config(&mac(&bed.client)?, capturer.connections()))?;
@@ -188,12 +206,12 @@ pub fn trial(
         config(&mac(&bare.client)?, capturer.connections()),
     )?;
     let collector = match capturer {
-        Flooded::Http(..) | Flooded::Tracking(..) => {
+        Flooded::Http(..) | Flooded::Tracking(..) | Flooded::Capture | Flooded::Baseline => {
             Some(BenchCollector::start_discarding(&bed.server.name)?)
         }
         _ => None,
     };
-    let watched = match capturer {
+    let mut watched = match capturer {
         Flooded::Tcpdump => {
             let mut cmd = pinned(1, &bed.server, "tcpdump");
             cmd.args(["-i", "eth0", "-s", "96", "-w", "/dev/null", "tcp", "port"])
@@ -202,9 +220,13 @@ pub fn trial(
             watched.wait_for("listening on")?;
             watched
         }
-        Flooded::Stdout | Flooded::Http(..) | Flooded::Tracking(..) => {
+        _ => {
             let mut cmd = pinned(1, &bed.server, sniffer);
             cmd.env("PORTS", PORT.to_string()).env("INTERFACE", "eth0");
+            if let (Flooded::Capture | Flooded::Baseline, Some(collector)) = (capturer, &collector)
+            {
+                cmd.env("OUTPUT_URL", format!("http://{}/", collector.addr));
+            }
             if let (Flooded::Http(format, encoding), Some(collector)) = (capturer, &collector) {
                 cmd.env("OUTPUT_URL", format!("http://{}/", collector.addr))
                     .env("OUTPUT_FORMAT", format)
@@ -219,6 +241,21 @@ pub fn trial(
             watched.wait_for("capture attached")?;
             watched
         }
+    };
+    // The capture's client, on the capturer's CPU like tcpdump's writes; its own CPU is not
+    // counted (in a cluster it is `kubectl` on another machine).
+    let reader = if capturer == Flooded::Capture {
+        let reader = pinned(1, &bed.server, "curl")
+            .args(["-sN", "-o", "/dev/null"])
+            .arg(format!(
+                "http://127.0.0.1:{CAPTURE_PORT}/capture?seconds=300"
+            ))
+            .spawn()
+            .context("curl")?;
+        watched.wait_for("packet capture started")?;
+        Some(reader)
+    } else {
+        None
     };
     thread::sleep(Duration::from_millis(300));
     let softirq = kernel_thread("ksoftirqd/0")?;
@@ -252,7 +289,13 @@ pub fn trial(
         captured: 0,
         dropped: 0,
         delivered: None,
+        streamed: None,
     };
+    if let Some(mut reader) = reader {
+        reader.kill()?;
+        reader.wait()?;
+        watched.wait_for("packet capture ended")?;
+    }
     let (_, rss, lines) = watched.stop()?;
     trial.process.1 = rss;
     if capturer == Flooded::Tcpdump {
@@ -265,6 +308,10 @@ pub fn trial(
         trial.captured = number(" packets captured")?;
         trial.dropped = number(" packets dropped by kernel")?;
     } else {
+        if capturer == Flooded::Capture {
+            let ended = logged(&lines, "packet capture ended")?;
+            trial.streamed = Some((ended("packets")?, ended("dropped")?));
+        }
         let field = stopped_line(&lines)?;
         trial.captured = field("records")?;
         trial.dropped = field("dropped")?;
@@ -315,7 +362,11 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
         bare.unwrap_or(f64::NAN)
     );
     let mut medians = Vec::new();
-    for capturer in Flooded::ALL {
+    let baseline = trials.iter().any(|t| t.capturer == Flooded::Baseline);
+    let capturers = Flooded::ALL
+        .into_iter()
+        .chain(baseline.then_some(Flooded::Baseline));
+    for capturer in capturers {
         let runs: Vec<&FloodTrial> = trials.iter().filter(|t| t.capturer == capturer).collect();
         let figure = |f: &dyn Fn(&FloodTrial) -> f64| -> (f64, String) {
             let all: Vec<f64> = runs.iter().map(|t| f(t)).collect();
@@ -390,6 +441,38 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
                 verdict(bp - hp <= 100.0),
                 verdict(cp < hp),
                 per = trials.first().map_or(0, |t| t.sent / connections),
+            );
+        }
+        if let Some((cp, ck)) = find(Flooded::Capture) {
+            let runs = trials.iter().filter(|t| t.capturer == Flooded::Capture);
+            let (written, lost, sent) = runs.fold((0, 0, 0), |(w, l, s), t| {
+                let (written, lost) = t.streamed.unwrap_or_default();
+                (w + written, l + lost, s + t.sent)
+            });
+            let _ = writeln!(
+                text,
+                "\nA packet capture streaming (`GET /capture`, headers only, to `curl -o /dev/null` \
+                 on the capturer's CPU, whose own CPU is not counted) while the records are \
+                 delivered: {:.0} ns per packet in all against tcpdump's {:.0} ns ({:.2} ×; ≤ \
+                 1.2 ×: {}), {:.0} ns more than without the capture; {written} of {sent} packets \
+                 in the pcapng, {lost} lost (ISB `isb_ifdrop`).",
+                cp + ck,
+                tp + tk,
+                (cp + ck) / (tp + tk),
+                verdict(cp + ck <= 1.2 * (tp + tk)),
+                cp + ck - hp - hk,
+            );
+        }
+        if let Some((bp, bk)) = find(Flooded::Baseline) {
+            let _ = writeln!(
+                text,
+                "\nWith no capture active, this build delivering `batch` costs {:.0} ns per \
+                 packet in all (process {hp:.0}, kernel side {hk:.0}); the `--baseline` binary \
+                 {:.0} ns (process {bp:.0}, kernel side {bk:.0}): {:+.0} ns ({:+.1} %).",
+                hp + hk,
+                bp + bk,
+                hp + hk - bp - bk,
+                (hp + hk - bp - bk) / (bp + bk) * 100.0,
             );
         }
         let _ = writeln!(

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Frames per flood.
     #[arg(long, default_value_t = 2_000_000)]
     flood_packets: u64,
+    /// Another sniffer binary (an earlier commit's release build) flooded beside this one, for
+    /// a same-run comparison of their cost.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -153,6 +157,7 @@ fn flood_report(args: &BenchArgs) -> Result<String> {
         ("tcpdump", "tcpdump"),
         ("trafgen", "netsniff-ng"),
         ("taskset", "util-linux"),
+        ("curl", "curl"),
     ])?;
     ebpf::build()?;
     let sniffer = cmd::build_binary("sniffer", true)?;
@@ -164,15 +169,24 @@ fn flood_report(args: &BenchArgs) -> Result<String> {
     let _ = fs::write(BPF_STATS, "0");
     let mut trials = Vec::new();
     let result = (|| -> Result<()> {
+        let baseline = args
+            .baseline
+            .as_deref()
+            .map(|path| path.to_str().context("non-UTF-8 --baseline path"))
+            .transpose()?;
+        let capturers = flood::Flooded::ALL
+            .into_iter()
+            .chain(baseline.map(|_| flood::Flooded::Baseline));
+        let capturers: Vec<_> = capturers.collect();
         for round in 1..=args.repeat {
-            for capturer in flood::Flooded::ALL {
+            for &capturer in &capturers {
                 eprintln!("bench: flood, {} (round {round}) …", capturer.name());
                 trials.push(flood::trial(
                     &bed,
                     &bare,
                     capturer,
                     args.flood_packets,
-                    sniffer,
+                    (sniffer, baseline),
                 )?);
             }
         }
