@@ -8,9 +8,10 @@ use std::{hint::black_box, io, sync::Arc, time::Instant};
 
 use sniffer::{
     capture::clock::WallClock,
-    deliver::{Sink as _, stdout::Lines},
+    deliver::stdout::Lines,
     encode::{AgentInfo, Encoder, Format, record::Record},
     metrics::Stats,
+    pipeline::Sink as _,
 };
 use sniffer_common::{PACKET_OUTGOING, PacketRecord, addr_words, tcp_flags};
 

@@ -13,9 +13,10 @@ use sniffer_common::{
 use thiserror::Error;
 
 use crate::{
+    connections::TrackerConfig,
     encode::{Format, UnknownFormat},
     pcap::config::{CaptureArgs, CaptureConfig, CaptureConfigError},
-    ports_watch::MAX_PORTS_FILE_BYTES,
+    ports::watch::MAX_PORTS_FILE_BYTES,
 };
 use cli_support::small_file::{SmallFileError, read_small_file};
 
@@ -278,19 +279,6 @@ impl Records {
     pub const fn connections(self) -> bool {
         matches!(self, Self::Connections | Self::Both)
     }
-}
-
-/// Limits and timings of the connection tracker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrackerConfig {
-    /// Connections tracked at once (`CONNECTION_MAX`).
-    pub max_connections: usize,
-    /// A connection with no packet for this long is reported as `timeout`
-    /// (`CONNECTION_IDLE_TIMEOUT_MS`).
-    pub idle_timeout: Duration,
-    /// Open connections are reported (`state` `open`) this often
-    /// (`CONNECTION_REPORT_INTERVAL_MS`); `None` never.
-    pub report_interval: Option<Duration>,
 }
 
 /// A configuration the sniffer cannot start with (exit code 1).

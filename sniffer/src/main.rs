@@ -16,9 +16,9 @@ use cli_support::exit::{self, Failure};
 use log::{error, info, warn};
 use sniffer::{
     capture::{Capture, CaptureOptions, KernelCounters, MAX_BATCH, ProgramStats, clock::WallClock},
-    config::{Args, Config, Placement, TrackerConfig},
-    connections::Tracking,
-    deliver::{Sink, http::HttpOutput, stdout::Lines},
+    config::{Args, Config, Placement},
+    connections::TrackerConfig,
+    deliver::{http::HttpOutput, stdout::Lines},
     encode::AgentInfo,
     endpoint,
     metrics::{self, Stats, add, get},
@@ -29,8 +29,11 @@ use sniffer::{
         run_tap,
         server::{Interface, Server},
     },
-    podinfo::PortsChange,
-    ports_watch::{PortsWatch, Seen},
+    pipeline::{Sink, tracking::Tracking},
+    ports::{
+        podinfo::PortsChange,
+        watch::{PortsWatch, Seen},
+    },
 };
 use sniffer_common::{DEFAULT_PACKETS_RING_BYTES, LinkLayer, echo::Echo};
 use tokio::{

@@ -11,7 +11,6 @@
 pub mod analysis;
 pub mod record;
 pub mod rtt;
-mod stage;
 pub mod table;
 pub mod zeek;
 
@@ -19,13 +18,11 @@ use std::{collections::VecDeque, time::Duration};
 
 use sniffer_common::PacketRecord;
 
-pub use self::stage::Tracking;
 use self::{
     analysis::{Analysis, End, Key, Observed, Side},
     record::Report,
     table::Table,
 };
-pub use crate::config::TrackerConfig;
 
 /// How long a connection that ended (FIN exchange or RST) stays in the table before it is
 /// reported: the last ACK, retransmitted FINs and further RSTs still count in it.
@@ -120,6 +117,19 @@ impl Counts {
 
     /// The `end_reason` names, in [`Counts::closed`] order.
     pub const REASONS: [&'static str; 5] = ["fin", "rst", "timeout", "evicted", "shutdown"];
+}
+
+/// Limits and timings of the connection tracker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// Connections tracked at once (`CONNECTION_MAX`).
+    pub max_connections: usize,
+    /// A connection with no packet for this long is reported as `timeout`
+    /// (`CONNECTION_IDLE_TIMEOUT_MS`).
+    pub idle_timeout: Duration,
+    /// Open connections are reported (`state` `open`) this often
+    /// (`CONNECTION_REPORT_INTERVAL_MS`); `None` never.
+    pub report_interval: Option<Duration>,
 }
 
 /// The table of connections.

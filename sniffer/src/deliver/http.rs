@@ -1,6 +1,6 @@
 //! Batch and send: records go into batches on the reader, closed batches go through a channel to
 //! `OUTPUT_CONCURRENCY` sender threads that POST them with `ureq` (blocking, so never on the async
-//! reader), retrying as [`crate::retry`] decides. Several requests in flight hide the collector's
+//! reader), retrying as [`super::retry`] decides. Several requests in flight hide the collector's
 //! round trip, which otherwise caps delivery far below the capture rate.
 //!
 //! Memory is bounded by `BUFFER_MAX_RECORDS`: when that many records are queued, new ones are
@@ -31,8 +31,9 @@ use thiserror::Error;
 
 use sniffer_common::PacketRecord;
 
+use crate::pipeline::Sink;
+
 use super::{
-    Sink,
     answer::{self, MAX_ANSWER_BYTES},
     batch::Batcher,
     resolve::CachingResolver,
@@ -162,7 +163,7 @@ impl HttpOutput {
     }
 
     fn enqueue(&mut self, batch: Batch) {
-        // `records_queued` already counts these records (see `accept`).
+        // `records_queued` already counts these records (see `room`).
         add(&self.shared.stats.batches_queued, 1);
         if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
             // Every sender is gone (each one that failed said why): settle the batch here.

@@ -23,7 +23,7 @@ use std::{
 use log::error;
 use sniffer_common::{PacketRecord, time::Rfc3339Writer};
 
-use super::Sink;
+use crate::pipeline::Sink;
 use crate::{
     capture::clock::WallClock,
     connections::record::ConnectionRecord,
@@ -54,7 +54,7 @@ struct Ledger {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use sniffer::{capture::clock::WallClock, deliver::{Sink, stdout::Lines}, metrics::{Stats, get}};
+/// use sniffer::{capture::clock::WallClock, deliver::stdout::Lines, metrics::{Stats, get}, pipeline::Sink};
 /// use sniffer_common::PacketRecord;
 ///
 /// let stats = Arc::new(Stats::default());

@@ -133,21 +133,6 @@ impl FromStr for Format {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use sniffer_common::OUTPUT_FORMATS;
-
-    use super::*;
-
-    #[test]
-    fn every_documented_format_parses_and_names_itself() {
-        for name in OUTPUT_FORMATS {
-            assert_eq!(name.parse::<Format>().unwrap().name(), name);
-        }
-        assert_eq!("otlp-json".parse::<Format>(), Err(UnknownFormat));
-    }
-}
-
 /// Appends `value` as a JSON string, or `null`.
 pub(crate) fn json_string_or_null(out: &mut Vec<u8>, value: Option<&str>) {
     match value {
@@ -401,5 +386,20 @@ impl Encoder {
             bytes: encoder.finish()?,
             start: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sniffer_common::OUTPUT_FORMATS;
+
+    use super::*;
+
+    #[test]
+    fn every_documented_format_parses_and_names_itself() {
+        for name in OUTPUT_FORMATS {
+            assert_eq!(name.parse::<Format>().unwrap().name(), name);
+        }
+        assert_eq!("otlp-json".parse::<Format>(), Err(UnknownFormat));
     }
 }

@@ -89,7 +89,8 @@ impl Download {
         let path = std::env::temp_dir().join(format!("tcp-sniffer-{name}-{}.pcapng", ns.name));
         let child = ns
             .command("curl")
-            .args(["-sSN", "--fail-with-body", "-o"])
+            // A deadline, so that a capture that never ends fails the test instead of hanging it.
+            .args(["-sSN", "--fail-with-body", "--max-time", "30", "-o"])
             .arg(&path)
             .arg(format!("http://{ENDPOINT}{target}"))
             .stderr(Stdio::piped())

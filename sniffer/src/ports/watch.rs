@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use crate::podinfo::{self, PortsChange};
+use super::podinfo::{self, PortsChange};
 use cli_support::small_file::{SmallFileError, read_small_file};
 
 /// The most a pod's annotations file can hold: Kubernetes caps all annotations at 256 KiB

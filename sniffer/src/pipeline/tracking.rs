@@ -1,5 +1,5 @@
 //! The tracking stage: a [`Sink`] in front of the output that feeds every packet to the
-//! [`Tracker`], passes packets on when they are wanted (`RECORDS=both`), and hands the output a
+//! [`Tracker`](crate::connections::Tracker), passes packets on when they are wanted (`RECORDS=both`), and hands the output a
 //! connection record for each connection reported.
 
 use std::{
@@ -11,13 +11,13 @@ use std::{
 use cli_support::clock::monotonic_ns;
 use sniffer_common::PacketRecord;
 
-use super::{
-    Tracker, TrackerConfig,
-    record::{ConnectionRecord, Report},
-};
+use super::Sink;
 use crate::{
     capture::clock::WallClock,
-    deliver::Sink,
+    connections::{
+        Tracker, TrackerConfig,
+        record::{ConnectionRecord, Report},
+    },
     metrics::{Stats, add},
 };
 
@@ -33,8 +33,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 ///
 /// ```
 /// use std::{sync::Arc, time::{Duration, Instant}};
-/// use sniffer::{capture::clock::WallClock, config::TrackerConfig, connections::Tracking,
-///               deliver::{Sink, stdout::Lines}, metrics::{Stats, get}};
+/// use sniffer::{capture::clock::WallClock, connections::TrackerConfig, deliver::stdout::Lines,
+///               metrics::{Stats, get}, pipeline::{Sink, tracking::Tracking}};
 /// use sniffer_common::{PacketRecord, tcp_flags};
 ///
 /// let stats = Arc::new(Stats::default());

@@ -38,7 +38,7 @@ pub struct AnnotationsError {
 /// # Examples
 ///
 /// ```
-/// use sniffer::podinfo::annotation;
+/// use sniffer::ports::podinfo::annotation;
 ///
 /// let text = "app=\"web\"\ntcp-sniffer/ports=\"8080,8443\"\n";
 /// assert_eq!(annotation(text, "tcp-sniffer/ports"), Ok(Some("8080,8443".to_owned())));
@@ -166,7 +166,7 @@ pub enum RefusedPorts {
 /// # Examples
 ///
 /// ```
-/// use sniffer::podinfo::{PortsChange, ports_change};
+/// use sniffer::ports::podinfo::{PortsChange, ports_change};
 ///
 /// let text = "tcp-sniffer/ports=\"8443, 8080\"\n";
 /// assert_eq!(ports_change(text, &[8080], &[8080]), PortsChange::Apply(vec![8080, 8443]));
