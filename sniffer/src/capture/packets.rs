@@ -7,7 +7,126 @@ use sniffer_common::{CAPTURE_MAP, CAPTURED_HEADER_SIZE, CaptureControl, Captured
 
 use super::{CaptureError, MAX_BATCH, ring::PacedRing};
 
-/// One packet's first bytes.
+/// One packet's first bytes, as a batch holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet<'a> {
+    /// Capture time, the kernel's monotonic nanoseconds (the same as its record's).
+    pub ts_ns: u64,
+    /// Its length on the interface.
+    pub len: u32,
+    /// Bytes up to the end of its TCP header.
+    pub headers_len: u32,
+    /// TCP source port.
+    pub src_port: u16,
+    /// TCP destination port.
+    pub dst_port: u16,
+    /// Its first bytes, as the kernel copied them.
+    pub data: &'a [u8],
+}
+
+impl Packet<'_> {
+    /// Whether it is from or to one of `ports`.
+    #[must_use]
+    pub fn matches(&self, ports: &[u16]) -> bool {
+        ports.contains(&self.src_port) || ports.contains(&self.dst_port)
+    }
+
+    /// Decodes a `PACKETS` entry: a [`CapturedHeader`] then the bytes; `None` when the entry is
+    /// not one (a loader/object mismatch).
+    #[must_use]
+    pub fn from_entry(entry: &[u8]) -> Option<Packet<'_>> {
+        let (header, data) = entry.split_at_checked(CAPTURED_HEADER_SIZE)?;
+        // SAFETY: `CapturedHeader` is plain integers (`aya::Pod`), `header` is exactly its size,
+        // and `read_unaligned` needs no alignment.
+        let CapturedHeader {
+            ts_ns,
+            len,
+            captured,
+            headers_len,
+            src_port,
+            dst_port,
+        } = unsafe { header.as_ptr().cast::<CapturedHeader>().read_unaligned() };
+        (usize::try_from(captured).ok()? == data.len()).then_some(Packet {
+            ts_ns,
+            len,
+            headers_len,
+            src_port,
+            dst_port,
+            data,
+        })
+    }
+}
+
+/// Where a packet of a [`PacketBatch`] is: its fields and its bytes' place in the batch.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    ts_ns: u64,
+    len: u32,
+    headers_len: u32,
+    src_port: u16,
+    dst_port: u16,
+    start: u32,
+    end: u32,
+}
+
+/// The packets of one read of the ring, in order, their bytes in one allocation: what the
+/// captures running share (one reference count per batch, not per packet).
+#[derive(Debug, Default)]
+pub struct PacketBatch {
+    entries: Vec<Entry>,
+    bytes: Vec<u8>,
+}
+
+impl PacketBatch {
+    /// Appends `packet`.
+    pub fn push(&mut self, packet: Packet<'_>) {
+        let Packet {
+            ts_ns,
+            len,
+            headers_len,
+            src_port,
+            dst_port,
+            data,
+        } = packet;
+        let start = u32::try_from(self.bytes.len()).expect("a batch stays far below 4 GiB");
+        self.bytes.extend_from_slice(data);
+        self.entries.push(Entry {
+            ts_ns,
+            len,
+            headers_len,
+            src_port,
+            dst_port,
+            start,
+            end: u32::try_from(self.bytes.len()).expect("a batch stays far below 4 GiB"),
+        });
+    }
+
+    /// The packets, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Packet<'_>> {
+        self.entries.iter().map(|entry| Packet {
+            ts_ns: entry.ts_ns,
+            len: entry.len,
+            headers_len: entry.headers_len,
+            src_port: entry.src_port,
+            dst_port: entry.dst_port,
+            data: &self.bytes[entry.start as usize..entry.end as usize],
+        })
+    }
+
+    /// How many packets it holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// One packet's first bytes, owned: what the flight recorder keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapturedPacket {
     /// Capture time, the kernel's monotonic nanoseconds (the same as its record's).
@@ -25,29 +144,30 @@ pub struct CapturedPacket {
 }
 
 impl CapturedPacket {
-    /// Decodes a `PACKETS` entry: a [`CapturedHeader`] then the bytes; `None` when the entry is
-    /// not one (a loader/object mismatch).
+    /// A copy of `packet`, cut to its first `keep` bytes.
     #[must_use]
-    pub fn from_entry(entry: &[u8]) -> Option<Self> {
-        let (header, data) = entry.split_at_checked(CAPTURED_HEADER_SIZE)?;
-        // SAFETY: `CapturedHeader` is plain integers (`aya::Pod`), `header` is exactly its size,
-        // and `read_unaligned` needs no alignment.
-        let CapturedHeader {
-            ts_ns,
-            len,
-            captured,
-            headers_len,
-            src_port,
-            dst_port,
-        } = unsafe { header.as_ptr().cast::<CapturedHeader>().read_unaligned() };
-        (usize::try_from(captured).ok()? == data.len()).then(|| Self {
-            ts_ns,
-            len,
-            headers_len,
-            src_port,
-            dst_port,
-            data: data.into(),
-        })
+    pub fn cut(packet: Packet<'_>, keep: usize) -> Self {
+        Self {
+            ts_ns: packet.ts_ns,
+            len: packet.len,
+            headers_len: packet.headers_len,
+            src_port: packet.src_port,
+            dst_port: packet.dst_port,
+            data: packet.data[..packet.data.len().min(keep)].into(),
+        }
+    }
+
+    /// It, borrowed as a batch's packets are.
+    #[must_use]
+    pub fn as_packet(&self) -> Packet<'_> {
+        Packet {
+            ts_ns: self.ts_ns,
+            len: self.len,
+            headers_len: self.headers_len,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            data: &self.data,
+        }
     }
 }
 
@@ -117,11 +237,11 @@ impl PacketSource {
     /// # Errors
     ///
     /// When waiting on the ring fails.
-    pub async fn next_batch(&mut self, out: &mut Vec<CapturedPacket>) -> Result<(), CaptureError> {
+    pub async fn next_batch(&mut self, out: &mut PacketBatch) -> Result<(), CaptureError> {
         self.ring.ready().await.map_err(CaptureError::Poll)?;
         let malformed = &mut self.malformed;
         self.ring
-            .read(MAX_BATCH, |entry| match CapturedPacket::from_entry(entry) {
+            .read(MAX_BATCH, |entry| match Packet::from_entry(entry) {
                 Some(packet) => out.push(packet),
                 None => *malformed += 1,
             });
@@ -160,7 +280,8 @@ mod tests {
 
     #[test]
     fn entries_decode_and_mismatched_lengths_do_not() {
-        let packet = CapturedPacket::from_entry(&entry(3, &[1, 2, 3])).unwrap();
+        let bytes = entry(3, &[1, 2, 3]);
+        let packet = Packet::from_entry(&bytes).unwrap();
         assert_eq!(
             (
                 packet.ts_ns,
@@ -171,8 +292,28 @@ mod tests {
             ),
             (7, 1514, 54, 8080, 40_000)
         );
-        assert_eq!(&*packet.data, &[1, 2, 3]);
-        assert_eq!(CapturedPacket::from_entry(&entry(4, &[1, 2, 3])), None);
-        assert_eq!(CapturedPacket::from_entry(&[0; 10]), None);
+        assert_eq!(packet.data, &[1, 2, 3]);
+        assert_eq!(Packet::from_entry(&entry(4, &[1, 2, 3])), None);
+        assert_eq!(Packet::from_entry(&[0; 10]), None);
+    }
+
+    #[test]
+    fn a_batch_keeps_each_packet_s_fields_and_bytes() {
+        let (first, second) = (entry(3, &[1, 2, 3]), entry(2, &[9, 8]));
+        let mut batch = PacketBatch::default();
+        batch.push(Packet::from_entry(&first).unwrap());
+        batch.push(Packet::from_entry(&second).unwrap());
+        let packets: Vec<Packet<'_>> = batch.iter().collect();
+        assert_eq!(packets.len(), 2);
+        assert_eq!(
+            (packets[0].data, packets[1].data),
+            (&[1, 2, 3][..], &[9, 8][..])
+        );
+        assert_eq!(packets[1].dst_port, 40_000);
+        assert!(packets[1].matches(&[8080]) && packets[1].matches(&[40_000]));
+        assert!(!packets[1].matches(&[443, 8081]));
+        let kept = CapturedPacket::cut(packets[0], 2);
+        assert_eq!(&*kept.data, &[1, 2]);
+        assert_eq!(kept.as_packet().ts_ns, 7);
     }
 }

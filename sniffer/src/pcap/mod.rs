@@ -29,16 +29,17 @@ use self::{config::CaptureConfig, recorder::Recorder};
 use crate::{
     capture::{
         CaptureError,
-        packets::{CapturedPacket, PacketSource, Wanted},
+        packets::{CapturedPacket, PacketBatch, PacketSource, Wanted},
     },
     metrics::{Stats, add},
 };
 
-/// Packets a capture's client may lag behind before the next ones are dropped (and counted).
-const QUEUE_PACKETS: usize = 16_384;
+/// Reads of the ring (each up to `MAX_BATCH` packets) a capture's client may lag behind before
+/// the next ones are dropped (and counted).
+const QUEUE_BATCHES: usize = 16;
 
-/// A packet as captures share it.
-pub type Shared = Arc<CapturedPacket>;
+/// The packets of one read of the ring, as captures share them.
+pub type Shared = Arc<PacketBatch>;
 
 /// One running capture, as the tap sees it.
 struct Subscriber {
@@ -70,7 +71,8 @@ pub struct Captures {
 pub struct Subscription {
     id: u64,
     captures: Arc<Captures>,
-    /// Packets for this capture, in order.
+    /// Packets for this capture, in order, in the batches they were read in: the capture
+    /// keeps those from or to its ports.
     pub packets: mpsc::Receiver<Shared>,
     /// Packets this capture lost because it read slower than they came.
     pub dropped: Arc<AtomicU64>,
@@ -137,7 +139,7 @@ impl Captures {
             add(&self.stats.capture.refused_busy, 1);
             return Err(Busy { retry_after });
         }
-        let (tx, rx) = mpsc::channel(QUEUE_PACKETS);
+        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let dropped = Arc::new(AtomicU64::new(0));
         let id = running.next_id;
         running.next_id += 1;
@@ -166,7 +168,7 @@ impl Captures {
 
     /// What the flight recorder holds, from or to `ports` if given; `None` when it is off.
     #[must_use]
-    pub fn recent(&self, ports: Option<&[u16]>) -> Option<Vec<Shared>> {
+    pub fn recent(&self, ports: Option<&[u16]>) -> Option<Vec<Arc<CapturedPacket>>> {
         let recorder = self.recorder.as_ref()?;
         Some(
             recorder
@@ -191,40 +193,36 @@ impl Captures {
         )
     }
 
-    /// Hands `packets` to the recorder and to each capture that wants them.
-    fn distribute(&self, packets: impl Iterator<Item = CapturedPacket>) {
+    /// Hands a batch of packets to the recorder and to each capture running.
+    fn distribute(&self, batch: PacketBatch) {
         let running = self.lock();
-        let mut recorder = self
-            .recorder
-            .as_ref()
-            .map(|r| r.lock().unwrap_or_else(PoisonError::into_inner));
-        let forgotten = recorder.as_ref().map(|r| r.forgotten());
-        for packet in packets {
-            let packet = Arc::new(packet);
-            for subscriber in &running.subscribers {
-                if subscriber
-                    .ports
-                    .as_deref()
-                    .is_some_and(|ports| !recorder::matches(&packet, ports))
-                {
-                    continue;
-                }
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    subscriber.tx.try_send(Arc::clone(&packet))
-                {
-                    subscriber.dropped.fetch_add(1, Relaxed);
-                    add(&self.stats.capture.dropped_slow_client, 1);
-                }
+        if let Some(recorder) = &self.recorder {
+            let mut recorder = recorder.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = recorder.forgotten();
+            for packet in batch.iter() {
+                let keep = packet.headers_len as usize;
+                recorder.record(Arc::new(CapturedPacket::cut(packet, keep)));
             }
-            if let Some(recorder) = recorder.as_mut() {
-                recorder.record(packet);
-            }
-        }
-        if let (Some(recorder), Some(before)) = (recorder, forgotten) {
             add(
                 &self.stats.capture.recorder_forgotten,
                 recorder.forgotten() - before,
             );
+        }
+        if running.subscribers.is_empty() {
+            return;
+        }
+        let batch = Arc::new(batch);
+        for subscriber in &running.subscribers {
+            if let Err(mpsc::error::TrySendError::Full(batch)) =
+                subscriber.tx.try_send(Arc::clone(&batch))
+            {
+                let lost = match &subscriber.ports {
+                    Some(ports) => batch.iter().filter(|p| p.matches(ports)).count(),
+                    None => batch.len(),
+                } as u64;
+                subscriber.dropped.fetch_add(lost, Relaxed);
+                add(&self.stats.capture.dropped_slow_client, lost);
+            }
         }
     }
 }
@@ -239,13 +237,15 @@ pub async fn run_tap(
     mut source: PacketSource,
     captures: Arc<Captures>,
 ) -> Result<(), CaptureError> {
-    let mut batch = Vec::new();
     loop {
         source.want(captures.wanted())?;
+        let mut batch = PacketBatch::default();
         tokio::select! {
             ready = source.next_batch(&mut batch) => ready?,
             () = captures.changed.notified() => continue,
         }
-        captures.distribute(batch.drain(..));
+        if !batch.is_empty() {
+            captures.distribute(batch);
+        }
     }
 }

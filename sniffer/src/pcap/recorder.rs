@@ -71,7 +71,7 @@ impl Recorder {
     pub fn packets(&self, ports: Option<&[u16]>) -> Vec<Arc<CapturedPacket>> {
         self.packets
             .iter()
-            .filter(|p| ports.is_none_or(|ports| matches(p, ports)))
+            .filter(|p| ports.is_none_or(|ports| p.as_packet().matches(ports)))
             .cloned()
             .collect()
     }
@@ -93,12 +93,6 @@ impl Recorder {
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty()
     }
-}
-
-/// Whether `packet` is from or to one of `ports`.
-#[must_use]
-pub fn matches(packet: &CapturedPacket, ports: &[u16]) -> bool {
-    ports.contains(&packet.src_port) || ports.contains(&packet.dst_port)
 }
 
 #[cfg(test)]

@@ -37,8 +37,10 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 /// Connections served beyond the captures allowed, so that one more is answered `429` rather
 /// than closed.
 const SPARE_CONNECTIONS: usize = 4;
-/// Packets written per write call at most.
-const PACKETS_PER_WRITE: usize = 256;
+/// Reads of the ring (each up to `MAX_BATCH` packets) written per write call at most.
+const BATCHES_PER_WRITE: usize = 4;
+/// Packets of the flight recorder written per write call.
+const PACKETS_PER_WRITE: usize = 1024;
 
 /// The interface as a capture's Interface Description Block names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,13 +162,9 @@ impl Server {
         let mut sent = (head.len() - header_len) as u64;
         self.send(stream, &head).await?;
 
-        let cut = |packet: &Shared| {
-            let keep = snaplen.unwrap_or(packet.headers_len) as usize;
-            packet.data.len().min(keep)
-        };
         let (mut written, mut counted) = (0u64, 0u64);
-        let mut buf = Vec::with_capacity(64 * 1024);
-        let mut batch = Vec::with_capacity(PACKETS_PER_WRITE);
+        let mut buf = Vec::with_capacity(256 * 1024);
+        let mut batches = Vec::with_capacity(BATCHES_PER_WRITE);
         let mut probe = [0u8; 64];
         let mut full = false;
         while !full {
@@ -176,7 +174,7 @@ impl Server {
                     // A client only reads: anything it sends, or its end, ends the capture.
                     Ok(_) | Err(_) => break,
                 },
-                received = subscription.packets.recv_many(&mut batch, PACKETS_PER_WRITE) => {
+                received = subscription.packets.recv_many(&mut batches, BATCHES_PER_WRITE) => {
                     if received == 0 {
                         break;
                     }
@@ -184,10 +182,16 @@ impl Server {
             }
             let clock = WallClock::now();
             buf.clear();
-            for packet in batch.drain(..) {
+            let packets = batches.iter().flat_map(|batch: &Shared| batch.iter());
+            for packet in packets {
+                if ports.as_deref().is_some_and(|ports| !packet.matches(ports)) {
+                    continue;
+                }
                 let before = buf.len();
                 let ts = u64::try_from(clock.wall(packet.ts_ns).unix_nanos()).unwrap_or(0);
-                pcapng::enhanced_packet(&mut buf, ts, packet.len, &packet.data[..cut(&packet)]);
+                let keep = snaplen.unwrap_or(packet.headers_len) as usize;
+                let data = &packet.data[..packet.data.len().min(keep)];
+                pcapng::enhanced_packet(&mut buf, ts, packet.len, data);
                 if max_bytes.is_some_and(|max| sent + buf.len() as u64 > max) {
                     buf.truncate(before);
                     full = true;
@@ -199,6 +203,7 @@ impl Server {
                     break;
                 }
             }
+            batches.clear();
             sent += buf.len() as u64;
             self.send(stream, &buf).await?;
             add(&self.stats.capture.packets, written - counted);
