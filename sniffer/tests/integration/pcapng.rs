@@ -219,6 +219,14 @@ fn a_capture_is_tcpdump_s_packets_cut_after_their_headers() {
     let expected = tcpdump.stop();
     let finished = agent.terminate();
     assert!(finished.status.success(), "{:#?}", finished.logs);
+    // The records' accounting stays exact while a capture and the recorder run.
+    let stopped = finished.log("stopped");
+    assert_eq!(stopped["dropped"], 0, "{stopped}");
+    assert_eq!(stopped["delivered"], stopped["matched"], "{stopped}");
+    assert_eq!(
+        stopped["records"].as_u64().unwrap() as usize,
+        finished.records().len()
+    );
 
     let theirs = headers(&expected);
     let ours = headers(&capture);
@@ -228,6 +236,7 @@ fn a_capture_is_tcpdump_s_packets_cut_after_their_headers() {
         theirs.len()
     );
     assert_eq!(ours.len(), theirs.len(), "packets: ours vs tcpdump's");
+    assert_eq!(finished.records().len(), ours.len(), "records vs captured");
     for (n, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         let fields: BTreeMap<_, _> = FIELDS.iter().zip(a.iter().zip(b)).collect();
         for (field, (a, b)) in &fields {
