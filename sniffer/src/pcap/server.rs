@@ -38,7 +38,7 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 /// than closed.
 const SPARE_CONNECTIONS: usize = 4;
 /// Reads of the ring (each up to `MAX_BATCH` packets) written per write call at most.
-const BATCHES_PER_WRITE: usize = 4;
+const BATCHES_PER_WRITE: usize = 16;
 /// Packets of the flight recorder written per write call.
 const PACKETS_PER_WRITE: usize = 1024;
 

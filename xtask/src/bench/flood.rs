@@ -55,9 +55,10 @@ pub enum Flooded {
     /// The sniffer tracking connections (`RECORDS` `connections` or `both`), delivering `batch`
     /// bodies, with the flood spread over this many connections (all fit in `CONNECTION_MAX`).
     Tracking(&'static str, u64),
-    /// The sniffer delivering `batch` bodies while a packet capture (`GET /capture`, headers
-    /// only) streams to a client that only reads (`curl -o /dev/null`).
-    Capture,
+    /// The sniffer writing its records to stdout (`/dev/null`: the injector's default, no
+    /// `outputUrl`) or delivering `batch` bodies (`true`), while a packet capture (`GET
+    /// /capture`, headers only) streams to a client that only reads (`curl -o /dev/null`).
+    Capture(bool),
     /// `--baseline`: another sniffer binary (an earlier commit's) delivering `batch` bodies, for
     /// a same-run comparison.
     Baseline,
@@ -65,7 +66,7 @@ pub enum Flooded {
 
 impl Flooded {
     /// Every capturer, in the order they run in a round (and [`Self::Baseline`] when asked).
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Tcpdump,
         Self::Stdout,
         Self::Http("batch", "protobuf"),
@@ -77,7 +78,8 @@ impl Flooded {
         Self::Tracking("both", FEW_CONNECTIONS),
         Self::Tracking("connections", FLOOD_CONNECTIONS),
         Self::Tracking("both", FLOOD_CONNECTIONS),
-        Self::Capture,
+        Self::Capture(false),
+        Self::Capture(true),
     ];
 
     /// Connections the flood's frames belong to.
@@ -98,7 +100,8 @@ impl Flooded {
             Self::Tracking(records, connections) => {
                 format!("sniffer → HTTP, batch, RECORDS={records}, {connections} connections")
             }
-            Self::Capture => "sniffer → HTTP, batch, + a pcapng capture streaming".to_owned(),
+            Self::Capture(false) => "sniffer → stdout, + a pcapng capture streaming".to_owned(),
+            Self::Capture(true) => "sniffer → HTTP, batch, + a pcapng capture streaming".to_owned(),
             Self::Baseline => "baseline sniffer (--baseline) → HTTP, batch".to_owned(),
         }
     }
@@ -206,7 +209,7 @@ pub fn trial(
         config(&mac(&bare.client)?, capturer.connections()),
     )?;
     let collector = match capturer {
-        Flooded::Http(..) | Flooded::Tracking(..) | Flooded::Capture | Flooded::Baseline => {
+        Flooded::Http(..) | Flooded::Tracking(..) | Flooded::Capture(true) | Flooded::Baseline => {
             Some(BenchCollector::start_discarding(&bed.server.name)?)
         }
         _ => None,
@@ -223,7 +226,8 @@ pub fn trial(
         _ => {
             let mut cmd = pinned(1, &bed.server, sniffer);
             cmd.env("PORTS", PORT.to_string()).env("INTERFACE", "eth0");
-            if let (Flooded::Capture | Flooded::Baseline, Some(collector)) = (capturer, &collector)
+            if let (Flooded::Capture(true) | Flooded::Baseline, Some(collector)) =
+                (capturer, &collector)
             {
                 cmd.env("OUTPUT_URL", format!("http://{}/", collector.addr));
             }
@@ -244,7 +248,7 @@ pub fn trial(
     };
     // The capture's client, on the capturer's CPU like tcpdump's writes; its own CPU is not
     // counted (in a cluster it is `kubectl` on another machine).
-    let reader = if capturer == Flooded::Capture {
+    let reader = if matches!(capturer, Flooded::Capture(_)) {
         let reader = pinned(1, &bed.server, "curl")
             .args(["-sN", "-o", "/dev/null"])
             .arg(format!(
@@ -308,7 +312,7 @@ pub fn trial(
         trial.captured = number(" packets captured")?;
         trial.dropped = number(" packets dropped by kernel")?;
     } else {
-        if capturer == Flooded::Capture {
+        if matches!(capturer, Flooded::Capture(_)) {
             let ended = logged(&lines, "packet capture ended")?;
             trial.streamed = Some((ended("packets")?, ended("dropped")?));
         }
@@ -394,7 +398,7 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
         );
     }
     let find = |c: Flooded| medians.iter().find(|m| m.0 == c).map(|m| (m.1, m.2));
-    if let (Some((tp, tk)), Some((sp, _)), Some((hp, hk))) = (
+    if let (Some((tp, tk)), Some((sp, sk)), Some((hp, hk))) = (
         find(Flooded::Tcpdump),
         find(Flooded::Stdout),
         find(Flooded::Http("batch", "protobuf")),
@@ -443,8 +447,13 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
                 per = trials.first().map_or(0, |t| t.sent / connections),
             );
         }
-        if let Some((cp, ck)) = find(Flooded::Capture) {
-            let runs = trials.iter().filter(|t| t.capturer == Flooded::Capture);
+        for (http, without) in [(false, (sp, sk)), (true, (hp, hk))] {
+            let Some((cp, ck)) = find(Flooded::Capture(http)) else {
+                continue;
+            };
+            let runs = trials
+                .iter()
+                .filter(|t| t.capturer == Flooded::Capture(http));
             let (written, lost, sent) = runs.fold((0, 0, 0), |(w, l, s), t| {
                 let (written, lost) = t.streamed.unwrap_or_default();
                 (w + written, l + lost, s + t.sent)
@@ -452,15 +461,20 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
             let _ = writeln!(
                 text,
                 "\nA packet capture streaming (`GET /capture`, headers only, to `curl -o /dev/null` \
-                 on the capturer's CPU, whose own CPU is not counted) while the records are \
-                 delivered: {:.0} ns per packet in all against tcpdump's {:.0} ns ({:.2} ×; ≤ \
-                 1.2 ×: {}), {:.0} ns more than without the capture; {written} of {sent} packets \
-                 in the pcapng, {lost} lost (ISB `isb_ifdrop`).",
+                 on the capturer's CPU, whose own CPU is not counted) while the records go {}: \
+                 {:.0} ns per packet in all against tcpdump's {:.0} ns ({:.2} ×; ≤ 1.2 ×: {}), \
+                 {:.0} ns more than the same records without the capture; {written} of {sent} \
+                 packets in the pcapng, {lost} lost (ISB `isb_ifdrop`).",
+                if http {
+                    "to the collector (`batch`)"
+                } else {
+                    "to stdout (the injector's default)"
+                },
                 cp + ck,
                 tp + tk,
                 (cp + ck) / (tp + tk),
                 verdict(cp + ck <= 1.2 * (tp + tk)),
-                cp + ck - hp - hk,
+                cp + ck - without.0 - without.1,
             );
         }
         if let Some((bp, bk)) = find(Flooded::Baseline) {
