@@ -463,8 +463,9 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
                 "\nA packet capture streaming (`GET /capture`, headers only, to `curl -o /dev/null` \
                  on the capturer's CPU, whose own CPU is not counted) while the records go {}: \
                  {:.0} ns per packet in all against tcpdump's {:.0} ns ({:.2} ×; ≤ 1.2 ×: {}), \
-                 {:.0} ns more than the same records without the capture; {written} of {sent} \
-                 packets in the pcapng, {lost} lost (ISB `isb_ifdrop`).",
+                 {:.0} ns more than the same records without the capture (the capture itself: \
+                 {:.2} × tcpdump's whole capture); {written} of {sent} packets in the pcapng, \
+                 {lost} lost (ISB `isb_ifdrop`).",
                 if http {
                     "to the collector (`batch`)"
                 } else {
@@ -475,6 +476,7 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
                 (cp + ck) / (tp + tk),
                 verdict(cp + ck <= 1.2 * (tp + tk)),
                 cp + ck - without.0 - without.1,
+                (cp + ck - without.0 - without.1) / (tp + tk),
             );
         }
         if let Some((bp, bk)) = find(Flooded::Baseline) {
