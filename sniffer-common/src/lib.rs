@@ -128,16 +128,22 @@ pub const DEFAULT_PACKETS_RING_BYTES: u32 = 2 << 20;
 pub struct CapturedHeader {
     /// `bpf_ktime_get_ns()` at capture, the same value as the packet's [`PacketRecord::ts_ns`].
     pub ts_ns: u64,
-    /// The packet's length on the interface.
+    /// The packet's length on the interface (without a VLAN tag held in metadata).
     pub len: u32,
-    /// Bytes copied after this header.
-    pub captured: u32,
+    /// Bytes copied after this header (at most [`CAPTURE_MAX_BYTES`]).
+    pub captured: u16,
     /// See [`PacketRecord::headers_len`].
-    pub headers_len: u32,
+    pub headers_len: u16,
     /// TCP source port.
     pub src_port: u16,
     /// TCP destination port.
     pub dst_port: u16,
+    /// The VLAN tag the kernel took off the frame into the packet's metadata (`skb->vlan_tci`),
+    /// when `vlan_proto` is not 0; the bytes copied are then untagged, as the kernel holds them.
+    pub vlan_tci: u16,
+    /// The tag's protocol as it goes on the wire (`skb->vlan_proto`, network byte order:
+    /// `0x8100` for 802.1Q, `0x88a8` for 802.1ad); 0 when the packet has no such tag.
+    pub vlan_proto: u16,
 }
 
 /// Bytes of a [`CapturedHeader`].

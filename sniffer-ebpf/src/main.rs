@@ -148,13 +148,26 @@ fn capture(ctx: &SkBuffContext, record: &PacketRecord) {
     if loaded != 0 {
         return;
     }
+    // SAFETY: reads of the context the kernel passed; the verifier rewrites them into reads of
+    // the `sk_buff`.
+    let (vlan_present, vlan_tci, vlan_proto) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.vlan_present, skb.vlan_tci, skb.vlan_proto)
+    };
+    let (vlan_tci, vlan_proto) = if vlan_present != 0 {
+        (vlan_tci as u16, vlan_proto as u16)
+    } else {
+        (0, 0)
+    };
     buffer.header = CapturedHeader {
         ts_ns: record.ts_ns,
         len: record.len,
-        captured: len,
-        headers_len: record.headers_len,
+        captured: len as u16,
+        headers_len: record.headers_len as u16,
         src_port: record.src_port,
         dst_port: record.dst_port,
+        vlan_tci,
+        vlan_proto,
     };
     let size = CAPTURED_HEADER_SIZE + len as usize;
     // SAFETY: the header and the first `len` bytes of `data`, contiguous in the `repr(C)` buffer.

@@ -22,6 +22,9 @@ pub struct Packet<'a> {
     pub dst_port: u16,
     /// Its first bytes, as the kernel copied them.
     pub data: &'a [u8],
+    /// A VLAN tag the kernel holds beside the bytes rather than in them (the 4 bytes that go
+    /// after the MAC addresses on the wire), as a batch puts it back.
+    pub vlan: Option<[u8; 4]>,
 }
 
 impl Packet<'_> {
@@ -45,17 +48,29 @@ impl Packet<'_> {
             headers_len,
             src_port,
             dst_port,
+            vlan_tci,
+            vlan_proto,
         } = unsafe { header.as_ptr().cast::<CapturedHeader>().read_unaligned() };
-        (usize::try_from(captured).ok()? == data.len()).then_some(Packet {
+        // The protocol is in network byte order already: its bytes in memory are the wire's.
+        let vlan = (vlan_proto != 0).then(|| {
+            let [p0, p1] = vlan_proto.to_ne_bytes();
+            let [t0, t1] = vlan_tci.to_be_bytes();
+            [p0, p1, t0, t1]
+        });
+        (usize::from(captured) == data.len()).then_some(Packet {
             ts_ns,
             len,
-            headers_len,
+            headers_len: u32::from(headers_len),
             src_port,
             dst_port,
             data,
+            vlan,
         })
     }
 }
+
+/// Bytes of the destination and source MAC addresses, after which a VLAN tag goes.
+const MAC_ADDRESSES: usize = 12;
 
 /// Where a packet of a [`PacketBatch`] is: its fields and its bytes' place in the batch.
 #[derive(Clone, Copy, Debug)]
@@ -78,18 +93,29 @@ pub struct PacketBatch {
 }
 
 impl PacketBatch {
-    /// Appends `packet`.
+    /// Appends `packet`, its VLAN tag put back after the MAC addresses (as libpcap does for
+    /// tcpdump), so that the frame is the one on the wire.
     pub fn push(&mut self, packet: Packet<'_>) {
         let Packet {
             ts_ns,
-            len,
-            headers_len,
+            mut len,
+            mut headers_len,
             src_port,
             dst_port,
             data,
+            vlan,
         } = packet;
         let start = u32::try_from(self.bytes.len()).expect("a batch stays far below 4 GiB");
-        self.bytes.extend_from_slice(data);
+        match vlan {
+            Some(tag) if data.len() >= MAC_ADDRESSES => {
+                self.bytes.extend_from_slice(&data[..MAC_ADDRESSES]);
+                self.bytes.extend_from_slice(&tag);
+                self.bytes.extend_from_slice(&data[MAC_ADDRESSES..]);
+                len += 4;
+                headers_len += 4;
+            }
+            _ => self.bytes.extend_from_slice(data),
+        }
         self.entries.push(Entry {
             ts_ns,
             len,
@@ -110,6 +136,7 @@ impl PacketBatch {
             src_port: entry.src_port,
             dst_port: entry.dst_port,
             data: &self.bytes[entry.start as usize..entry.end as usize],
+            vlan: None,
         })
     }
 
@@ -167,6 +194,7 @@ impl CapturedPacket {
             src_port: self.src_port,
             dst_port: self.dst_port,
             data: &self.data,
+            vlan: None,
         }
     }
 }
@@ -259,7 +287,11 @@ impl PacketSource {
 mod tests {
     use super::*;
 
-    fn entry(captured: u32, data: &[u8]) -> Vec<u8> {
+    fn entry(captured: u16, data: &[u8]) -> Vec<u8> {
+        tagged(captured, data, 0, 0)
+    }
+
+    fn tagged(captured: u16, data: &[u8], vlan_tci: u16, vlan_proto: u16) -> Vec<u8> {
         let header = CapturedHeader {
             ts_ns: 7,
             len: 1514,
@@ -267,6 +299,8 @@ mod tests {
             headers_len: 54,
             src_port: 8080,
             dst_port: 40_000,
+            vlan_tci,
+            vlan_proto,
         };
         // SAFETY: a plain-integer `repr(C)` struct without padding, viewed as its bytes.
         let bytes = unsafe {
@@ -315,5 +349,20 @@ mod tests {
         let kept = CapturedPacket::cut(packets[0], 2);
         assert_eq!(&*kept.data, &[1, 2]);
         assert_eq!(kept.as_packet().ts_ns, 7);
+    }
+
+    #[test]
+    fn a_tag_the_kernel_holds_apart_goes_back_after_the_mac_addresses() {
+        let frame: Vec<u8> = (0..20).collect();
+        // 802.1Q as the kernel stores it: network byte order in memory.
+        let proto = u16::from_ne_bytes([0x81, 0x00]);
+        let bytes = tagged(20, &frame, (3 << 13) | 100, proto);
+        let mut batch = PacketBatch::default();
+        batch.push(Packet::from_entry(&bytes).unwrap());
+        let packet = batch.iter().next().unwrap();
+        assert_eq!(&packet.data[..12], &frame[..12]);
+        assert_eq!(&packet.data[12..16], &[0x81, 0x00, 0x60, 100]);
+        assert_eq!(&packet.data[16..], &frame[12..]);
+        assert_eq!((packet.len, packet.headers_len), (1518, 58));
     }
 }

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::FromRawFd as _,
+    os::fd::{AsRawFd as _, FromRawFd as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::{self, JoinHandle},
@@ -16,6 +16,7 @@ use std::{
 use crate::{
     agent::{Agent, SNIFFER},
     connections::{Pcap, epoch_ns, rfc3339_ns, tshark_fields},
+    dissector,
     netns::{Netns, SERVER_V4, SERVER_V6, Topology, privileged, topology},
 };
 
@@ -426,4 +427,103 @@ fn refusals_name_the_problem_and_the_endpoint_is_loopback_only() {
 
     let finished = agent.terminate();
     assert!(finished.status.success(), "{:#?}", finished.logs);
+}
+
+/// An 802.1Q-tagged TCP segment (VLAN 100, priority 3) from the client to the server's [`PORT`],
+/// with TCP options (NOP, NOP, timestamps) and [`SECRET`] as its payload. This kernel has no VLAN
+/// devices (`CONFIG_VLAN_8021Q` is off), so the tagged frames are written on the link as a trunk
+/// carries them; the receiving kernel moves the tag into the packet's metadata (as for every
+/// tagged frame), the stack then drops them, and every packet tap sees them.
+fn tagged_frame(seq: u32) -> Vec<u8> {
+    let payload = SECRET;
+    let tcp_len = 32;
+    let ip_len = 20 + tcp_len + payload.len();
+    let mut frame = Vec::with_capacity(18 + ip_len);
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01]);
+    frame.extend_from_slice(&0x8100u16.to_be_bytes());
+    frame.extend_from_slice(&((3u16 << 13) | 100).to_be_bytes());
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let ip_start = frame.len();
+    frame.extend_from_slice(&[0x45, 0]);
+    frame.extend_from_slice(&u16::try_from(ip_len).unwrap().to_be_bytes());
+    frame.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, 6, 0, 0]);
+    frame.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    let sum = frame[ip_start..ip_start + 20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !u16::try_from((folded & 0xffff) + (folded >> 16)).unwrap();
+    frame[ip_start + 10..ip_start + 12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend_from_slice(&40_000u16.to_be_bytes());
+    frame.extend_from_slice(&PORT.to_be_bytes());
+    frame.extend_from_slice(&(1_000 + seq * 1_000).to_be_bytes());
+    frame.extend_from_slice(&77u32.to_be_bytes());
+    frame.extend_from_slice(&[0x80, 0x18, 0x01, 0xf5, 0, 0, 0, 0]);
+    frame.extend_from_slice(&[1, 1, 8, 10]);
+    frame.extend_from_slice(&(5_000 + seq).to_be_bytes());
+    frame.extend_from_slice(&9u32.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn vlan_tagged_frames_keep_their_tag() {
+    if !privileged("vlan_tagged_frames_keep_their_tag") {
+        return;
+    }
+    let topology = topology();
+    let tcpdump = Pcap::start(
+        &topology.server,
+        "eth0",
+        &format!("vlan and tcp port {PORT}"),
+    );
+    let mut agent = start(&topology, &[]);
+    let download = Download::start(&topology.server, "/capture?seconds=2", "vlan");
+    agent.wait_for_log("packet capture started", Duration::from_secs(5));
+    topology.client.run(|| {
+        let socket = dissector::open("eth0");
+        for seq in 0..5 {
+            let frame = tagged_frame(seq);
+            // SAFETY: send(2) of a buffer this closure owns on a socket bound to eth0.
+            let sent =
+                unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            assert_eq!(
+                sent,
+                frame.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+    });
+    let capture = download.finish();
+    thread::sleep(Duration::from_millis(100));
+    let expected = tcpdump.stop();
+    let finished = agent.terminate();
+    assert!(finished.status.success(), "{:#?}", finished.logs);
+    assert_eq!(finished.records().len(), 5, "records of the tagged frames");
+
+    let fields: Vec<&str> = FIELDS
+        .iter()
+        .copied()
+        .chain(["vlan.id", "vlan.priority", "vlan.etype"])
+        .collect();
+    let ours = tshark_fields(&capture, "tcp", &fields);
+    let theirs = tshark_fields(&expected, "tcp", &fields);
+    assert_eq!(ours.len(), 5, "{ours:?}");
+    assert_eq!(ours, theirs);
+    assert!(
+        ours.iter().all(|row| row[row.len() - 3] == "100"),
+        "{ours:?}"
+    );
+    let cut = tshark_fields(&capture, "tcp", &["frame.cap_len"]);
+    assert!(
+        cut.iter().all(|row| row[0] == "70"),
+        "cut after the TCP header: {cut:?}"
+    );
+    let bytes = std::fs::read(&capture).expect("capture");
+    assert!(!contains(&bytes, &SECRET[..8]), "payload in the capture");
+    for path in [capture, expected] {
+        let _ = std::fs::remove_file(path);
+    }
 }
