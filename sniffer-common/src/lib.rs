@@ -120,7 +120,7 @@ impl CaptureControl {
 pub const CAPTURE_MAX_BYTES: u32 = 4096;
 const _: () = assert!(CAPTURE_MAX_BYTES.is_power_of_two());
 /// `PACKETS` size compiled into the object, and the loader's default when captures are on.
-pub const DEFAULT_PACKETS_RING_BYTES: u32 = 2 << 20;
+pub const DEFAULT_PACKETS_RING_BYTES: u32 = 1 << 20;
 
 /// What precedes a packet's bytes in `PACKETS`.
 #[repr(C)]

@@ -13,6 +13,7 @@ use testbed::Topology;
 use anyhow::{Context as _, Result};
 
 mod flood;
+mod idle;
 mod report;
 mod trial;
 
@@ -66,6 +67,8 @@ pub enum Part {
     Encode,
     /// The injector under wrk.
     Injector,
+    /// One sidecar with nothing to do: wake-ups, CPU and memory.
+    Idle,
 }
 
 impl Part {
@@ -76,6 +79,7 @@ impl Part {
             Self::Throughput => "throughput",
             Self::Encode => "encode",
             Self::Injector => "injector",
+            Self::Idle => "idle",
         }
     }
 }
@@ -86,6 +90,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let wanted = |part: Part| args.only.is_empty() || args.only.contains(&part);
     if wanted(Part::Flood) {
         publish(Part::Flood, &flood_report(args)?)?;
+    }
+    if wanted(Part::Idle) {
+        publish(Part::Idle, &idle_report(args)?)?;
     }
     if wanted(Part::Capture) || wanted(Part::Throughput) {
         bootstrap::ensure_debian_packages(&[
@@ -195,6 +202,22 @@ fn flood_report(args: &BenchArgs) -> Result<String> {
     let _ = fs::write(BPF_STATS, previous_stats.trim());
     result?;
     Ok(flood::report(&trials, args.flood_packets, args.repeat))
+}
+
+/// One idle sidecar of this build (and of `--baseline`), measured over `seconds`.
+fn idle_report(args: &BenchArgs) -> Result<String> {
+    bootstrap::ensure_debian_packages(&[("ip", "iproute2")])?;
+    ebpf::build()?;
+    let sniffer = cmd::build_binary("sniffer", true)?;
+    let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
+    let bed = Topology::new("tsidle")?;
+    let window = std::time::Duration::from_secs(u64::from(args.seconds));
+    let mut trials = vec![idle::trial(&bed, "this build", sniffer, window)?];
+    if let Some(baseline) = &args.baseline {
+        let baseline = baseline.to_str().context("non-UTF-8 --baseline path")?;
+        trials.push(idle::trial(&bed, "`--baseline`", baseline, window)?);
+    }
+    Ok(idle::report(&trials, window))
 }
 
 /// Prints a section, keeps a copy in `target/bench/` and writes it into docs/benchmarks.md.
