@@ -6,9 +6,10 @@ use std::{
     fs::File,
     io,
     os::fd::AsRawFd as _,
-    process::Command,
+    process::{Child, Command, ExitStatus},
     sync::atomic::{AtomicU32, Ordering},
     thread,
+    time::{Duration, Instant},
 };
 
 /// Client IPv4 address.
@@ -19,6 +20,29 @@ pub const SERVER_V4: &str = "10.0.0.2";
 pub const CLIENT_V6: &str = "fd00::1";
 /// Server IPv6 address.
 pub const SERVER_V6: &str = "fd00::2";
+
+/// Waits up to `timeout` for `child` to exit. After that it is killed and the test fails with
+/// `what` in the message: a child that ignores the signal it was sent (one inherited as ignored,
+/// say, when the suite is started with SIGINT ignored) fails the test instead of hanging the
+/// suite.
+///
+/// # Panics
+///
+/// When the child is still running at `timeout`, or cannot be waited on.
+pub fn wait_within(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {timeout:?}: killed");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// Runs `ip` with `args`; an error carries its stderr.
 ///

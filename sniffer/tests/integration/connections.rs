@@ -313,7 +313,7 @@ impl Pcap {
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGINT) };
-        self.child.wait().expect("tcpdump exit");
+        testbed::wait_within(&mut self.child, Duration::from_secs(10), "tcpdump");
         self.path.clone()
     }
 }

@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeMap,
+    io::Read as _,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Command,
@@ -848,7 +849,7 @@ fn the_plain_receiver_recipe_works() {
     let dir = scratch("receiver-recipe");
     let out = dir.join("records.ndjson");
     let port = listen(&topology).local_addr().unwrap().port();
-    let receiver = topology
+    let mut receiver = topology
         .server
         .command("python3")
         .arg(concat!(
@@ -875,9 +876,15 @@ fn the_plain_receiver_recipe_works() {
     let run = run_traffic(&topology, &format!("http://127.0.0.1:{port}/"), &[]);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
-    let summary = receiver.wait_with_output().unwrap();
-    let summary: Value =
-        serde_json::from_str(String::from_utf8_lossy(&summary.stderr).trim()).unwrap();
+    testbed::wait_within(&mut receiver, Duration::from_secs(10), "receiver.py");
+    let mut summary = String::new();
+    receiver
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut summary)
+        .unwrap();
+    let summary: Value = serde_json::from_str(summary.trim()).unwrap();
     assert_eq!(summary["dropped"], 0);
     let records: Vec<Value> = std::fs::read_to_string(&out)
         .unwrap()
