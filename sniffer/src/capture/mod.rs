@@ -92,7 +92,7 @@ pub struct CaptureOptions<'a> {
     /// the longest a record of slow traffic waits in the ring.
     pub poll_interval: Duration,
     /// Size of the ring packet captures read (a power of two and a page multiple), or `None`
-    /// when captures are off: the ring is then one page, and [`Capture::packet_source`] `None`.
+    /// when captures are off: the ring is then one page, and [`Capture::take_packet_source`] `None`.
     pub packets_ring_bytes: Option<u32>,
 }
 

@@ -1,6 +1,6 @@
 //! Connection tracking (`RECORDS=connections` or `both`): packets grouped into connections by
 //! their endpoints, each analysed as it goes ([`analysis`]) and reported once when it ends, as a
-//! [`record::ConnectionRecord`]; [`Tracking`] is the pipeline stage between the ring and the
+//! [`record::ConnectionRecord`]; [`crate::pipeline::tracking::Tracking`] is the pipeline stage between the ring and the
 //! output.
 //!
 //! Memory is bounded: at most `CONNECTION_MAX` connections are tracked; a new one beyond that

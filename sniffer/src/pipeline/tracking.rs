@@ -1,5 +1,5 @@
 //! The tracking stage: a [`Sink`] in front of the output that feeds every packet to the
-//! [`Tracker`](crate::connections::Tracker), passes packets on when they are wanted (`RECORDS=both`), and hands the output a
+//! [`Tracker`], passes packets on when they are wanted (`RECORDS=both`), and hands the output a
 //! connection record for each connection reported.
 
 use std::{
