@@ -21,6 +21,21 @@ pub const CLIENT_V6: &str = "fd00::1";
 /// Server IPv6 address.
 pub const SERVER_V6: &str = "fd00::2";
 
+/// A memory figure of process `pid` from `/proc/PID/status`, in KiB: `VmHWM` (its peak resident
+/// set since it started) or `VmRSS` (now).
+///
+/// # Errors
+///
+/// When the file cannot be read or has no such field.
+pub fn memory_kib(pid: u32, field: &str) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
+}
+
 /// Waits up to `timeout` for `child` to exit. After that it is killed and the test fails with
 /// `what` in the message: a child that ignores the signal it was sent (one inherited as ignored,
 /// say, when the suite is started with SIGINT ignored) fails the test instead of hanging the
@@ -212,5 +227,25 @@ impl Topology {
             ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
         }
         Ok(Self { client, server })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_figures_of_this_process() {
+        let pid = std::process::id();
+        let (now, peak) = (
+            memory_kib(pid, "VmRSS").unwrap(),
+            memory_kib(pid, "VmHWM").unwrap(),
+        );
+        assert!(now > 0 && peak >= now, "VmRSS {now}, VmHWM {peak}");
+        assert!(memory_kib(pid, "VmNothing").is_err());
+        assert!(
+            memory_kib(pid, "VmRS").is_err(),
+            "a prefix is not the field"
+        );
     }
 }

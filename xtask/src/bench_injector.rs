@@ -72,13 +72,7 @@ fn wrk(url: &str, script: &str, connections: u32, seconds: u32) -> Result<Run> {
 }
 
 fn peak_rss_mib(pid: u32) -> Result<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .context("no VmHWM")?;
-    Ok(kib / 1024.0)
+    Ok(testbed::memory_kib(pid, "VmHWM")? as f64 / 1024.0)
 }
 
 /// Runs wrk for `seconds` at 4 and then 32 connections; returns the Markdown section.

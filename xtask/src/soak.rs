@@ -31,12 +31,7 @@ pub struct SoakArgs {
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .context("no VmRSS")
+    Ok(testbed::memory_kib(pid, "VmRSS")?)
 }
 
 /// Runs the soak and prints a Markdown report (also `target/bench/soak.md`).

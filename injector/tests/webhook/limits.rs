@@ -28,12 +28,7 @@ const BODY: usize = 4 << 20;
 
 /// Peak resident set size of a process, from `/proc/PID/status`.
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .expect("VmHWM")
+    testbed::memory_kib(pid, "VmHWM").expect("VmHWM")
 }
 
 /// A request body that sends `chunks` of 64 KiB and then stalls forever, never ending.

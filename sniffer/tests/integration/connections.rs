@@ -755,12 +755,7 @@ fn syn_flood(client: &Netns, server: &Netns, count: u32, per_burst: u32) {
 
 /// A memory figure of a process (`VmHWM` peak or `VmRSS` now), in KiB.
 fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field}"))
+    testbed::memory_kib(pid, field).expect("memory figure")
 }
 
 fn metric(text: &str, name: &str) -> u64 {

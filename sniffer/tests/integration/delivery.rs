@@ -349,12 +349,7 @@ fn collector_outage_with_a_small_buffer_loses_nothing_unaccounted() {
 }
 
 fn peak_rss_kib(agent: &Agent) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .expect("VmHWM")
+    testbed::memory_kib(agent.pid(), "VmHWM").expect("VmHWM")
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 use std::{fmt::Write as _, fs, thread, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use testbed::Topology;
 
 use crate::{
@@ -54,15 +54,6 @@ fn sleeps(pid: u32) -> Result<(u64, usize)> {
     Ok((total, threads))
 }
 
-/// A `/proc/PID/status` field in KiB.
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
 /// One idle sidecar of `sniffer`, measured over `window`.
 pub fn trial(bed: &Topology, name: &str, sniffer: &str, window: Duration) -> Result<IdleTrial> {
     let collector = BenchCollector::start_discarding(&bed.server.name)?;
@@ -92,8 +83,8 @@ pub fn trial(bed: &Topology, name: &str, sniffer: &str, window: Duration) -> Res
         wakeups: (sleeps_after - sleeps_before) as f64 / window.as_secs_f64(),
         cpu_percent: cpu as f64 / window.as_nanos() as f64 * 100.0,
         threads,
-        rss_kib: status_kib(pid, "VmRSS:")?,
-        peak_kib: status_kib(pid, "VmHWM:")?,
+        rss_kib: testbed::memory_kib(pid, "VmRSS")?,
+        peak_kib: testbed::memory_kib(pid, "VmHWM")?,
     };
     watched.stop()?;
     Ok(trial)
