@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
+use sniffer_common::CAPTURE_PORT;
 
 use crate::{
     bootstrap, cmd,
@@ -598,8 +599,6 @@ impl Drop for RunningPod<'_> {
 
 /// The injected sidecar's metrics port (the injector's default `metricsPort`).
 const METRICS_PORT: u16 = 9464;
-/// The sidecar's capture endpoint, on the pod's loopback (the injector's `capture` option).
-const CAPTURE_PORT: u16 = 9465;
 
 /// A capture pulled from the sidecar through the pod's loopback, from the app container
 /// (`kubectl port-forward` connects to the same loopback), while requests come in; then what

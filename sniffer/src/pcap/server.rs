@@ -259,8 +259,8 @@ impl Server {
         for chunk in packets.chunks(PACKETS_PER_WRITE) {
             for packet in chunk {
                 let ts = u64::try_from(clock.wall(packet.ts_ns).unix_nanos()).unwrap_or(0);
-                let keep = packet.data.len().min(packet.headers_len as usize);
-                pcapng::enhanced_packet(&mut buf, ts, packet.len, &packet.data[..keep]);
+                // The recorder keeps each packet cut at its headers already.
+                pcapng::enhanced_packet(&mut buf, ts, packet.len, &packet.data);
             }
             add(&self.stats.capture.packets, chunk.len() as u64);
             self.send(stream, &buf).await?;

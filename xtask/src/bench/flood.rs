@@ -21,6 +21,7 @@
 use std::{fmt::Write as _, fs, process::Command, thread, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
+use sniffer_common::CAPTURE_PORT;
 use testbed::{Netns, Topology};
 
 use super::report::median;
@@ -36,9 +37,6 @@ const SETTLE: Duration = Duration::from_millis(1300);
 
 /// The port the frames go to.
 const PORT: u16 = 5201;
-
-/// The sniffer's capture endpoint (its default `CAPTURE_LISTEN`).
-const CAPTURE_PORT: u16 = 9465;
 
 /// Bursts per flood, alternating between the watched and the unwatched veth.
 const BURSTS: u64 = 10;
