@@ -1,6 +1,6 @@
 //! The clocks: one place reads them.
 
-use sniffer_common::time::Timestamp;
+use crate::time::Timestamp;
 
 fn read(clock: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec {

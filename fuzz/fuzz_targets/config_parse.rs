@@ -5,7 +5,7 @@
 
 use injector::options::InjectorOptions;
 use libfuzzer_sys::fuzz_target;
-use sniffer_common::{
+use sidecar_contract::{
     ports::{format_ports, parse_ports},
     url::parse_http_url,
 };

@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use sniffer::{capture::clock::WallClock, encode::record::Record};
-use sniffer_common::{PacketRecord, RECORD_SIZE, time::Rfc3339Writer};
+use cli_support::time::Rfc3339Writer;
+use sniffer_common::{PacketRecord, RECORD_SIZE};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < RECORD_SIZE + 8 {

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
-use sniffer_common::{CAPTURE_PORT, MAX_PORTS, echo::Echo, ports::parse_ports};
+use sidecar_contract::{CAPTURE_PORT, MAX_PORTS, echo::Echo, ports::parse_ports};
 
 use crate::{
     annotations::{INJECT as INJECT_ANNOTATION, PORTS as PORTS_ANNOTATION},

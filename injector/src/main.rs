@@ -19,7 +19,7 @@ use injector::{
     tls::{CertPaths, CertStore},
 };
 use log::{error, info, warn};
-use sniffer_common::{echo::Echo, ports::parse_ports};
+use sidecar_contract::{echo::Echo, ports::parse_ports};
 
 #[derive(Parser)]
 #[command(

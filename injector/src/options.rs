@@ -10,7 +10,7 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use serde::{Deserialize, Serialize};
-use sniffer_common::{
+use sidecar_contract::{
     MAX_RECORDER_BYTES, OTLP_ENCODINGS, OUTPUT_FORMATS, RECORDS, echo::Echo, headers,
     headers::Credential, ports::PortsError, url::parse_http_url,
 };
@@ -291,7 +291,7 @@ impl InjectorOptions {
         }
         if !default_ports.is_empty() {
             let list: Vec<String> = default_ports.iter().map(u16::to_string).collect();
-            sniffer_common::ports::parse_ports(&list.join(","))
+            sidecar_contract::ports::parse_ports(&list.join(","))
                 .map_err(|err: PortsError| invalid("defaultPorts", err.to_string()))?;
         }
         if let Some(url) = output_url {
@@ -559,7 +559,7 @@ fn is_quantity(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use sniffer_common::url::url_cases;
+    use sidecar_contract::url::url_cases;
 
     use super::*;
 

@@ -12,7 +12,7 @@ use kube::core::{
 };
 use serde::Serialize;
 use serde_json::Value;
-use sniffer_common::echo::Echo;
+use sidecar_contract::echo::Echo;
 use thiserror::Error;
 
 use crate::{

@@ -8,7 +8,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use sniffer_common::{CAPTURE_PORT, ports::format_ports};
+use sidecar_contract::{CAPTURE_PORT, env, ports::format_ports};
 
 use crate::options::{InjectorOptions, SecretKeyRef};
 
@@ -155,58 +155,58 @@ pub fn sniffer_container(
         capture_recorder_bytes,
     } = options;
     let metrics = endpoints.metrics && *metrics_port != 0;
-    let mut env = vec![
-        value("PORTS", format_ports(ports)),
-        value("INTERFACE", interface),
+    let mut vars = vec![
+        value(env::PORTS, format_ports(ports)),
+        value(env::INTERFACE, interface),
     ];
     if let Some(url) = output_url {
-        env.push(value("OUTPUT_URL", url));
+        vars.push(value(env::OUTPUT_URL, url));
     }
     if let Some(secret) = output_url_auth_token_secret {
-        env.push(secret_env("OUTPUT_URL_AUTH_TOKEN", secret));
+        vars.push(secret_env(env::OUTPUT_URL_AUTH_TOKEN, secret));
     }
     if *output_allow_plaintext_token {
-        env.push(value("OUTPUT_ALLOW_PLAINTEXT_TOKEN", "true"));
+        vars.push(value(env::OUTPUT_ALLOW_PLAINTEXT_TOKEN, "true"));
     }
     // Only what differs from the sniffer's defaults, so a default pod stays short.
     let defaults = InjectorOptions::default();
     for (name, option, default) in [
-        ("OUTPUT_FORMAT", output_format, &defaults.output_format),
-        ("OTLP_ENCODING", otlp_encoding, &defaults.otlp_encoding),
-        ("RECORDS", records, &defaults.records),
+        (env::OUTPUT_FORMAT, output_format, &defaults.output_format),
+        (env::OTLP_ENCODING, otlp_encoding, &defaults.otlp_encoding),
+        (env::RECORDS, records, &defaults.records),
         (
-            "OUTPUT_AUTH_HEADER",
+            env::OUTPUT_AUTH_HEADER,
             output_auth_header,
             &defaults.output_auth_header,
         ),
         (
-            "OUTPUT_AUTH_SCHEME",
+            env::OUTPUT_AUTH_SCHEME,
             output_auth_scheme,
             &defaults.output_auth_scheme,
         ),
     ] {
         if option != default {
-            env.push(value(name, option));
+            vars.push(value(name, option));
         }
     }
     if let Some(headers) = options.rendered_headers() {
-        env.push(value("OUTPUT_HEADERS", headers));
+        vars.push(value(env::OUTPUT_HEADERS, headers));
     }
     if let Some(secret) = output_headers_secret {
-        env.push(secret_env("OUTPUT_HEADERS", secret));
+        vars.push(secret_env(env::OUTPUT_HEADERS, secret));
     }
     if *live_ports {
-        env.push(value("PORTS_FILE", PORTS_FILE));
+        vars.push(value(env::PORTS_FILE, PORTS_FILE));
     }
     if metrics {
         // Every address of the pod, IPv4 and IPv6 (the sniffer falls back to IPv4 alone where
         // the pod has no IPv6): the kubelet probes the pod's IP, Prometheus scrapes it.
-        env.push(value("METRICS_ADDR", format!("[::]:{metrics_port}")));
+        vars.push(value(env::METRICS_ADDR, format!("[::]:{metrics_port}")));
     }
     // Always said, on or off: the sniffer's own default is on, and a pod whose app uses the
     // port must not get a sidecar that takes it first.
-    env.push(value(
-        "CAPTURE_LISTEN",
+    vars.push(value(
+        env::CAPTURE_LISTEN,
         if endpoints.capture && *capture {
             format!("127.0.0.1:{CAPTURE_PORT}")
         } else {
@@ -214,19 +214,19 @@ pub fn sniffer_container(
         },
     ));
     if endpoints.capture && *capture && *capture_recorder_bytes > 0 {
-        env.push(value(
-            "CAPTURE_RECORDER_BYTES",
+        vars.push(value(
+            env::CAPTURE_RECORDER_BYTES,
             capture_recorder_bytes.to_string(),
         ));
     }
-    env.push(field("POD_NAME", "metadata.name"));
-    env.push(field("POD_NAMESPACE", "metadata.namespace"));
-    env.push(field("NODE_NAME", "spec.nodeName"));
+    vars.push(field(env::POD_NAME, "metadata.name"));
+    vars.push(field(env::POD_NAMESPACE, "metadata.namespace"));
+    vars.push(field(env::NODE_NAME, "spec.nodeName"));
     Container {
         name: CONTAINER_NAME.to_owned(),
         image: Some(image.clone()),
         image_pull_policy: Some(image_pull_policy.clone()),
-        env: Some(env),
+        env: Some(vars),
         volume_mounts: live_ports.then(|| {
             vec![VolumeMount {
                 name: PODINFO_VOLUME.to_owned(),
@@ -267,5 +267,60 @@ pub fn sniffer_container(
         }),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With every option that adds a variable turned on, the container names no variable the
+    /// sniffer does not read (the sniffer's own tests check it reads exactly `env::ALL`).
+    #[test]
+    fn every_variable_written_is_one_the_sniffer_reads() {
+        let secret = SecretKeyRef {
+            name: "collector".to_owned(),
+            key: "token".to_owned(),
+        };
+        let options = InjectorOptions {
+            output_url: Some("https://collector:4318/v1/logs".to_owned()),
+            output_url_auth_token_secret: Some(secret.clone()),
+            output_allow_plaintext_token: true,
+            output_format: "otlp".to_owned(),
+            otlp_encoding: "json".to_owned(),
+            records: "both".to_owned(),
+            output_auth_header: "X-Api-Key".to_owned(),
+            output_auth_scheme: String::new(),
+            output_headers_secret: Some(secret),
+            live_ports: true,
+            capture_recorder_bytes: 1 << 20,
+            ..InjectorOptions::default()
+        };
+        let endpoints = Endpoints {
+            metrics: true,
+            capture: true,
+        };
+        let container = sniffer_container(&options, &[8080], endpoints);
+        let names: Vec<String> = container.env.unwrap().into_iter().map(|v| v.name).collect();
+        for name in &names {
+            assert!(
+                env::ALL.contains(&name.as_str()),
+                "{name} is not in the contract"
+            );
+        }
+        for expected in [
+            env::OUTPUT_URL_AUTH_TOKEN,
+            env::OTLP_ENCODING,
+            env::OUTPUT_AUTH_SCHEME,
+            env::PORTS_FILE,
+            env::METRICS_ADDR,
+            env::CAPTURE_RECORDER_BYTES,
+            env::NODE_NAME,
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing: {names:?}"
+            );
+        }
     }
 }

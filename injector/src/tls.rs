@@ -178,7 +178,7 @@ fn log_validity(key: &CertifiedKey, paths: &CertPaths) {
     };
     let rfc3339 = |t: OffsetDateTime| {
         let nanos = i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX);
-        sniffer_common::time::Timestamp::from_unix_nanos(nanos).to_string()
+        cli_support::time::Timestamp::from_unix_nanos(nanos).to_string()
     };
     let (not_before, not_after) = (rfc3339(validity.not_before), rfc3339(validity.not_after));
     let cert = paths.cert.display().to_string();

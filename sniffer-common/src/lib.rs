@@ -8,14 +8,9 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
-pub mod echo;
 #[cfg(feature = "alloc")]
-pub mod headers;
+pub mod bitmap;
 pub mod parse;
-#[cfg(feature = "alloc")]
-pub mod ports;
-pub mod time;
-pub mod url;
 
 /// Name of the socket filter program in the kernel object.
 pub const PROGRAM_NAME: &str = "tcp_sniffer";
@@ -39,22 +34,6 @@ pub const LINK_LAYER_GLOBAL: &str = "LINK_LAYER";
 /// Name of the global (`u64`, a power of two) setting how much unread data wakes userspace.
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 
-/// The port of the sniffer's packet capture endpoint by default (`CAPTURE_LISTEN`
-/// `127.0.0.1:9465`), which the injector keeps clear of the app's ports.
-pub const CAPTURE_PORT: u16 = 9465;
-/// The most `CAPTURE_RECORDER_BYTES` (1 GiB), as the sniffer and the injector check it.
-pub const MAX_RECORDER_BYTES: u64 = 1 << 30;
-
-/// The values of `OUTPUT_FORMAT` (the sniffer's body formats), as the injector checks its
-/// `outputFormat` option.
-pub const OUTPUT_FORMATS: [&str; 4] = ["batch", "ndjson", "otlp", "loki"];
-/// The values of `RECORDS`: what the sniffer sends.
-pub const RECORDS: [&str; 3] = ["packets", "connections", "both"];
-/// The values of `OTLP_ENCODING`.
-pub const OTLP_ENCODINGS: [&str; 2] = ["protobuf", "json"];
-
-/// How many ports may be listed.
-pub const MAX_PORTS: u32 = 64;
 /// Entries of the `PORTS` array: one bit for each of the 65,536 port numbers.
 ///
 /// A bitmap in an array rather than a hash set because the kernel inlines array lookups into

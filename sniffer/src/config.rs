@@ -3,13 +3,14 @@
 use std::{ffi::CString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser, builder::BoolishValueParser};
-use sniffer_common::{
-    DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES,
+use sidecar_contract::{
     echo::Echo,
+    env,
     headers::{self, Credential, HeaderError},
     ports::{PortsError, parse_ports},
     url::{Scheme, UrlError, parse_http_url},
 };
+use sniffer_common::{DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, RING_ENTRY_BYTES};
 use thiserror::Error;
 
 use crate::{
@@ -30,121 +31,121 @@ use cli_support::small_file::{SmallFileError, read_small_file};
 pub struct Args {
     /// TCP ports to capture, comma-separated (e.g. `8080,8443`); a packet matches when its source
     /// or destination port is listed.
-    #[arg(long, env = "PORTS")]
+    #[arg(long, env = env::PORTS)]
     pub ports: String,
     /// The pod's annotations file (a downward-API volume of `metadata.annotations`): when its
     /// `tcp-sniffer/ports` changes, the captured ports follow without a restart; without the
     /// annotation, `PORTS` applies.
-    #[arg(long, env = "PORTS_FILE")]
+    #[arg(long, env = env::PORTS_FILE)]
     pub ports_file: Option<PathBuf>,
     /// Interface to capture on.
-    #[arg(long, env = "INTERFACE", default_value = "eth0")]
+    #[arg(long, env = env::INTERFACE, default_value = "eth0")]
     pub interface: String,
     /// http(s) URL that receives batches by POST; when unset, records go to stdout as NDJSON.
-    #[arg(long, env = "OUTPUT_URL")]
+    #[arg(long, env = env::OUTPUT_URL)]
     pub output_url: Option<String>,
     /// Sent as `Authorization: Bearer <token>`; prefer the variable to the flag (visible in `ps`).
     /// One trailing newline is removed (with a warning); other control characters are refused.
-    #[arg(long, env = "OUTPUT_URL_AUTH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = env::OUTPUT_URL_AUTH_TOKEN, hide_env_values = true)]
     pub output_url_auth_token: Option<String>,
     /// The header that carries the token (`X-ClickHouse-Key`, …).
-    #[arg(long, env = "OUTPUT_AUTH_HEADER", default_value = "Authorization")]
+    #[arg(long, env = env::OUTPUT_AUTH_HEADER, default_value = "Authorization")]
     pub output_auth_header: String,
     /// The word before the token in its header (`Bearer`, `Basic`, `ApiKey`, …); empty: the token
     /// alone.
-    #[arg(long, env = "OUTPUT_AUTH_SCHEME", default_value = "Bearer")]
+    #[arg(long, env = env::OUTPUT_AUTH_SCHEME, default_value = "Bearer")]
     pub output_auth_scheme: String,
     /// More headers for every request, `Name=value` pairs separated by commas, values
     /// percent-encoded where needed (`X-Scope-OrgID=tenant-1,X-ClickHouse-User=sniffer`); values
     /// are never logged.
-    #[arg(long, env = "OUTPUT_HEADERS", hide_env_values = true)]
+    #[arg(long, env = env::OUTPUT_HEADERS, hide_env_values = true)]
     pub output_headers: Option<String>,
     /// The body format: `batch`, `ndjson`, `otlp` or `loki`.
-    #[arg(long, env = "OUTPUT_FORMAT", default_value = "batch")]
+    #[arg(long, env = env::OUTPUT_FORMAT, default_value = "batch")]
     pub output_format: String,
     /// With `OUTPUT_FORMAT=otlp`: `protobuf` or `json`.
-    #[arg(long, env = "OTLP_ENCODING", default_value = "protobuf")]
+    #[arg(long, env = env::OTLP_ENCODING, default_value = "protobuf")]
     pub otlp_encoding: String,
     /// Allow sending the token over `http://` (plaintext), e.g. when a service mesh already
     /// encrypts the connection with mTLS; without it such a configuration is refused.
-    #[arg(long, env = "OUTPUT_ALLOW_PLAINTEXT_TOKEN", default_value = "false", action = ArgAction::Set,
+    #[arg(long, env = env::OUTPUT_ALLOW_PLAINTEXT_TOKEN, default_value = "false", action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
     pub output_allow_plaintext_token: bool,
     /// A batch is sent when it holds this many records.
-    #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1000)]
+    #[arg(long, env = env::BATCH_MAX_RECORDS, default_value_t = 1000)]
     pub batch_max_records: usize,
     /// … or when its oldest record is this old (milliseconds).
-    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 1000)]
+    #[arg(long, env = env::BATCH_MAX_WAIT_MS, default_value_t = 1000)]
     pub batch_max_wait_ms: u64,
     /// Records that may wait for delivery (to the collector, or for stdout to take them);
     /// beyond it new records are dropped and counted.
-    #[arg(long, env = "BUFFER_MAX_RECORDS", default_value_t = 50_000)]
+    #[arg(long, env = env::BUFFER_MAX_RECORDS, default_value_t = 50_000)]
     pub buffer_max_records: usize,
     /// Delivery requests in flight at once (sender threads), 1-64.
-    #[arg(long, env = "OUTPUT_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = env::OUTPUT_CONCURRENCY, default_value_t = 4)]
     pub output_concurrency: usize,
     /// Compress batch bodies with gzip (`Content-Encoding: gzip`).
-    #[arg(long, env = "OUTPUT_GZIP", default_value = "false", action = ArgAction::Set,
+    #[arg(long, env = env::OUTPUT_GZIP, default_value = "false", action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
     pub output_gzip: bool,
     /// Connect timeout towards the collector (milliseconds).
-    #[arg(long, env = "OUTPUT_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(long, env = env::OUTPUT_CONNECT_TIMEOUT_MS, default_value_t = 3000)]
     pub output_connect_timeout_ms: u64,
     /// Timeout of one whole delivery request (milliseconds).
-    #[arg(long, env = "OUTPUT_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = env::OUTPUT_TIMEOUT_MS, default_value_t = 10_000)]
     pub output_timeout_ms: u64,
     /// PEM file of CA certificates to trust for an https `OUTPUT_URL`, instead of the system's.
-    #[arg(long, env = "OUTPUT_CA_FILE")]
+    #[arg(long, env = env::OUTPUT_CA_FILE)]
     pub output_ca_file: Option<PathBuf>,
     /// First retry delay (milliseconds); it doubles per attempt, with jitter.
-    #[arg(long, env = "RETRY_INITIAL_MS", default_value_t = 200)]
+    #[arg(long, env = env::RETRY_INITIAL_MS, default_value_t = 200)]
     pub retry_initial_ms: u64,
     /// Longest retry delay (milliseconds).
-    #[arg(long, env = "RETRY_MAX_MS", default_value_t = 30_000)]
+    #[arg(long, env = env::RETRY_MAX_MS, default_value_t = 30_000)]
     pub retry_max_ms: u64,
     /// After SIGTERM, how long queued batches may still be delivered (milliseconds).
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    #[arg(long, env = env::SHUTDOWN_GRACE_MS, default_value_t = 20_000)]
     pub shutdown_grace_ms: u64,
     /// Address of the plain-HTTP metrics endpoint (`/metrics`, `/healthz`), e.g. `0.0.0.0:9090`.
-    #[arg(long, env = "METRICS_ADDR")]
+    #[arg(long, env = env::METRICS_ADDR)]
     pub metrics_addr: Option<SocketAddr>,
     /// Seconds between `stats` log lines; 0 turns them off.
-    #[arg(long, env = "STATS_INTERVAL_SECS", default_value_t = 60)]
+    #[arg(long, env = env::STATS_INTERVAL_SECS, default_value_t = 60)]
     pub stats_interval_secs: u64,
     /// Ring buffer size in bytes (a power of two, at least one page).
-    #[arg(long, env = "RING_BUFFER_BYTES", default_value_t = DEFAULT_RING_BYTES)]
+    #[arg(long, env = env::RING_BUFFER_BYTES, default_value_t = DEFAULT_RING_BYTES)]
     pub ring_buffer_bytes: u32,
     /// Unread ring bytes that wake the reader (a power of two, at most half the ring). Larger
     /// values mean fewer wakeups at high packet rates.
-    #[arg(long, env = "RING_WAKEUP_BYTES", default_value_t = DEFAULT_WAKEUP_BYTES)]
+    #[arg(long, env = env::RING_WAKEUP_BYTES, default_value_t = DEFAULT_WAKEUP_BYTES)]
     pub ring_wakeup_bytes: u64,
     /// The reader reads the ring at most this often (milliseconds) while less than
     /// `RING_WAKEUP_BYTES` waits: the longest a record of slow traffic waits before it is read.
     /// An empty ring is not polled: the kernel wakes the reader for its first record.
-    #[arg(long, env = "RING_POLL_INTERVAL_MS", default_value_t = 50)]
+    #[arg(long, env = env::RING_POLL_INTERVAL_MS, default_value_t = 50)]
     pub ring_poll_interval_ms: u64,
     /// What to send: `packets` (a record per packet), `connections` (a record per connection),
     /// or `both`.
-    #[arg(long, env = "RECORDS", default_value = "packets")]
+    #[arg(long, env = env::RECORDS, default_value = "packets")]
     pub records: String,
     /// Connections tracked at once (`RECORDS` `connections` or `both`); beyond it the least
     /// recently seen is reported as evicted.
-    #[arg(long, env = "CONNECTION_MAX", default_value_t = 32_768)]
+    #[arg(long, env = env::CONNECTION_MAX, default_value_t = 32_768)]
     pub connection_max: u64,
     /// A connection with no packet for this long is reported as timed out.
-    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    #[arg(long, env = env::CONNECTION_IDLE_TIMEOUT_MS, default_value_t = 300_000)]
     pub connection_idle_timeout_ms: u64,
     /// Open connections are reported this often; 0 never.
-    #[arg(long, env = "CONNECTION_REPORT_INTERVAL_MS", default_value_t = 60_000)]
+    #[arg(long, env = env::CONNECTION_REPORT_INTERVAL_MS, default_value_t = 60_000)]
     pub connection_report_interval_ms: u64,
     /// Pod name (downward API), included in logs.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = env::POD_NAME)]
     pub pod_name: Option<String>,
     /// Pod namespace (downward API), included in logs.
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = env::POD_NAMESPACE)]
     pub pod_namespace: Option<String>,
     /// Node name (downward API), included in logs.
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = env::NODE_NAME)]
     pub node_name: Option<String>,
     /// The packet capture endpoint (`CAPTURE_*`).
     #[command(flatten)]
@@ -332,7 +333,7 @@ pub enum ConfigError {
         /// The value given.
         value: u64,
     },
-    /// `OUTPUT_URL` breaks the URL rule shared with the injector ([`sniffer_common::url`]).
+    /// `OUTPUT_URL` breaks the URL rule shared with the injector ([`sidecar_contract::url`]).
     #[error("OUTPUT_URL {:?} {problem}", Echo(value))]
     OutputUrl {
         /// The value given.
@@ -647,9 +648,9 @@ impl Placement {
     pub fn from_env() -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         Self {
-            pod: var("POD_NAME"),
-            namespace: var("POD_NAMESPACE"),
-            node: var("NODE_NAME"),
+            pod: var(env::POD_NAME),
+            namespace: var(env::POD_NAMESPACE),
+            node: var(env::NODE_NAME),
         }
     }
 }
@@ -722,7 +723,7 @@ fn range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), Confi
 }
 
 /// Checks `OUTPUT_URL` with the rule the injector applies to `outputUrl`
-/// ([`sniffer_common::url`]); returns its scheme.
+/// ([`sidecar_contract::url`]); returns its scheme.
 ///
 /// # Examples
 ///
@@ -759,9 +760,25 @@ fn page_size() -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use sniffer_common::url::url_cases;
+    use sidecar_contract::url::url_cases;
 
     use super::*;
+
+    /// The sniffer reads exactly the variables of the contract the injector writes from.
+    #[test]
+    fn reads_exactly_the_contract_variables() {
+        use clap::CommandFactory as _;
+
+        let mut read: Vec<String> = Args::command()
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        read.sort_unstable();
+        let mut contract: Vec<&str> = env::ALL.to_vec();
+        contract.sort_unstable();
+        assert_eq!(read, contract);
+    }
 
     #[test]
     fn ports_errors_name_the_variable_and_the_value() {
@@ -815,7 +832,7 @@ mod tests {
 
     #[test]
     fn records_and_tracker_settings() {
-        for (name, records) in sniffer_common::RECORDS.iter().zip([
+        for (name, records) in sidecar_contract::RECORDS.iter().zip([
             Records::Packets,
             Records::Connections,
             Records::Both,

@@ -14,6 +14,7 @@ use anyhow::{Context as _, anyhow};
 use clap::error::ErrorKind;
 use cli_support::exit::{self, Failure};
 use log::{error, info, warn};
+use sidecar_contract::echo::Echo;
 use sniffer::{
     capture::{Capture, CaptureOptions, KernelCounters, MAX_BATCH, ProgramStats, clock::WallClock},
     config::{Args, Config, Placement},
@@ -35,7 +36,7 @@ use sniffer::{
         watch::{PortsWatch, Seen},
     },
 };
-use sniffer_common::{DEFAULT_PACKETS_RING_BYTES, LinkLayer, echo::Echo};
+use sniffer_common::{DEFAULT_PACKETS_RING_BYTES, LinkLayer};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::watch,

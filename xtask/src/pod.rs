@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
-use sniffer_common::CAPTURE_PORT;
+use sidecar_contract::CAPTURE_PORT;
 
 use crate::{
     bootstrap, cmd,

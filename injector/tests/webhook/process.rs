@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sniffer_common::url::url_cases;
+use sidecar_contract::url::url_cases;
 
 use crate::common::{INJECTOR, Server, TempDir, localhost_certs, mount_secret, start_default};
 

@@ -5,7 +5,7 @@
 //! a clock step (NTP) shows up in the next read.
 
 use cli_support::clock::{monotonic_ns, realtime_ns};
-use sniffer_common::time::Timestamp;
+use cli_support::time::Timestamp;
 
 /// Offset between `CLOCK_REALTIME` and `CLOCK_MONOTONIC`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

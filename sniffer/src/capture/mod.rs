@@ -16,7 +16,7 @@ use aya::{
 use sniffer_common::{
     CAPTURE_MAP, COUNTERS_MAP, Counter, EVENTS_MAP, LINK_LAYER_GLOBAL, LinkLayer, PACKETS_MAP,
     PORTS_MAP, PROGRAM_NAME, PacketRecord, RECORD_SIZE, WAKEUP_BYTES_GLOBAL,
-    ports::{bitmap_changes, port_bitmap},
+    bitmap::{bitmap_changes, port_bitmap},
 };
 use thiserror::Error;
 

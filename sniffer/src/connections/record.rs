@@ -7,8 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use cli_support::time::Timestamp;
 use serde_json::Value;
-use sniffer_common::time::Timestamp;
 
 use super::{
     analysis::{Analysis, End, Endpoint, Key, Sent},

@@ -8,7 +8,7 @@ use std::{borrow::Cow, fmt};
 
 use log::warn;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use sniffer_common::echo::Echo;
+use sidecar_contract::echo::Echo;
 
 use crate::encode::{
     Format,

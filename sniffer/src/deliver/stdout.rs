@@ -20,8 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use cli_support::time::Rfc3339Writer;
 use log::error;
-use sniffer_common::{PacketRecord, time::Rfc3339Writer};
+use sniffer_common::PacketRecord;
 
 use crate::pipeline::Sink;
 use crate::{

@@ -1,6 +1,6 @@
 //! The `batch` body (docs/specs/OUTPUT_FORMAT.md): `{"agent":{…},"seq":N,"dropped":D,"records":[…]}`.
 
-use sniffer_common::time::Rfc3339Writer;
+use cli_support::time::Rfc3339Writer;
 
 use super::record::Record;
 

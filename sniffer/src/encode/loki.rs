@@ -5,7 +5,7 @@
 //! address or a port (those would make one stream per connection). Each value is the capture
 //! time in nanoseconds since the epoch, as a decimal string, and the record's JSON as the line.
 
-use sniffer_common::time::Rfc3339Writer;
+use cli_support::time::Rfc3339Writer;
 
 use super::{AgentInfo, json_string_or_null, record::Record, text::in_place};
 

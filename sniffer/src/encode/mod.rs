@@ -20,8 +20,8 @@ use std::{
     sync::Arc,
 };
 
+use cli_support::time::Rfc3339Writer;
 use serde::Serialize;
-use sniffer_common::time::Rfc3339Writer;
 
 use self::record::Record;
 use crate::connections::record::ConnectionRecord;
@@ -391,7 +391,7 @@ impl Encoder {
 
 #[cfg(test)]
 mod tests {
-    use sniffer_common::OUTPUT_FORMATS;
+    use sidecar_contract::OUTPUT_FORMATS;
 
     use super::*;
 

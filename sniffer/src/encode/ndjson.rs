@@ -2,7 +2,7 @@
 //! the agent's `pod`, `namespace`, `node` and `instance` — with names that are also valid column
 //! names (ClickHouse `JSONEachRow`, Vector and Fluent Bit split the body into one event per line).
 
-use sniffer_common::time::Rfc3339Writer;
+use cli_support::time::Rfc3339Writer;
 
 use super::{AgentInfo, json_string_or_null, record::Record};
 

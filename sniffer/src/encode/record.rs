@@ -6,10 +6,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sniffer_common::{
-    PACKET_OUTGOING, PacketRecord, tcp_flags,
-    time::{Rfc3339Writer, Timestamp},
-};
+use cli_support::time::{Rfc3339Writer, Timestamp};
+use sniffer_common::{PACKET_OUTGOING, PacketRecord, tcp_flags};
 
 use super::text::{Line, in_place};
 use crate::capture::clock::WallClock;
@@ -141,7 +139,8 @@ impl Record {
     ///
     /// ```
     /// use sniffer::{capture::clock::WallClock, encode::record::Record};
-    /// use sniffer_common::{PacketRecord, time::Rfc3339Writer};
+    /// use cli_support::time::Rfc3339Writer;
+    /// use sniffer_common::PacketRecord;
     ///
     /// let raw = PacketRecord { ip_version: 4, dst_port: 8080, ..PacketRecord::default() };
     /// let mut json = Vec::new();

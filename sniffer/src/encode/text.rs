@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use sniffer_common::time::DIGIT_PAIRS;
+use cli_support::time::DIGIT_PAIRS;
 
 /// Writes through `write` in place at the end of `out`, into `room` bytes reserved for the
 /// longest text it can write (not zeroed: [`Line`] only ever advances over bytes it wrote), then

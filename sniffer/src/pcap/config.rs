@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{ArgAction, builder::BoolishValueParser};
-use sniffer_common::{CAPTURE_MAX_BYTES, MAX_RECORDER_BYTES, echo::Echo};
+use sidecar_contract::{MAX_RECORDER_BYTES, echo::Echo, env};
+use sniffer_common::CAPTURE_MAX_BYTES;
 use thiserror::Error;
 
 /// The `CAPTURE_*` variables, as given (flattened into the sniffer's arguments).
@@ -12,27 +13,27 @@ pub struct CaptureArgs {
     /// Where packet captures are served (`GET /capture`, `GET /capture/recent`, as pcapng): an
     /// address and port on the pod's loopback, which `kubectl port-forward` reaches and nothing
     /// outside the pod does; or `off`.
-    #[arg(long, env = "CAPTURE_LISTEN", default_value = "127.0.0.1:9465")]
+    #[arg(long, env = env::CAPTURE_LISTEN, default_value = "127.0.0.1:9465")]
     pub capture_listen: String,
     /// Allow `CAPTURE_LISTEN` on an address other than loopback. Anyone who reaches it can then
     /// read the pod's packet headers (and payload, up to `CAPTURE_MAX_SNAPLEN`) without
     /// Kubernetes' `pods/portforward` permission.
-    #[arg(long, env = "CAPTURE_ALLOW_REMOTE", default_value = "false", action = ArgAction::Set,
+    #[arg(long, env = env::CAPTURE_ALLOW_REMOTE, default_value = "false", action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
     pub capture_allow_remote: bool,
     /// The longest capture a request may ask for (seconds).
-    #[arg(long, env = "CAPTURE_MAX_SECONDS", default_value_t = 300)]
+    #[arg(long, env = env::CAPTURE_MAX_SECONDS, default_value_t = 300)]
     pub capture_max_seconds: u64,
     /// The most bytes of a packet a request's `snaplen` may ask for; 0: none, each packet is cut
     /// at the end of its TCP header and no payload leaves the kernel.
-    #[arg(long, env = "CAPTURE_MAX_SNAPLEN", default_value_t = 0)]
+    #[arg(long, env = env::CAPTURE_MAX_SNAPLEN, default_value_t = 0)]
     pub capture_max_snaplen: u32,
     /// Captures served at once; one more is answered `429`.
-    #[arg(long, env = "CAPTURE_MAX_CONCURRENT", default_value_t = 1)]
+    #[arg(long, env = env::CAPTURE_MAX_CONCURRENT, default_value_t = 1)]
     pub capture_max_concurrent: u64,
     /// Bytes of the most recent packets' headers kept in memory for `GET /capture/recent` (the
     /// flight recorder); 0: off.
-    #[arg(long, env = "CAPTURE_RECORDER_BYTES", default_value_t = 0)]
+    #[arg(long, env = env::CAPTURE_RECORDER_BYTES, default_value_t = 0)]
     pub capture_recorder_bytes: u64,
 }
 
@@ -155,7 +156,7 @@ impl CaptureArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sniffer_common::CAPTURE_PORT;
+    use sidecar_contract::CAPTURE_PORT;
 
     fn args() -> CaptureArgs {
         CaptureArgs {

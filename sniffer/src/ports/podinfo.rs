@@ -8,7 +8,7 @@
 //! `tcp-sniffer/ports="8080,8443"`. Keys cannot hold `=` or a line break; values are quoted
 //! with Go's escapes, so each annotation is exactly one line.
 
-use sniffer_common::{
+use sidecar_contract::{
     echo::Echo,
     ports::{PortsError, parse_ports},
 };

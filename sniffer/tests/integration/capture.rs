@@ -164,7 +164,7 @@ fn timestamps_are_wall_clock_time_of_capture() {
     assert!(records.len() >= 6, "{records:#?}");
     let rfc3339 = |t: std::time::SystemTime| {
         let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
-        sniffer_common::time::Timestamp::from_unix_nanos(i64::try_from(d.as_nanos()).unwrap())
+        cli_support::time::Timestamp::from_unix_nanos(i64::try_from(d.as_nanos()).unwrap())
             .to_string()
     };
     let (lo, hi) = (rfc3339(before), rfc3339(after));

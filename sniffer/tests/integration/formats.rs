@@ -521,7 +521,7 @@ fn loki_bodies_follow_the_push_api_and_match_an_independent_capture() {
             };
             let ns: u64 = ns.as_str().expect("ns as a string").parse().unwrap();
             let record: Value = serde_json::from_str(line.as_str().unwrap()).unwrap();
-            let ts = sniffer_common::time::Timestamp::from_unix_nanos(ns as i64).to_string();
+            let ts = cli_support::time::Timestamp::from_unix_nanos(ns as i64).to_string();
             assert_eq!(record["ts"], ts, "the value's time is the record's");
             lines.push(without_ts(record));
         }

@@ -4,7 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use serde_json::Value;
-use sniffer_common::url::url_cases;
+use sidecar_contract::url::url_cases;
 
 use crate::{
     agent::{Agent, Finished, SNIFFER},

@@ -21,7 +21,7 @@
 use std::{fmt::Write as _, fs, process::Command, thread, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use sniffer_common::CAPTURE_PORT;
+use sidecar_contract::CAPTURE_PORT;
 use testbed::{Netns, Topology};
 
 use super::report::median;

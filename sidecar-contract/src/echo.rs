@@ -14,7 +14,7 @@ pub const ECHO_MAX_BYTES: usize = 256;
 /// # Examples
 ///
 /// ```
-/// use sniffer_common::echo::Echo;
+/// use sidecar_contract::echo::Echo;
 ///
 /// assert_eq!(format!("{:?}", Echo("8080,http")), r#""8080,http""#);
 /// let long = "x".repeat(1000);
@@ -96,9 +96,6 @@ impl fmt::Write for QuoteCutter<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    extern crate alloc;
-    use alloc::{format, string::String};
-
     use super::*;
 
     #[test]

@@ -32,7 +32,7 @@ impl Timestamp {
     /// # Examples
     ///
     /// ```
-    /// use sniffer_common::time::Timestamp;
+    /// use cli_support::time::Timestamp;
     ///
     /// let ts = Timestamp::from_unix_nanos(1_795_805_096_123_456_789);
     /// assert_eq!(&ts.rfc3339(), b"2026-11-27T18:44:56.123456789Z");
@@ -66,7 +66,7 @@ impl Rfc3339Writer {
     /// # Examples
     ///
     /// ```
-    /// use sniffer_common::time::{Rfc3339Writer, Timestamp};
+    /// use cli_support::time::{Rfc3339Writer, Timestamp};
     ///
     /// let mut writer = Rfc3339Writer::default();
     /// let ts = Timestamp::from_unix_nanos(1_795_805_096_123_456_789);
@@ -162,9 +162,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    extern crate alloc;
-    use alloc::string::{String, ToString as _};
-
     use super::*;
 
     fn at(unix_nanos: i64) -> String {

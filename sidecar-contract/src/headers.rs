@@ -6,7 +6,6 @@
 //! `OUTPUT_HEADERS` follows `OTEL_EXPORTER_OTLP_HEADERS`: `Name=value` pairs separated by commas,
 //! spaces around names and values ignored, values percent-decoded (`%2C` for a comma).
 
-use alloc::{borrow::ToOwned as _, format, string::String, vec::Vec};
 use core::fmt;
 
 use crate::{echo::Echo, url::Scheme};
@@ -169,7 +168,7 @@ const CREDENTIAL_WORDS: [&str; 8] = [
 /// # Examples
 ///
 /// ```
-/// use sniffer_common::headers::carries_credential;
+/// use sidecar_contract::headers::carries_credential;
 ///
 /// assert!(carries_credential("X-ClickHouse-Key") && carries_credential("authorization"));
 /// assert!(!carries_credential("X-Scope-OrgID") && !carries_credential("X-ClickHouse-User"));
@@ -219,7 +218,7 @@ impl fmt::Display for Credential {
 /// # Examples
 ///
 /// ```
-/// use sniffer_common::{headers::{Credential, plaintext_credentials}, url::Scheme};
+/// use sidecar_contract::{headers::{Credential, plaintext_credentials}, url::Scheme};
 ///
 /// let header = Credential::Header { position: 2 };
 /// assert_eq!(plaintext_credentials(Scheme::Https, false, [Credential::Token]), Ok(None));
@@ -259,7 +258,7 @@ fn reserved(name: &str) -> Option<&'static str> {
 /// # Examples
 ///
 /// ```
-/// use sniffer_common::headers::is_token;
+/// use sidecar_contract::headers::is_token;
 ///
 /// assert!(is_token("X-Scope-OrgID"));
 /// assert!(!is_token("X-A=B") && !is_token("Authorization: Basic") && !is_token(""));
@@ -284,7 +283,7 @@ fn check_value(position: Option<usize>, value: &str) -> Result<(), HeaderError> 
 /// # Examples
 ///
 /// ```
-/// use sniffer_common::headers::auth;
+/// use sidecar_contract::headers::auth;
 ///
 /// assert_eq!(auth("Authorization", "Bearer", "t0k").unwrap(), ("Authorization".into(), "Bearer t0k".into()));
 /// assert_eq!(auth("X-ClickHouse-Key", "", "k3y").unwrap(), ("X-ClickHouse-Key".into(), "k3y".into()));
@@ -343,7 +342,7 @@ fn percent_decode(position: usize, text: &str) -> Result<String, HeaderError> {
 /// # Examples
 ///
 /// ```
-/// use sniffer_common::headers::parse;
+/// use sidecar_contract::headers::parse;
 ///
 /// let headers = parse(" X-Scope-OrgID = tenant-1 ,X-Note=a%2Cb", None).unwrap();
 /// assert_eq!(headers, [("X-Scope-OrgID".into(), "tenant-1".into()), ("X-Note".into(), "a,b".into())]);
@@ -403,7 +402,6 @@ pub fn parse(
 
 #[cfg(test)]
 mod tests {
-    use alloc::string::ToString as _;
 
     use super::*;
 

@@ -115,7 +115,7 @@ const fn sub_delim(b: u8) -> bool {
 /// # Examples
 ///
 /// ```
-/// use sniffer_common::url::{parse_http_url, Scheme, UrlError};
+/// use sidecar_contract::url::{parse_http_url, Scheme, UrlError};
 ///
 /// let url = parse_http_url("HTTPS://collector.observability:8443/v1/batches?x=1").unwrap();
 /// assert_eq!((url.scheme, url.host, url.port), (Scheme::Https, "collector.observability", Some(8443)));
@@ -248,7 +248,7 @@ fn check_path_and_query(text: &str) -> Result<(), UrlError> {
 /// # Examples
 ///
 /// ```
-/// use sniffer_common::url::{UrlError, url_cases};
+/// use sidecar_contract::url::{UrlError, url_cases};
 ///
 /// assert!(url_cases().any(|(url, error)| url == "https://user@/x" && error == Some(UrlError::UserInfo)));
 /// ```
@@ -308,8 +308,7 @@ mod tests {
 
     #[test]
     fn length_bound() {
-        extern crate alloc;
-        let mut long = alloc::string::String::from("http://c/");
+        let mut long = String::from("http://c/");
         long.extend(core::iter::repeat_n('a', MAX_URL_LEN - long.len()));
         assert!(parse_http_url(&long).is_ok());
         long.push('a');
