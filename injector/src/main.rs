@@ -7,19 +7,19 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use clap::{ArgAction, Args, Parser, Subcommand, builder::BoolishValueParser};
+use clap::{Args, Parser, Subcommand};
 use cli_support::exit::{self, Failure};
 use injector::{
     certs,
     limits::{DEFAULT_MAX_CONNECTIONS, Limits},
-    options::{InjectorOptions, OptionsError},
+    options::OptionSources,
     preview,
     profile::{self, Installed, ProfileError},
     server::{self, App},
     tls::{CertPaths, CertStore},
 };
 use log::{error, info, warn};
-use sidecar_contract::{echo::Echo, ports::parse_ports};
+use sidecar_contract::echo::Echo;
 
 #[derive(Parser)]
 #[command(
@@ -61,74 +61,6 @@ struct InstallProfileArgs {
     interval_secs: u64,
 }
 
-/// Options file and overrides, shared by `serve` and `inject`.
-#[derive(Args, Clone)]
-struct OptionArgs {
-    /// `InjectorOptions` JSON file.
-    #[arg(long, env = "INJECTOR_CONFIG")]
-    config: Option<PathBuf>,
-    /// Overrides `image`.
-    #[arg(long, env = "SNIFFER_IMAGE")]
-    image: Option<String>,
-    /// Overrides `imagePullPolicy`.
-    #[arg(long, env = "SNIFFER_IMAGE_PULL_POLICY")]
-    image_pull_policy: Option<String>,
-    /// Overrides `interface`.
-    #[arg(long, env = "SNIFFER_INTERFACE")]
-    interface: Option<String>,
-    /// Overrides `defaultPorts` (comma-separated, e.g. `8080,8443`).
-    #[arg(long, env = "SNIFFER_DEFAULT_PORTS")]
-    default_ports: Option<String>,
-    /// Overrides `outputUrl`.
-    #[arg(long, env = "SNIFFER_OUTPUT_URL")]
-    output_url: Option<String>,
-    /// Overrides `nativeSidecar` (`true`/`false`).
-    #[arg(long, env = "SNIFFER_NATIVE_SIDECAR", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
-    native_sidecar: Option<bool>,
-}
-
-impl OptionArgs {
-    /// The file's options (or the defaults), with the overrides applied, validated.
-    fn options(&self) -> Result<InjectorOptions, OptionsError> {
-        let mut options = match &self.config {
-            Some(path) => InjectorOptions::from_file(path)?,
-            None => InjectorOptions::default(),
-        };
-        let Self {
-            config: _,
-            image,
-            image_pull_policy,
-            interface,
-            default_ports,
-            output_url,
-            native_sidecar,
-        } = self.clone();
-        if let Some(image) = image {
-            options.image = image;
-        }
-        if let Some(policy) = image_pull_policy {
-            options.image_pull_policy = policy;
-        }
-        if let Some(interface) = interface {
-            options.interface = interface;
-        }
-        if let Some(ports) = default_ports {
-            options.default_ports = parse_ports(&ports).map_err(|err| OptionsError::Invalid {
-                field: "defaultPorts".to_owned(),
-                problem: format!("{:?} is invalid: {err}", Echo(&ports)),
-            })?;
-        }
-        if let Some(url) = output_url {
-            options.output_url = Some(url);
-        }
-        if let Some(native) = native_sidecar {
-            options.native_sidecar = native;
-        }
-        options.validate()?;
-        Ok(options)
-    }
-}
-
 #[derive(Args, Clone)]
 struct ServeArgs {
     /// Address to listen on.
@@ -160,7 +92,7 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     max_connections: u16,
     #[command(flatten)]
-    options: OptionArgs,
+    options: OptionSources,
 }
 
 #[derive(Args)]
@@ -194,7 +126,7 @@ struct InjectArgs {
     #[arg(short, long, default_value = "yaml", value_parser = ["yaml", "json"])]
     output: String,
     #[command(flatten)]
-    options: OptionArgs,
+    options: OptionSources,
 }
 
 fn main() -> ExitCode {
@@ -215,10 +147,7 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     info!(listen = args.listen.to_string().as_str(), version = env!("CARGO_PKG_VERSION"); "injector starting");
-    let options = args
-        .options
-        .options()
-        .map_err(|e| Failure::Config(e.into()))?;
+    let options = args.options.load().map_err(|e| Failure::Config(e.into()))?;
     let store = CertStore::load(CertPaths {
         cert: args.tls_cert.clone(),
         key: args.tls_key.clone(),
@@ -347,10 +276,7 @@ fn gen_certs(args: &GenCertsArgs) -> Result<()> {
 }
 
 fn inject(args: &InjectArgs) -> Result<(), Failure> {
-    let options = args
-        .options
-        .options()
-        .map_err(|e| Failure::Config(e.into()))?;
+    let options = args.options.load().map_err(|e| Failure::Config(e.into()))?;
     // Read at most one byte more than the limit, so that a huge file or stream is refused (by
     // the preview) without being read whole.
     let limit = preview::MAX_INPUT_BYTES as u64 + 1;

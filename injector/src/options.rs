@@ -2,7 +2,10 @@
 //! (`--config` / `INJECTOR_CONFIG`, camelCase keys), then overridden by flags/variables, then
 //! validated; every error names the field.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use cli_support::small_file::{SmallFileError, read_small_file};
 use k8s_openapi::{
@@ -11,8 +14,12 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Serialize};
 use sidecar_contract::{
-    MAX_RECORDER_BYTES, OTLP_ENCODINGS, OUTPUT_FORMATS, RECORDS, echo::Echo, headers,
-    headers::Credential, ports::PortsError, url::parse_http_url,
+    MAX_RECORDER_BYTES, OTLP_ENCODINGS, OUTPUT_FORMATS, RECORDS,
+    echo::Echo,
+    headers,
+    headers::Credential,
+    ports::{PortsError, parse_ports},
+    url::parse_http_url,
 };
 use thiserror::Error;
 
@@ -291,7 +298,7 @@ impl InjectorOptions {
         }
         if !default_ports.is_empty() {
             let list: Vec<String> = default_ports.iter().map(u16::to_string).collect();
-            sidecar_contract::ports::parse_ports(&list.join(","))
+            parse_ports(&list.join(","))
                 .map_err(|err: PortsError| invalid("defaultPorts", err.to_string()))?;
         }
         if let Some(url) = output_url {
@@ -418,6 +425,76 @@ impl SecretKeyRef {
             ));
         }
         Ok(())
+    }
+}
+
+/// Where the options come from: the JSON file, then single options overridden by flags or
+/// `SNIFFER_*` variables (what `injector serve` and `injector inject` take).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct OptionSources {
+    /// `InjectorOptions` JSON file.
+    #[arg(long, env = "INJECTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Overrides `image`.
+    #[arg(long, env = "SNIFFER_IMAGE")]
+    pub image: Option<String>,
+    /// Overrides `imagePullPolicy`.
+    #[arg(long, env = "SNIFFER_IMAGE_PULL_POLICY")]
+    pub image_pull_policy: Option<String>,
+    /// Overrides `interface`.
+    #[arg(long, env = "SNIFFER_INTERFACE")]
+    pub interface: Option<String>,
+    /// Overrides `defaultPorts` (comma-separated, e.g. `8080,8443`).
+    #[arg(long, env = "SNIFFER_DEFAULT_PORTS")]
+    pub default_ports: Option<String>,
+    /// Overrides `outputUrl`.
+    #[arg(long, env = "SNIFFER_OUTPUT_URL")]
+    pub output_url: Option<String>,
+    /// Overrides `nativeSidecar` (`true`/`false`).
+    #[arg(long, env = "SNIFFER_NATIVE_SIDECAR", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub native_sidecar: Option<bool>,
+}
+
+impl OptionSources {
+    /// The file's options (or the defaults), with the overrides applied, validated.
+    pub fn load(&self) -> Result<InjectorOptions, OptionsError> {
+        let mut options = match &self.config {
+            Some(path) => InjectorOptions::from_file(path)?,
+            None => InjectorOptions::default(),
+        };
+        let Self {
+            config: _,
+            image,
+            image_pull_policy,
+            interface,
+            default_ports,
+            output_url,
+            native_sidecar,
+        } = self.clone();
+        if let Some(image) = image {
+            options.image = image;
+        }
+        if let Some(policy) = image_pull_policy {
+            options.image_pull_policy = policy;
+        }
+        if let Some(interface) = interface {
+            options.interface = interface;
+        }
+        if let Some(ports) = default_ports {
+            options.default_ports = parse_ports(&ports).map_err(|err| OptionsError::Invalid {
+                field: "defaultPorts".to_owned(),
+                problem: format!("{:?} is invalid: {err}", Echo(&ports)),
+            })?;
+        }
+        if let Some(url) = output_url {
+            options.output_url = Some(url);
+        }
+        if let Some(native) = native_sidecar {
+            options.native_sidecar = native;
+        }
+        options.validate()?;
+        Ok(options)
     }
 }
 
@@ -828,5 +905,35 @@ mod tests {
                 (got, want) => panic!("{url:?}: got {got:?}, expected {want:?}"),
             }
         }
+    }
+
+    /// An override replaces the file's value and leaves the file's other values alone.
+    #[test]
+    fn overrides_apply_over_the_file() {
+        let path =
+            std::env::temp_dir().join(format!("injector-options-{}.json", std::process::id()));
+        std::fs::write(
+            &path,
+            r#"{"image":"from-file", "interface":"net1", "defaultPorts":[80]}"#,
+        )
+        .unwrap();
+        let sources = OptionSources {
+            config: Some(path.clone()),
+            image: Some("from-override".to_owned()),
+            default_ports: Some("8080, 8443".to_owned()),
+            native_sidecar: Some(true),
+            ..OptionSources::default()
+        };
+        let options = sources.load();
+        std::fs::remove_file(&path).unwrap();
+        let options = options.unwrap();
+        assert_eq!(options.image, "from-override");
+        assert_eq!(options.interface, "net1");
+        assert_eq!(options.default_ports, [8080, 8443]);
+        assert!(options.native_sidecar);
+        assert_eq!(
+            OptionSources::default().load().unwrap(),
+            InjectorOptions::default()
+        );
     }
 }
