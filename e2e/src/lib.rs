@@ -10,7 +10,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -20,14 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The workspace's root directory.
-#[must_use]
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e lives inside the workspace")
-        .to_path_buf()
-}
+use testbed::paths::{target_dir, workspace_root};
 
 /// A binary of the workspace as `cargo build` left it (debug profile).
 ///
@@ -36,9 +29,7 @@ pub fn workspace_root() -> PathBuf {
 /// When it has not been built.
 #[must_use]
 pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let path = target.join("debug").join(name);
+    let path = target_dir().join("debug").join(name);
     assert!(
         path.is_file(),
         "{} is missing: build it first (cargo build -p {name}; cargo xtask test does)",

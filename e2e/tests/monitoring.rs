@@ -19,13 +19,11 @@ use std::{
     time::Duration,
 };
 
-use e2e::{
-    Process, TempDir, binary, free_port, http_get, kustomize, privileged, python, tool,
-    workspace_root,
-};
+use e2e::{Process, TempDir, binary, free_port, http_get, kustomize, privileged, python, tool};
 use serde::Deserialize as _;
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
+use testbed::paths::workspace_root;
 
 /// The kustomization that carries the component.
 const OVERLAY: &str = "overlays/monitoring";

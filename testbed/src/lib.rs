@@ -1,6 +1,13 @@
-//! Test hosts for tcp-sniffer's tests and benchmarks: two network namespaces, `client` and
-//! `server`, each with an `eth0` joined to the other's by a veth pair, removed on drop (also when
-//! a test fails). Traffic goes only to their addresses.
+//! What tcp-sniffer's tests, end-to-end checks, benchmarks and tasks share.
+//!
+//! Test hosts (here): two network namespaces, `client` and `server`, each with an `eth0` joined
+//! to the other's by a veth pair, removed on drop (also when a test fails). Traffic goes only to
+//! their addresses. Running programs with errors that name the command ([`cmd`]), where the
+//! workspace and its builds are ([`paths`]), and running the injector on loopback ([`injector`]).
+
+pub mod cmd;
+pub mod injector;
+pub mod paths;
 
 use std::{
     fs::File,

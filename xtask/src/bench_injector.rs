@@ -10,7 +10,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bootstrap, certs, cmd, target_dir, workspace_root};
+use crate::bootstrap;
+use testbed::{cmd, injector::localhost_certs, paths::target_dir, paths::workspace_root};
 
 /// One wrk run's figures.
 struct Run {
@@ -82,7 +83,7 @@ pub fn run(seconds: u32) -> Result<String> {
     let binary = cmd::build_binary("injector", true)?;
     let dir = target_dir().join("bench");
     let certs = dir.join("injector-certs");
-    certs::localhost(&binary, &certs)?;
+    localhost_certs(&binary, &certs)?;
     let fixture = root.join("injector/tests/fixtures/deployment-pod.json");
     let script = dir.join("mutate.lua");
     fs::write(

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd;
+use testbed::cmd;
 
 /// The toolchain that compiles the kernel program (`-Z build-std` needs nightly).
 pub const EBPF_TOOLCHAIN: &str = "nightly";

@@ -4,7 +4,8 @@ use std::{env, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::{bootstrap, cmd, target_dir, workspace_root};
+use crate::bootstrap;
+use testbed::{cmd, paths::target_dir, paths::workspace_root};
 
 /// Where the kernel object lands; `sniffer/build.rs` looks in the same place.
 pub fn object_path() -> PathBuf {

@@ -6,7 +6,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
-use crate::{bootstrap, cmd, ebpf, workspace_root};
+use crate::{bootstrap, ebpf};
+use testbed::{cmd, paths::workspace_root};
 
 /// Targets and the directories that seed them (besides their own corpus).
 const TARGETS: &[(&str, &[&str])] = &[

@@ -6,7 +6,7 @@ use std::{fs, process::Command};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{cmd, workspace_root};
+use testbed::{cmd, paths::workspace_root};
 
 /// Whether `text` holds a PEM private key: a line that is exactly `-----BEGIN … PRIVATE KEY-----`
 /// (PKCS#8, PKCS#1 `RSA`, SEC1 `EC`, `ENCRYPTED`, `OPENSSH` …).

@@ -17,7 +17,8 @@ use testbed::Topology;
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::{bootstrap, certs, cmd, ebpf, target_dir, workspace_root};
+use crate::{bootstrap, ebpf};
+use testbed::{cmd, injector::localhost_certs, paths::target_dir, paths::workspace_root};
 
 /// The target of the static binaries in the images.
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -366,7 +367,7 @@ fn verify_injector(containers: &Containers) -> Result<()> {
     ensure!(out.status.success(), "gen-certs in the image failed");
     // The files for the server run come from the host build of the same source.
     let host = target_dir().join(MUSL).join("release/injector");
-    certs::localhost(&host, &certs)?;
+    localhost_certs(&host, &certs)?;
     make_readable(&certs.join("tls.key"))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -3,8 +3,6 @@
 mod bench;
 mod bench_injector;
 mod bootstrap;
-mod certs;
-mod cmd;
 mod collector;
 mod ebpf;
 mod fuzz;
@@ -19,8 +17,6 @@ mod seccomp;
 mod soak;
 mod test;
 mod watch;
-
-use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -65,20 +61,6 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-}
-
-/// The workspace root (the parent of this crate).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives inside the workspace")
-        .to_path_buf()
-}
-
-/// The workspace's target directory (`CARGO_TARGET_DIR` or `target/`), shared by all builds.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
 fn main() -> Result<()> {

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{bootstrap, certs, cmd, target_dir, workspace_root};
+use crate::bootstrap;
+use testbed::{cmd, injector::localhost_certs, paths::target_dir, paths::workspace_root};
 
 /// Kustomizations to render, relative to `manifests/`.
 const KUSTOMIZATIONS: &[&str] = &[
@@ -151,7 +152,7 @@ fn seccomp_component_follows_base(root: &Path) -> Result<()> {
 /// Serves the injector on loopback and sends it the example pod.
 fn roundtrip(injector: &Path, scratch: &Path, venv: &Path, root: &Path) -> Result<()> {
     let certs = scratch.join("roundtrip-certs");
-    certs::localhost(injector, &certs)?;
+    localhost_certs(injector, &certs)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

@@ -22,10 +22,15 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 use sidecar_contract::CAPTURE_PORT;
 
+use testbed::{
+    cmd,
+    paths::{target_dir, workspace_root},
+};
+
 use crate::{
-    bootstrap, cmd,
+    bootstrap,
     image::{self, Containers, SNIFFER_IMAGE},
-    seccomp, target_dir, workspace_root,
+    seccomp,
 };
 
 /// The app container's image: Debian's static busybox serving a page on port 8080.

@@ -5,7 +5,7 @@ use std::fs;
 
 use anyhow::{Context as _, Result};
 
-use crate::workspace_root;
+use testbed::paths::workspace_root;
 
 /// Replaces the body of section `name` in docs/benchmarks.md with `text`.
 pub fn update(name: &str, text: &str) -> Result<()> {

@@ -4,7 +4,8 @@ use std::{os::unix::process::CommandExt as _, process::Command};
 
 use anyhow::Result;
 
-use crate::{cmd, ebpf};
+use crate::ebpf;
+use testbed::cmd;
 
 /// Builds the kernel object and the release binary, then replaces this process with the sniffer
 /// so signals (Ctrl-C, SIGTERM) reach it directly.

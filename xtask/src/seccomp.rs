@@ -18,7 +18,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 
-use crate::{bootstrap, cmd, workspace_root};
+use crate::bootstrap;
+use testbed::{cmd, paths::workspace_root};
 
 /// The Debian package holding Docker's default profile, and the profile's path in it.
 const PACKAGE: &str = "golang-github-docker-docker-dev";

@@ -14,7 +14,8 @@ use testbed::Topology;
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
-use crate::{bootstrap, cmd, collector::BenchCollector, ebpf, report, target_dir, watch::Watched};
+use crate::{bootstrap, collector::BenchCollector, ebpf, report, watch::Watched};
+use testbed::{cmd, paths::target_dir};
 
 /// Options of `cargo xtask soak`.
 #[derive(clap::Args)]

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 
-use crate::{bootstrap, cmd, ebpf, hygiene, image, manifests, pod, workspace_root};
+use crate::{bootstrap, ebpf, hygiene, image, manifests, pod};
+use testbed::{cmd, paths::workspace_root};
 
 /// Commands the tests run, and the Debian packages that provide them.
 const TEST_PACKAGES: &[(&str, &str)] = &[

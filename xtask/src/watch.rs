@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::cmd;
+use testbed::cmd;
 
 /// A child whose stderr is collected line by line.
 pub struct Watched {

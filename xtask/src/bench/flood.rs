@@ -25,9 +25,10 @@ use sidecar_contract::CAPTURE_PORT;
 use testbed::{Netns, Topology};
 
 use super::report::median;
+use testbed::paths::target_dir;
+
 use crate::{
     collector::BenchCollector,
-    target_dir,
     watch::{Watched, cpu_ns, kernel_thread, logged, run_measured, stopped_line},
 };
 

@@ -12,9 +12,10 @@ use std::{fmt::Write as _, fs, thread, time::Duration};
 use anyhow::Result;
 use testbed::Topology;
 
+use testbed::paths::target_dir;
+
 use crate::{
     collector::BenchCollector,
-    target_dir,
     watch::{Watched, cpu_ns},
 };
 

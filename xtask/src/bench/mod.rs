@@ -21,7 +21,8 @@ use self::{
     report::{capture_report, encode_report, throughput_report},
     trial::{Capturer, Load, Trial, trial},
 };
-use crate::{bench_injector, bootstrap, cmd, ebpf, report as doc, target_dir};
+use crate::{bench_injector, bootstrap, ebpf, report as doc};
+use testbed::{cmd, paths::target_dir};
 
 const PORT: &str = "5201";
 const SERVER: &str = "10.0.0.2";

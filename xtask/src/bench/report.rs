@@ -8,7 +8,8 @@ use super::{
     BenchArgs,
     trial::{Capturer, Trial},
 };
-use crate::{cmd, perf::CpuShares};
+use crate::perf::CpuShares;
+use testbed::cmd;
 
 /// µs per packet, if anything was captured.
 fn per_packet(seconds: f64, packets: u64) -> Option<f64> {

@@ -12,11 +12,11 @@ use serde_json::Value;
 use testbed::Topology;
 
 use super::{BenchArgs, PORT, SERVER};
+use testbed::{cmd, paths::target_dir};
+
 use crate::{
-    cmd,
     collector::{BenchCollector, Tally},
     perf::{CpuShares, Sampler},
-    target_dir,
     watch::{Watched, stopped_line},
 };
 

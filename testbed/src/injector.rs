@@ -1,5 +1,5 @@
-//! Throwaway certificates for running the injector on loopback (benchmarks, manifest checks,
-//! image checks).
+//! Running the injector on loopback (benchmarks, manifest checks, image checks): throwaway
+//! certificates.
 
 use std::{path::Path, process::Command};
 
@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::cmd;
 
 /// Has `injector` write a CA and a `localhost` serving pair (valid a day) into `dir`.
-pub fn localhost(injector: &Path, dir: &Path) -> Result<()> {
+pub fn localhost_certs(injector: &Path, dir: &Path) -> Result<()> {
     cmd::output(
         Command::new(injector)
             .args([

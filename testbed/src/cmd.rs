@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{target_dir, workspace_root};
+use crate::paths::{target_dir, workspace_root};
 
 /// Renders a command line for messages.
 pub fn display(cmd: &Command) -> String {
@@ -56,7 +56,7 @@ pub fn stdout(cmd: &mut Command) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", display(cmd)))
 }
 
-/// Whether `cargo run` set `name` for the xtask binary itself (it describes xtask's package).
+/// Whether `cargo run` set `name` for the running binary itself (it describes its package).
 fn set_for_xtask(name: &str) -> bool {
     name.starts_with("CARGO_PKG_")
         || matches!(
