@@ -7,6 +7,8 @@
 //! skipped with a message, unless `TCP_SNIFFER_REQUIRE_PRIVILEGED` is set (as `cargo xtask
 //! test` does for root), in which case it fails: a skip must never hide a broken check.
 
+pub mod podman;
+
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -21,6 +23,7 @@ use std::{
 };
 
 use testbed::paths::{target_dir, workspace_root};
+pub use testbed::privileged;
 
 /// A binary of the workspace as `cargo build` left it (debug profile).
 ///
@@ -42,6 +45,20 @@ fn required() -> bool {
     std::env::var_os("TCP_SNIFFER_REQUIRE_PRIVILEGED").is_some()
 }
 
+/// `ok`; when it is not, the check `test` is skipped with a message saying `why`, or fails when
+/// checks are required.
+#[must_use]
+pub fn skip_unless(ok: bool, test: &str, why: &str) -> bool {
+    if !ok {
+        assert!(
+            !required(),
+            "{test} cannot run: {why}; TCP_SNIFFER_REQUIRE_PRIVILEGED is set"
+        );
+        eprintln!("skipping {test}: {why}");
+    }
+    ok
+}
+
 /// Whether `tool` is on `PATH`; when it is not, the check `test` is skipped with a message, or
 /// fails when checks are required.
 #[must_use]
@@ -56,21 +73,6 @@ pub fn tool(test: &str, tool: &str) -> bool {
         eprintln!("skipping {test}: {tool} is not installed (cargo xtask test installs it)");
     }
     found
-}
-
-/// Whether this process runs as root (to load BPF programs); as [`tool`] otherwise.
-#[must_use]
-pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        !required(),
-        "{test} needs root, and TCP_SNIFFER_REQUIRE_PRIVILEGED is set"
-    );
-    eprintln!("skipping {test}: it loads BPF programs, which needs root");
-    false
 }
 
 /// The Python with the test requirements (`TCP_SNIFFER_PYTHON`, set by `cargo xtask test`), or

@@ -3,9 +3,11 @@
 //! Test hosts (here): two network namespaces, `client` and `server`, each with an `eth0` joined
 //! to the other's by a veth pair, removed on drop (also when a test fails). Traffic goes only to
 //! their addresses. Running programs with errors that name the command ([`cmd`]), where the
-//! workspace and its builds are ([`paths`]), and running the injector on loopback ([`injector`]).
+//! workspace and its builds are ([`paths`]), running the injector on loopback ([`injector`]), and
+//! the images under podman ([`containers`]).
 
 pub mod cmd;
+pub mod containers;
 pub mod injector;
 pub mod paths;
 
@@ -18,6 +20,51 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+/// Whether this process runs as root, as tests that create network namespaces, load BPF programs
+/// or run podman need. When it does not, the test `test` is skipped with the reason printed,
+/// unless `TCP_SNIFFER_REQUIRE_PRIVILEGED` is set (as `cargo xtask test` does for root), in which
+/// case it fails: a skip must never hide a broken check.
+///
+/// # Panics
+///
+/// When it is not root and `TCP_SNIFFER_REQUIRE_PRIVILEGED` is set.
+#[must_use]
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TCP_SNIFFER_REQUIRE_PRIVILEGED").is_none(),
+        "{test} needs root, and TCP_SNIFFER_REQUIRE_PRIVILEGED is set"
+    );
+    eprintln!("skipping {test}: it needs root (network namespaces, BPF programs or podman)");
+    false
+}
+
+/// Returns from the enclosing test unless [`privileged`] lets it run, naming the test by its
+/// path so that no test repeats its own name.
+///
+/// # Examples
+///
+/// ```
+/// fn attaches_to_the_test_interface() {
+///     testbed::skip_unless_root!();
+///     // … create a `testbed::Topology`, run the sniffer in it …
+/// }
+/// # attaches_to_the_test_interface();
+/// ```
+#[macro_export]
+macro_rules! skip_unless_root {
+    () => {
+        fn here() {}
+        let test = ::std::any::type_name_of_val(&here).trim_end_matches("::here");
+        if !$crate::privileged(test) {
+            return;
+        }
+    };
+}
 
 /// Client IPv4 address.
 pub const CLIENT_V4: &str = "10.0.0.1";

@@ -1,22 +1,13 @@
 //! Developer and CI entry points: `cargo xtask <command>`.
 
-mod bench;
-mod bench_injector;
 mod bootstrap;
-mod collector;
 mod ebpf;
 mod fuzz;
-mod hygiene;
 mod image;
-mod manifests;
-mod perf;
-mod pod;
-mod report;
+mod measure;
 mod run;
 mod seccomp;
-mod soak;
 mod test;
-mod watch;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,7 +31,7 @@ enum Task {
     },
     /// Measure everything in docs/benchmarks.md (capture vs tcpdump, throughput, encoder,
     /// injector) and rewrite its tables.
-    Bench(bench::BenchArgs),
+    Bench(harness::bench::BenchArgs),
     /// Build the sniffer and injector images with buildah (static binaries built here).
     Image,
     /// Build the images, then run them with least privilege and check their behaviour.
@@ -50,7 +41,7 @@ enum Task {
     /// Write the sniffer's seccomp profile (runtime default plus bpf) into manifests/components.
     SeccompProfile,
     /// Run the sniffer for minutes under traffic with collector restarts; report memory over time.
-    Soak(soak::SoakArgs),
+    Soak(harness::soak::SoakArgs),
     /// Fuzz the parsers (admission review, packets, records, ports and options) for a bounded time.
     Fuzz(fuzz::FuzzArgs),
     /// Render and validate the Kubernetes manifests; send the example pod through the injector.
@@ -68,13 +59,13 @@ fn main() -> Result<()> {
         Task::BuildEbpf => ebpf::build().map(drop),
         Task::Run { args } => run::run(&args),
         Task::Test { args } => test::run(&args),
-        Task::Bench(args) => bench::run(&args),
-        Task::CheckManifests => manifests::check(),
+        Task::Bench(args) => measure::bench(&args),
+        Task::CheckManifests => test::manifests(),
         Task::Fuzz(args) => fuzz::run(&args),
-        Task::Soak(args) => soak::run(&args),
+        Task::Soak(args) => measure::soak(&args),
         Task::Image => image::build(),
-        Task::ImageTest => image::verify(),
-        Task::PodTest => pod::run(),
+        Task::ImageTest => test::containers("image"),
+        Task::PodTest => test::containers("pod"),
         Task::SeccompProfile => seccomp::write(),
     }
 }

@@ -1,6 +1,7 @@
 //! Repository checks that need no build: no private key is tracked outside test fixtures, the
 //! Dockerfile's default target is the sniffer image, and every version written outside Cargo.toml
-//! (the Dockerfile's label default, the manifests' image tags) is the workspace's.
+//! (the Dockerfile's label default, the manifests' image tags) is the workspace's. They read the
+//! git checkout (`git ls-files`).
 
 use std::{fs, process::Command};
 
@@ -26,7 +27,8 @@ fn is_fixture(path: &str) -> bool {
 }
 
 /// Fails when a tracked file outside test fixtures holds a private key.
-pub fn no_private_keys() -> Result<()> {
+#[test]
+fn no_private_key_is_tracked_outside_fixtures() -> Result<()> {
     let listed = cmd::stdout(
         Command::new("git")
             .args(["ls-files", "-z"])
@@ -52,7 +54,6 @@ pub fn no_private_keys() -> Result<()> {
              consider them compromised, and generate new ones outside the repository"
         );
     }
-    eprintln!("repository: no private key tracked outside test fixtures");
     Ok(())
 }
 
@@ -78,7 +79,8 @@ fn stages(dockerfile: &str) -> Vec<String> {
 
 /// `docker build .` without `--target` builds the last stage: it must be the sniffer image, as
 /// the deployment guide's build command assumes.
-pub fn dockerfile_default_is_sniffer() -> Result<()> {
+#[test]
+fn the_dockerfile_builds_the_sniffer_by_default() -> Result<()> {
     let path = workspace_root().join("Dockerfile");
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -94,7 +96,8 @@ pub fn dockerfile_default_is_sniffer() -> Result<()> {
 
 /// Every `tcp-sniffer:X` or `tcp-sniffer-injector:X` image tag in the manifests, and the
 /// Dockerfile's `ARG VERSION=X`, is the workspace version.
-pub fn versions_match() -> Result<()> {
+#[test]
+fn versions_match_the_workspace() -> Result<()> {
     let version = env!("CARGO_PKG_VERSION");
     let mut wrong = Vec::new();
     let dockerfile = fs::read_to_string(workspace_root().join("Dockerfile"))?;

@@ -21,8 +21,9 @@ use self::{
     report::{capture_report, encode_report, throughput_report},
     trial::{Capturer, Load, Trial, trial},
 };
-use crate::{bench_injector, bootstrap, ebpf, report as doc};
-use testbed::{cmd, paths::target_dir};
+use testbed::paths::target_dir;
+
+use crate::{Built, bench_injector, doc};
 
 const PORT: &str = "5201";
 const SERVER: &str = "10.0.0.2";
@@ -85,26 +86,62 @@ impl Part {
     }
 }
 
-/// Runs every part (or those in `--only`), printing each section and writing it into
-/// docs/benchmarks.md.
-pub fn run(args: &BenchArgs) -> Result<()> {
-    let wanted = |part: Part| args.only.is_empty() || args.only.contains(&part);
+impl Part {
+    /// The commands this part runs, with the Debian packages that provide them.
+    fn packages(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Flood => &[
+                ("ip", "iproute2"),
+                ("tcpdump", "tcpdump"),
+                ("trafgen", "netsniff-ng"),
+                ("taskset", "util-linux"),
+                ("curl", "curl"),
+            ],
+            Self::Capture | Self::Throughput => &[
+                ("ip", "iproute2"),
+                ("iperf3", "iperf3"),
+                ("tcpdump", "tcpdump"),
+                ("perf", "linux-perf"),
+            ],
+            Self::Encode => &[],
+            Self::Injector => &[("wrk", "wrk")],
+            Self::Idle => &[("ip", "iproute2")],
+        }
+    }
+}
+
+impl BenchArgs {
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+}
+
+/// The commands the parts `args` asks for run, with the Debian packages that provide them:
+/// what the task installs before [`run`].
+#[must_use]
+pub fn packages(args: &BenchArgs) -> Vec<(&'static str, &'static str)> {
+    let mut packages: Vec<_> = <Part as clap::ValueEnum>::value_variants()
+        .iter()
+        .filter(|&&part| args.wants(part))
+        .flat_map(|part| part.packages().iter().copied())
+        .collect();
+    packages.sort_unstable();
+    packages.dedup();
+    packages
+}
+
+/// Runs every part (or those in `--only`) on the `built` binaries, printing each section and
+/// writing it into docs/benchmarks.md.
+pub fn run(args: &BenchArgs, built: &Built) -> Result<()> {
+    let wanted = |part: Part| args.wants(part);
+    let sniffer = built.sniffer.to_str().context("non-UTF-8 target path")?;
     if wanted(Part::Flood) {
-        publish(Part::Flood, &flood_report(args)?)?;
+        publish(Part::Flood, &flood_report(args, sniffer)?)?;
     }
     if wanted(Part::Idle) {
-        publish(Part::Idle, &idle_report(args)?)?;
+        publish(Part::Idle, &idle_report(args, sniffer)?)?;
     }
     if wanted(Part::Capture) || wanted(Part::Throughput) {
-        bootstrap::ensure_debian_packages(&[
-            ("ip", "iproute2"),
-            ("iperf3", "iperf3"),
-            ("tcpdump", "tcpdump"),
-            ("perf", "linux-perf"),
-        ])?;
-        ebpf::build()?;
-        let sniffer = cmd::build_binary("sniffer", true)?;
-        let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
         fs::create_dir_all(target_dir().join("bench"))?;
         let bed = Topology::new("tsbench")?;
         // Statistics add two clock reads to every eBPF run: off, so both capturers are measured
@@ -153,23 +190,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         publish(Part::Encode, &encode_report()?)?;
     }
     if wanted(Part::Injector) {
-        publish(Part::Injector, &bench_injector::run(args.seconds)?)?;
+        publish(
+            Part::Injector,
+            &bench_injector::run(&built.injector, args.seconds)?,
+        )?;
     }
     Ok(())
 }
 
 /// Every capturer under the flood, `repeat` rounds.
-fn flood_report(args: &BenchArgs) -> Result<String> {
-    bootstrap::ensure_debian_packages(&[
-        ("ip", "iproute2"),
-        ("tcpdump", "tcpdump"),
-        ("trafgen", "netsniff-ng"),
-        ("taskset", "util-linux"),
-        ("curl", "curl"),
-    ])?;
-    ebpf::build()?;
-    let sniffer = cmd::build_binary("sniffer", true)?;
-    let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
+fn flood_report(args: &BenchArgs, sniffer: &str) -> Result<String> {
     fs::create_dir_all(target_dir().join("bench"))?;
     let bed = Topology::new("tsflood")?;
     let bare = Topology::new("tsbare")?;
@@ -206,11 +236,7 @@ fn flood_report(args: &BenchArgs) -> Result<String> {
 }
 
 /// One idle sidecar of this build (and of `--baseline`), measured over `seconds`.
-fn idle_report(args: &BenchArgs) -> Result<String> {
-    bootstrap::ensure_debian_packages(&[("ip", "iproute2")])?;
-    ebpf::build()?;
-    let sniffer = cmd::build_binary("sniffer", true)?;
-    let sniffer = sniffer.to_str().context("non-UTF-8 target path")?;
+fn idle_report(args: &BenchArgs, sniffer: &str) -> Result<String> {
     let bed = Topology::new("tsidle")?;
     let window = std::time::Duration::from_secs(u64::from(args.seconds));
     let mut trials = vec![idle::trial(&bed, "this build", sniffer, window)?];

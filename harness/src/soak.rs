@@ -4,6 +4,7 @@
 use std::{
     fmt::Write as _,
     fs,
+    path::Path,
     process::Stdio,
     thread,
     time::{Duration, Instant},
@@ -14,7 +15,7 @@ use testbed::Topology;
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
-use crate::{bootstrap, collector::BenchCollector, ebpf, report, watch::Watched};
+use crate::{collector::BenchCollector, doc, watch::Watched};
 use testbed::{cmd, paths::target_dir};
 
 /// Options of `cargo xtask soak`.
@@ -35,11 +36,12 @@ fn rss_kib(pid: u32) -> Result<u64> {
     Ok(testbed::memory_kib(pid, "VmRSS")?)
 }
 
-/// Runs the soak and prints a Markdown report (also `target/bench/soak.md`).
-pub fn run(args: &SoakArgs) -> Result<()> {
-    bootstrap::ensure_debian_packages(&[("ip", "iproute2"), ("iperf3", "iperf3")])?;
-    ebpf::build()?;
-    let sniffer = cmd::build_binary("sniffer", true)?;
+/// The commands the soak runs, with the Debian packages that provide them.
+pub const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("iperf3", "iperf3")];
+
+/// Runs the soak on the `sniffer` binary and prints a Markdown report (also
+/// `target/bench/soak.md`).
+pub fn run(args: &SoakArgs, sniffer: &Path) -> Result<()> {
     let bed = Topology::new("tssoak")?;
     let mut collector = Some(BenchCollector::start(&bed.server.name)?);
     let port = collector
@@ -171,7 +173,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("soak.md"), &text)?;
     println!("{text}");
-    report::update("soak", &text)?;
+    doc::update("soak", &text)?;
     ensure!(
         field("delivered") + field("dropped") == field("matched"),
         "accounting does not add up"

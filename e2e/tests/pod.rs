@@ -1,4 +1,5 @@
-//! `cargo xtask pod-test`: the injected example pod, run in a real container runtime.
+//! The injected example pod, run in a real container runtime (`cargo xtask pod-test` runs this
+//! file alone; `cargo xtask test` builds the images first as root).
 //!
 //! No Kubernetes cluster runs on these machines, so `podman kube play` stands in for the
 //! kubelet: it runs Pod YAML with real containers (runc, cgroups, one network namespace per pod).
@@ -13,7 +14,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -22,15 +23,11 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 use sidecar_contract::CAPTURE_PORT;
 
+use e2e::podman::{Containers, SNIFFER_IMAGE, images, least_privilege};
 use testbed::{
     cmd,
+    containers::MUSL,
     paths::{target_dir, workspace_root},
-};
-
-use crate::{
-    bootstrap,
-    image::{self, Containers, SNIFFER_IMAGE},
-    seccomp,
 };
 
 /// The app container's image: Debian's static busybox serving a page on port 8080.
@@ -52,29 +49,38 @@ const PROFILE: &str = "profiles/tcp-sniffer.json";
 const NETWORK: &str = "tcp-sniffer-pod-test";
 /// Connections made to the app; each must show up as exactly one SYN record.
 const CONNECTIONS: usize = 5;
+/// The seccomp profile the seccomp-localhost component ships (`cargo xtask seccomp-profile`
+/// writes it; `cargo xtask test` checks it is still what that derivation makes).
+const SHIPPED_PROFILE: &str = "manifests/components/seccomp-localhost/tcp-sniffer.json";
 /// CapEff of the sniffer: `CAP_NET_RAW` (13) and `CAP_BPF` (39), nothing else.
 const NET_RAW_AND_BPF: u64 = (1 << 13) | (1 << 39);
 
-/// `cargo xtask pod-test`.
-pub fn run() -> Result<()> {
-    run_built(&image::build_images()?)
+/// The app image, built once for every check of this file that runs it.
+fn app_image(containers: &Containers) -> Result<()> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let work = target_dir().join("pod-test-app");
+            let _ = fs::remove_dir_all(&work);
+            build_app_image(containers, &work).map_err(|err| format!("{err:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
-/// The pod test, on images already built into `containers`.
-pub fn run_built(containers: &Containers) -> Result<()> {
-    let started = Instant::now();
-    // kube play needs a pause binary for the pod's infra container; the app image needs busybox.
-    bootstrap::ensure_debian_packages(&[
-        ("catatonit", "catatonit"),
-        ("busybox", "busybox-static"),
-        ("tshark", "tshark"),
-    ])?;
+/// The example pod through the real injector under `podman kube play`, checked from its logs,
+/// `/proc`, its metrics and capture endpoints and the collector's requests. The checks on the
+/// running pod are independent: each failure is reported, not only the first.
+#[test]
+fn the_injected_example_pod_runs_end_to_end() -> Result<()> {
+    let Some(containers) = images("the_injected_example_pod_runs_end_to_end") else {
+        return Ok(());
+    };
+    let containers = &containers;
     let work = target_dir().join("pod-test");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    build_app_image(containers, &work)?;
-    seccomp::check_shipped()?;
-    seccomp_refuses_what_it_should(containers)?;
+    app_image(containers)?;
 
     let inbox = Inbox::start()?;
     let running = RunningPod { containers };
@@ -85,7 +91,10 @@ pub fn run_built(containers: &Containers) -> Result<()> {
     write_annotations(&podinfo, APP_PORT)?;
     let seccomp_root = work.join("seccomp");
     fs::create_dir_all(seccomp_root.join("profiles"))?;
-    fs::copy(seccomp::shipped(), seccomp_root.join(PROFILE))?;
+    fs::copy(
+        workspace_root().join(SHIPPED_PROFILE),
+        seccomp_root.join(PROFILE),
+    )?;
 
     let mut pod = inject(&work, SocketAddr::from((gateway, inbox.port)))?;
     for_podman(&mut pod, &podinfo)?;
@@ -93,15 +102,34 @@ pub fn run_built(containers: &Containers) -> Result<()> {
     fs::write(&yaml, serde_json::to_vec_pretty(&pod)?)?;
 
     running.play(&yaml, &seccomp_root)?;
-    check_pod(&running, &inbox, &token, &podinfo, &work)?;
-    eprintln!(
-        "pod-test: all checks passed in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    check_pod(&running, &inbox, &token, &podinfo, &work)
 }
 
-/// Every check on the running pod, in order; the pod is stopped by the last one.
+/// Checks that do not depend on one another: each runs, and all failures are reported together.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    /// Runs `check`, which says what it saw when it passes.
+    fn check(&mut self, what: &str, check: impl FnOnce() -> Result<String>) {
+        match check() {
+            Ok(seen) => eprintln!("pod-test: {what}: {seen}"),
+            Err(err) => self.0.push(format!("{what}: {err:#}")),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        ensure!(
+            self.0.is_empty(),
+            "{} check(s) failed:\n{}",
+            self.0.len(),
+            self.0.join("\n")
+        );
+        Ok(())
+    }
+}
+
+/// Every check on the running pod; the pod is stopped by the last one.
 fn check_pod(
     running: &RunningPod,
     inbox: &Inbox,
@@ -110,118 +138,153 @@ fn check_pod(
     work: &Path,
 ) -> Result<()> {
     let sidecar = format!("{POD}-tcp-sniffer");
+    // Every check below needs the sidecar attached and the pod's address.
     let logs = running.wait_for_log(&sidecar, "capture attached")?;
-    let first = logs.first().context("no log line")?;
-    ensure!(
-        first["msg"] == "Sniffer entrypoint starting"
-            && first["pod"] == POD
-            && first["interface"] == "eth0"
-            && first["ports"].as_str().and_then(|p| p.parse().ok()) == Some(APP_PORT),
-        "unexpected first log line: {first}"
-    );
-    eprintln!("pod-test: sidecar started and attached: {first}");
-
-    let status = running.proc_status(&sidecar)?;
-    let field = |name: &str| -> Result<&str> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-            .with_context(|| format!("no {name} in /proc/<pid>/status"))
-    };
-    let cap_eff = u64::from_str_radix(field("CapEff")?, 16)?;
-    ensure!(
-        cap_eff == NET_RAW_AND_BPF,
-        "the sniffer's CapEff is {cap_eff:#018x}, expected NET_RAW+BPF {NET_RAW_AND_BPF:#018x}"
-    );
-    ensure!(field("NoNewPrivs")? == "1", "the sniffer has NoNewPrivs 0");
-    // 2 = SECCOMP_MODE_FILTER: the Localhost profile is applied.
-    ensure!(
-        field("Seccomp")? == "2",
-        "the sniffer runs without a seccomp filter"
-    );
-    eprintln!(
-        "pod-test: running sniffer has CapEff {cap_eff:#018x} (NET_RAW+BPF), NoNewPrivs 1, Seccomp 2 (filter: {PROFILE})"
-    );
-
     let pod_ip = running.pod_ip()?;
-    let health = metrics_get(pod_ip, "/healthz")?;
-    let metrics = metrics_get(pod_ip, "/metrics")?;
-    ensure!(
-        health.starts_with("HTTP/1.1 200")
-            && metrics.contains("\ntcp_sniffer_packets_matched_total "),
-        "the sidecar's metrics port {pod_ip}:{METRICS_PORT}: /healthz {health:?}, /metrics without the counters"
-    );
-    eprintln!(
-        "pod-test: the sidecar answers /healthz and /metrics on {pod_ip}:{METRICS_PORT} (the injected sniffer-metrics port)"
-    );
-    let ports: Vec<u16> = (0..CONNECTIONS)
-        .map(|_| http_get(pod_ip, APP_PORT))
-        .collect::<Result<_>>()?;
-    let syns = wait_for_syns(inbox, pod_ip, APP_PORT, &ports)?;
-    eprintln!(
-        "pod-test: {CONNECTIONS} requests to {pod_ip}:{APP_PORT} → {syns} SYN records at the collector, one per connection"
+    let mut checks = Checks::default();
+
+    checks.check(
+        "the first log line names the pod, interface and port",
+        || {
+            let first = logs.first().context("no log line")?;
+            ensure!(
+                first["msg"] == "Sniffer entrypoint starting"
+                    && first["pod"] == POD
+                    && first["interface"] == "eth0"
+                    && first["ports"].as_str().and_then(|p| p.parse().ok()) == Some(APP_PORT),
+                "unexpected first log line: {first}"
+            );
+            Ok(first.to_string())
+        },
     );
 
-    captures_through_the_pod_s_loopback(running, pod_ip, work)?;
-
-    // The live port change, as the kubelet rewrites a downward-API volume.
-    write_annotations(podinfo, NEW_PORT)?;
-    let logs = running.wait_for_log(&sidecar, "ports changed")?;
-    let changed = logs
-        .iter()
-        .find(|l| l["msg"] == "ports changed")
-        .context("no ports changed line")?;
-    let old = http_get(pod_ip, APP_PORT)?;
-    let refused = syn_to_closed_port(pod_ip, NEW_PORT)?;
-    wait_for_syns(inbox, pod_ip, NEW_PORT, &[refused])?;
-    // Batches from several sender threads may arrive out of order: give stragglers time.
-    thread::sleep(Duration::from_secs(2));
-    let old_connection = |r: &Value| {
-        (r["src_port"] == old && r["dst_port"] == APP_PORT)
-            || (r["src_port"] == APP_PORT && r["dst_port"] == old)
-    };
-    ensure!(
-        !inbox.records().iter().any(old_connection),
-        "port {APP_PORT} was still captured after the change to {NEW_PORT}"
-    );
-    eprintln!("pod-test: ports changed live ({changed}); {APP_PORT} no longer captured");
-
-    let requests = inbox.requests();
-    let expected = format!("Bearer {token}");
-    ensure!(
-        requests.iter().all(|r| r.authorization == expected),
-        "a request came without the Secret's bearer token"
-    );
-    let agent = &requests[0].body["agent"];
-    ensure!(
-        agent["pod"] == POD && agent["namespace"] == NAMESPACE && agent["interface"] == "eth0",
-        "unexpected agent in the batches: {agent}"
-    );
-    eprintln!(
-        "pod-test: {} batches delivered with the Secret's token; agent {agent}",
-        requests.len()
+    checks.check(
+        "the running sniffer has CapEff NET_RAW+BPF, NoNewPrivs 1, Seccomp 2",
+        || {
+            let status = running.proc_status(&sidecar)?;
+            let field = |name: &str| -> Result<&str> {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::trim)
+                    .with_context(|| format!("no {name} in /proc/<pid>/status"))
+            };
+            let cap_eff = u64::from_str_radix(field("CapEff")?, 16)?;
+            ensure!(
+                cap_eff == NET_RAW_AND_BPF,
+                "the sniffer's CapEff is {cap_eff:#018x}, expected NET_RAW+BPF {NET_RAW_AND_BPF:#018x}"
+            );
+            ensure!(field("NoNewPrivs")? == "1", "the sniffer has NoNewPrivs 0");
+            // 2 = SECCOMP_MODE_FILTER: the Localhost profile is applied.
+            ensure!(
+                field("Seccomp")? == "2",
+                "the sniffer runs without a seccomp filter"
+            );
+            Ok(format!("CapEff {cap_eff:#018x}, filter {PROFILE}"))
+        },
     );
 
-    running.stop_pod()?;
-    let logs = running.logs(&sidecar)?;
-    let stopped = logs
-        .iter()
-        .find(|l| l["msg"] == "stopped")
-        .with_context(|| format!("no stopped line: {logs:?}"))?;
-    ensure!(
-        logs.iter().any(|l| l["msg"] == "stopping"),
-        "no stopping line"
+    checks.check(
+        "the sidecar answers /healthz and /metrics on the injected sniffer-metrics port",
+        || {
+            let health = metrics_get(pod_ip, "/healthz")?;
+            let metrics = metrics_get(pod_ip, "/metrics")?;
+            ensure!(
+                health.starts_with("HTTP/1.1 200")
+                    && metrics.contains("\ntcp_sniffer_packets_matched_total "),
+                "{pod_ip}:{METRICS_PORT}: /healthz {health:?}, /metrics without the counters"
+            );
+            Ok(format!("{pod_ip}:{METRICS_PORT}"))
+        },
     );
-    let code = running.exit_code(&sidecar)?;
-    ensure!(code == 0, "the sidecar exited {code} on pod stop");
-    let delivered = inbox.records().len();
-    ensure!(
-        stopped["delivered"] == delivered && stopped["dropped"] == 0,
-        "the collector holds {delivered} records; the sidecar says {stopped}"
+
+    checks.check(
+        "one SYN record per connection to the app at the collector",
+        || {
+            let ports: Vec<u16> = (0..CONNECTIONS)
+                .map(|_| http_get(pod_ip, APP_PORT))
+                .collect::<Result<_>>()?;
+            let syns = wait_for_syns(inbox, pod_ip, APP_PORT, &ports)?;
+            Ok(format!(
+                "{CONNECTIONS} requests to {pod_ip}:{APP_PORT} → {syns} SYN records"
+            ))
+        },
     );
-    eprintln!("pod-test: pod stop → stopping, stopped, exit 0; {stopped}");
-    Ok(())
+
+    checks.check("packet captures through the pod's loopback", || {
+        captures_through_the_pod_s_loopback(running, pod_ip, work)
+    });
+
+    checks.check("the captured ports follow the annotation live", || {
+        // The live port change, as the kubelet rewrites a downward-API volume.
+        write_annotations(podinfo, NEW_PORT)?;
+        let logs = running.wait_for_log(&sidecar, "ports changed")?;
+        let changed = logs
+            .iter()
+            .find(|l| l["msg"] == "ports changed")
+            .context("no ports changed line")?
+            .clone();
+        let old = http_get(pod_ip, APP_PORT)?;
+        let refused = syn_to_closed_port(pod_ip, NEW_PORT)?;
+        wait_for_syns(inbox, pod_ip, NEW_PORT, &[refused])?;
+        // Batches from several sender threads may arrive out of order: give stragglers time.
+        thread::sleep(Duration::from_secs(2));
+        let old_connection = |r: &Value| {
+            (r["src_port"] == old && r["dst_port"] == APP_PORT)
+                || (r["src_port"] == APP_PORT && r["dst_port"] == old)
+        };
+        ensure!(
+            !inbox.records().iter().any(old_connection),
+            "port {APP_PORT} was still captured after the change to {NEW_PORT}"
+        );
+        Ok(format!("{changed}; {APP_PORT} no longer captured"))
+    });
+
+    checks.check(
+        "every batch carries the Secret's token and the pod's agent",
+        || {
+            let requests = inbox.requests();
+            let expected = format!("Bearer {token}");
+            ensure!(!requests.is_empty(), "no batch reached the collector");
+            ensure!(
+                requests.iter().all(|r| r.authorization == expected),
+                "a request came without the Secret's bearer token"
+            );
+            let agent = &requests[0].body["agent"];
+            ensure!(
+                agent["pod"] == POD
+                    && agent["namespace"] == NAMESPACE
+                    && agent["interface"] == "eth0",
+                "unexpected agent in the batches: {agent}"
+            );
+            Ok(format!("{} batches; agent {agent}", requests.len()))
+        },
+    );
+
+    checks.check(
+        "pod stop: stopping, stopped, exit 0, every record accounted for",
+        || {
+            running.stop_pod()?;
+            let logs = running.logs(&sidecar)?;
+            let stopped = logs
+                .iter()
+                .find(|l| l["msg"] == "stopped")
+                .with_context(|| format!("no stopped line: {logs:?}"))?;
+            ensure!(
+                logs.iter().any(|l| l["msg"] == "stopping"),
+                "no stopping line"
+            );
+            let code = running.exit_code(&sidecar)?;
+            ensure!(code == 0, "the sidecar exited {code} on pod stop");
+            let delivered = inbox.records().len();
+            ensure!(
+                stopped["delivered"] == delivered && stopped["dropped"] == 0,
+                "the collector holds {delivered} records; the sidecar says {stopped}"
+            );
+            Ok(stopped.to_string())
+        },
+    );
+    checks.finish()
 }
 
 /// An app image from scratch: static busybox `httpd` on [`APP_PORT`], the example pod's port.
@@ -254,14 +317,19 @@ fn build_app_image(containers: &Containers, work: &Path) -> Result<()> {
 /// The shipped profile still filters: a user namespace, which the kernel lets any process
 /// create, is refused under it and allowed without it, with the sidecar's capabilities. The
 /// sniffer image has no shell, so the probe is busybox in a container with the same options.
-fn seccomp_refuses_what_it_should(containers: &Containers) -> Result<()> {
-    let profile = seccomp::shipped();
+#[test]
+fn the_shipped_seccomp_profile_still_filters() -> Result<()> {
+    let Some(containers) = images("the_shipped_seccomp_profile_still_filters") else {
+        return Ok(());
+    };
+    app_image(&containers)?;
+    let profile = workspace_root().join(SHIPPED_PROFILE);
     // Not cmd::output: a refusal is a failing exit, which is the point.
     let probe = |seccomp: &str| -> Result<std::process::Output> {
         containers
             .command("podman")
             .args(["run", "--rm"])
-            .args(image::least_privilege("none", Some(seccomp)))
+            .args(least_privilege("none", Some(seccomp)))
             .args(["--entrypoint", "/bin/busybox", APP_IMAGE])
             .args(["unshare", "--user", "/bin/busybox", "true"])
             .output()
@@ -279,11 +347,6 @@ fn seccomp_refuses_what_it_should(containers: &Containers) -> Result<()> {
         !filtered.status.success() && stderr.contains("Operation not permitted"),
         "the profile let unshare(CLONE_NEWUSER) through: {}, {stderr}",
         filtered.status
-    );
-    eprintln!(
-        "pod-test: unshare --user: allowed unconfined, refused under {} ({})",
-        seccomp::PROFILE_PATH,
-        stderr.trim()
     );
     Ok(())
 }
@@ -303,7 +366,7 @@ fn inject(work: &Path, collector: SocketAddr) -> Result<Value> {
     });
     let options_file = work.join("options.json");
     fs::write(&options_file, options.to_string())?;
-    let injector = target_dir().join(image::MUSL).join("release/injector");
+    let injector = target_dir().join(MUSL).join("release/injector");
     let out = cmd::stdout(
         Command::new(injector)
             .args(["inject", "-n", NAMESPACE, "-o", "json", "--config"])
@@ -612,7 +675,7 @@ fn captures_through_the_pod_s_loopback(
     running: &RunningPod,
     pod_ip: Ipv4Addr,
     work: &Path,
-) -> Result<()> {
+) -> Result<String> {
     let app = format!("{POD}-{POD}");
     let url = |target: &str| format!("http://127.0.0.1:{CAPTURE_PORT}{target}");
     let download = running
@@ -690,10 +753,9 @@ fn captures_through_the_pod_s_loopback(
         .is_err(),
         "the capture endpoint answers on the pod's address {pod_ip}"
     );
-    eprintln!(
-        "pod-test: captures pulled through the pod's loopback: {CONNECTIONS} connections' SYNs in /capture and /capture/recent, headers only, not on {pod_ip}:{CAPTURE_PORT}"
-    );
-    Ok(())
+    Ok(format!(
+        "{CONNECTIONS} connections' SYNs in /capture and /capture/recent, headers only, not on {pod_ip}:{CAPTURE_PORT}"
+    ))
 }
 
 /// The answer to `GET path` on the sidecar's metrics port, on the pod's address.

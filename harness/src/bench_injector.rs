@@ -5,13 +5,17 @@
 use std::{
     fmt::Write as _,
     fs,
+    path::Path,
     process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bootstrap;
-use testbed::{cmd, injector::localhost_certs, paths::target_dir, paths::workspace_root};
+use testbed::{
+    cmd,
+    injector::localhost_certs,
+    paths::{target_dir, workspace_root},
+};
 
 /// One wrk run's figures.
 struct Run {
@@ -77,13 +81,11 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
 }
 
 /// Runs wrk for `seconds` at 4 and then 32 connections; returns the Markdown section.
-pub fn run(seconds: u32) -> Result<String> {
-    bootstrap::ensure_debian_packages(&[("wrk", "wrk")])?;
+pub fn run(binary: &Path, seconds: u32) -> Result<String> {
     let root = workspace_root();
-    let binary = cmd::build_binary("injector", true)?;
     let dir = target_dir().join("bench");
     let certs = dir.join("injector-certs");
-    localhost_certs(&binary, &certs)?;
+    localhost_certs(binary, &certs)?;
     let fixture = root.join("injector/tests/fixtures/deployment-pod.json");
     let script = dir.join("mutate.lua");
     fs::write(
@@ -96,7 +98,7 @@ pub fn run(seconds: u32) -> Result<String> {
     )?;
     let port = 18_443;
     let injector = cmd::KillOnDrop(
-        Command::new(&binary)
+        Command::new(binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", "off"])
             .arg("--tls-cert")
