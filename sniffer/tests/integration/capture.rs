@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{
     agent::{Agent, SNIFFER},
     dissector::{RawCapture, expected_record},
-    netns::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Topology, privileged, topology},
+    netns::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Topology, topology},
     traffic::{MATCHED, REQUEST_SIZES, UNMATCHED, check_flow, exchange, serve},
 };
 
@@ -30,9 +30,7 @@ fn start(topology: &Topology, extra: &[(&str, &str)]) -> Agent {
 
 #[test]
 fn records_every_packet_of_matched_flows_ipv4_and_ipv6() {
-    if !privileged("records_every_packet_of_matched_flows_ipv4_and_ipv6") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let v4: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
     let v6: SocketAddr = format!("[{SERVER_V6}]:{MATCHED}").parse().unwrap();
@@ -144,9 +142,7 @@ fn records_every_packet_of_matched_flows_ipv4_and_ipv6() {
 
 #[test]
 fn timestamps_are_wall_clock_time_of_capture() {
-    if !privileged("timestamps_are_wall_clock_time_of_capture") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let addr: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
     let listener = topology
@@ -179,9 +175,7 @@ fn timestamps_are_wall_clock_time_of_capture() {
 
 #[test]
 fn captures_with_only_net_raw_and_bpf_capabilities() {
-    if !privileged("captures_with_only_net_raw_and_bpf_capabilities") {
-        return;
-    }
+    testbed::skip_unless_root!();
     // What the injector grants: the verifier must accept the program without CAP_PERFMON or
     // CAP_SYS_ADMIN, and the socket and maps need nothing more.
     let topology = topology();
@@ -215,9 +209,7 @@ fn captures_with_only_net_raw_and_bpf_capabilities() {
 
 #[test]
 fn ring_overflow_is_counted_exactly() {
-    if !privileged("ring_overflow_is_counted_exactly") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let addr: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
     let listener = topology

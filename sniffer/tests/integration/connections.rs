@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::{
     agent::{Agent, SNIFFER},
-    netns::{Netns, SERVER_V4, SERVER_V6, http_get, privileged, topology},
+    netns::{Netns, SERVER_V4, SERVER_V6, http_get, topology},
 };
 
 /// The port most connections use.
@@ -507,9 +507,7 @@ fn recorded_side(record: &Value, prefix: &str) -> Side {
 
 #[test]
 fn connection_records_match_tshark_under_induced_loss() {
-    if !privileged("connection_records_match_tshark_under_induced_loss") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     servers(&topology.server);
     induce_loss(
@@ -768,9 +766,7 @@ fn metric(text: &str, name: &str) -> u64 {
 
 #[test]
 fn a_flood_of_connections_is_bounded_by_the_cap_and_every_eviction_counted() {
-    if !privileged("a_flood_of_connections_is_bounded_by_the_cap_and_every_eviction_counted") {
-        return;
-    }
+    testbed::skip_unless_root!();
     const SYNS: u32 = 200_000;
     const CAP: u64 = 50_000;
     let topology = topology();

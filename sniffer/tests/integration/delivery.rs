@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::{
     agent::{Agent, Finished, SNIFFER},
     collector::{Collector, Received, Reply, accept_all},
-    netns::{CLIENT_V4, SERVER_V4, Topology, http_get, privileged, topology},
+    netns::{CLIENT_V4, SERVER_V4, Topology, http_get, topology},
     traffic::{MATCHED, check_flow, exchange, serve},
 };
 
@@ -109,9 +109,7 @@ fn assert_token_never_logged(finished: &Finished) {
 
 #[test]
 fn healthy_collector_gets_every_record_exactly_once() {
-    if !privileged("healthy_collector_gets_every_record_exactly_once") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let collector = Collector::start(listen(&topology), accept_all);
     let metrics_addr = listen(&topology).local_addr().unwrap();
@@ -189,9 +187,7 @@ fn healthy_collector_gets_every_record_exactly_once() {
 
 #[test]
 fn retryable_statuses_are_retried_honouring_retry_after() {
-    if !privileged("retryable_statuses_are_retried_honouring_retry_after") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let collector = Collector::start(listen(&topology), |index, _| {
         if index < 3 {
@@ -241,9 +237,7 @@ fn retryable_statuses_are_retried_honouring_retry_after() {
 
 #[test]
 fn refused_batch_is_dropped_counted_and_reported_in_the_next_batch() {
-    if !privileged("refused_batch_is_dropped_counted_and_reported_in_the_next_batch") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let collector = Collector::start(listen(&topology), |index, _| {
         Reply::Status(if index == 0 { 400 } else { 200 }, Vec::new())
@@ -289,9 +283,7 @@ fn refused_batch_is_dropped_counted_and_reported_in_the_next_batch() {
 
 #[test]
 fn collector_outage_with_a_small_buffer_loses_nothing_unaccounted() {
-    if !privileged("collector_outage_with_a_small_buffer_loses_nothing_unaccounted") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     // Reserve a port, then leave it closed: connections are refused until the collector starts.
     let addr = listen(&topology).local_addr().unwrap();
@@ -354,9 +346,7 @@ fn peak_rss_kib(agent: &Agent) -> u64 {
 
 #[test]
 fn sigterm_delivers_everything_queued_before_exit() {
-    if !privileged("sigterm_delivers_everything_queued_before_exit") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let collector = Collector::start(listen(&topology), accept_all);
     // Batches would only close after a minute: everything is still queued at SIGTERM.
@@ -434,9 +424,7 @@ fn faulty_collector(listener: TcpListener) -> thread::JoinHandle<()> {
 
 #[test]
 fn silent_resetting_and_garbage_collectors_are_retried_until_delivery() {
-    if !privileged("silent_resetting_and_garbage_collectors_are_retried_until_delivery") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let listener = listen(&topology);
     let addr = listener.local_addr().unwrap();
@@ -481,9 +469,7 @@ fn silent_resetting_and_garbage_collectors_are_retried_until_delivery() {
 
 #[test]
 fn unresolvable_collector_gives_up_at_shutdown_and_counts_everything() {
-    if !privileged("unresolvable_collector_gives_up_at_shutdown_and_counts_everything") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let mut cmd = topology.server.command(SNIFFER);
     cmd.env("PORTS", MATCHED.to_string())
@@ -520,9 +506,7 @@ fn unresolvable_collector_gives_up_at_shutdown_and_counts_everything() {
 /// wait is capped at `RETRY_MAX_MS`.
 #[test]
 fn absurd_retry_after_is_capped_at_retry_max() {
-    if !privileged("absurd_retry_after_is_capped_at_retry_max") {
-        return;
-    }
+    testbed::skip_unless_root!();
     for absurd in ["18446744073709551615", "999999999"] {
         let topology = topology();
         let collector = Collector::start(listen(&topology), move |index, _| {
@@ -575,9 +559,7 @@ fn absurd_retry_after_is_capped_at_retry_max() {
 /// 29 s after SIGTERM: the grace bounds the exit, and the batch in flight is undeliverable.
 #[test]
 fn shutdown_grace_bounds_the_exit_with_requests_in_flight() {
-    if !privileged("shutdown_grace_bounds_the_exit_with_requests_in_flight") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let collector = Collector::start(listen(&topology), |_, _| Reply::Hang);
     let agent = start_sniffer(
@@ -615,9 +597,7 @@ fn shutdown_grace_bounds_the_exit_with_requests_in_flight() {
 /// to fail every POST forever: it is trimmed, with a warning, and batches arrive.
 #[test]
 fn a_token_with_a_trailing_newline_is_trimmed() {
-    if !privileged("a_token_with_a_trailing_newline_is_trimmed") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let collector = Collector::start(listen(&topology), accept_all);
     let agent = start_sniffer(

@@ -19,7 +19,7 @@ use crate::{
     agent::{Agent, Finished, SNIFFER},
     collector::{Collector, Received, Reply, accept_all},
     dissector::{RawCapture, expected_record},
-    netns::{SERVER_V4, SERVER_V6, Topology, privileged, topology},
+    netns::{SERVER_V4, SERVER_V6, Topology, topology},
     traffic::{MATCHED, exchange, serve},
 };
 
@@ -218,9 +218,7 @@ fn record_of_log(log: &Value) -> Value {
 
 #[test]
 fn otlp_bodies_parse_with_the_official_protos_and_match_an_independent_capture() {
-    if !privileged("otlp_bodies_parse_with_the_official_protos_and_match_an_independent_capture") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let Some(python) = otlp_python("otlp_bodies_parse_with_the_official_protos") else {
         return;
     };
@@ -304,9 +302,7 @@ fn partial_success_protobuf(rejected: u8) -> Vec<u8> {
 
 #[test]
 fn otlp_partial_success_refusal_and_retry_are_accounted_exactly() {
-    if !privileged("otlp_partial_success_refusal_and_retry_are_accounted_exactly") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     // The first batch: 503 with Retry-After, then accepted with 3 records rejected. The second:
     // 500, which OTLP does not retry. The third: 400. The rest: accepted.
@@ -361,9 +357,7 @@ fn otlp_partial_success_refusal_and_retry_are_accounted_exactly() {
 /// delivered with a warning.
 #[test]
 fn oversized_and_odd_otlp_answers_are_accounted_as_they_say() {
-    if !privileged("oversized_and_odd_otlp_answers_are_accounted_as_they_say") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let long = "x".repeat(70_000);
     let mut protobuf_all = Vec::new();
     // partial_success { rejected_log_records: 1_000_000, error_message: <70 KB> }
@@ -486,9 +480,7 @@ pub fn log_records(body: &[u8]) -> u64 {
 
 #[test]
 fn loki_bodies_follow_the_push_api_and_match_an_independent_capture() {
-    if !privileged("loki_bodies_follow_the_push_api_and_match_an_independent_capture") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let collector = Collector::start(listen(&topology), |_, _| Reply::Status(204, Vec::new()));
     let url = format!("http://{}/loki/api/v1/push", collector.addr);
@@ -538,9 +530,7 @@ fn loki_bodies_follow_the_push_api_and_match_an_independent_capture() {
 
 #[test]
 fn configured_headers_are_sent_and_never_logged() {
-    if !privileged("configured_headers_are_sent_and_never_logged") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let collector = Collector::start(listen(&topology), accept_all);
     let url = format!("http://{}/ingest", collector.addr);
@@ -696,9 +686,7 @@ const PACKETS_DDL: &str = "CREATE TABLE packets (ts String, direction String, ip
 
 #[test]
 fn ndjson_lands_in_a_real_clickhouse_with_the_capture_s_counts() {
-    if !privileged("ndjson_lands_in_a_real_clickhouse_with_the_capture_s_counts") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let clickhouse = ClickHouse::start(&topology);
     clickhouse
@@ -793,9 +781,7 @@ const CONNECTIONS_DDL: &str = "CREATE TABLE connections (type String, ts String,
 /// column of the documented type: one row per connection, its verdict and round trips queryable.
 #[test]
 fn connection_records_land_in_a_real_clickhouse() {
-    if !privileged("connection_records_land_in_a_real_clickhouse") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let clickhouse = ClickHouse::start(&topology);
     clickhouse
@@ -842,9 +828,7 @@ fn connection_records_land_in_a_real_clickhouse() {
 
 #[test]
 fn the_plain_receiver_recipe_works() {
-    if !privileged("the_plain_receiver_recipe_works") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let dir = scratch("receiver-recipe");
     let out = dir.join("records.ndjson");
@@ -982,9 +966,7 @@ fn connection_records(
 
 #[test]
 fn connection_records_reach_every_format_with_the_capture_s_counts() {
-    if !privileged("connection_records_reach_every_format_with_the_capture_s_counts") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let Some(python) = otlp_python("connection_records_reach_every_format") else {
         return;
     };

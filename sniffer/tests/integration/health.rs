@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::{
     agent::{Agent, SNIFFER},
     connections::{Pcap, epoch_ns, nft, reset, tshark_fields},
-    netns::{Netns, SERVER_V4, SERVER_V6, privileged, topology},
+    netns::{Netns, SERVER_V4, SERVER_V6, topology},
 };
 
 /// The port of the round-trip test.
@@ -235,9 +235,7 @@ fn recorded_summary(record: &Value, side: &str) -> Option<Summary> {
 /// side of the link, so that ACKs queue for milliseconds behind data, and by varying amounts.
 #[test]
 fn ack_round_trips_match_tshark_side_by_side() {
-    if !privileged("ack_round_trips_match_tshark_side_by_side") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let out = topology
         .client
@@ -514,9 +512,7 @@ fn connect(ns: &Netns, kind: Kind) -> (u16, Option<TcpStream>) {
 /// connection open before the sniffer started.
 #[test]
 fn conn_state_and_history_follow_zeek() {
-    if !privileged("conn_state_and_history_follow_zeek") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     state_servers(&topology.server);
     // After the capture point, so the sniffer sees what is dropped: every SYN to BLACKHOLE, and

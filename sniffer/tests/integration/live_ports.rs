@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::{
     agent::{Agent, SNIFFER},
     dissector::{RawCapture, expected_record},
-    netns::{SERVER_V4, http_get, privileged, topology},
+    netns::{SERVER_V4, http_get, topology},
     traffic::exchange,
 };
 
@@ -139,9 +139,7 @@ fn sample(metrics: &str, name: &str) -> String {
 
 #[test]
 fn ports_follow_the_annotations_file_without_a_restart() {
-    if !privileged("ports_follow_the_annotations_file_without_a_restart") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let addr = |port: u16| -> SocketAddr { format!("{SERVER_V4}:{port}").parse().unwrap() };
     let listeners = topology

@@ -1,23 +1,5 @@
-//! Test hosts (the `testbed` crate, shared with xtask's benchmarks), and whether this process may
-//! create them.
-
-/// Whether this process can create namespaces and load BPF. When it cannot, the test is skipped
-/// with the reason printed, unless `TCP_SNIFFER_REQUIRE_PRIVILEGED` is set (as `cargo xtask test`
-/// does for root), in which case it fails.
-pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("TCP_SNIFFER_REQUIRE_PRIVILEGED").is_none(),
-        "{test} needs root, and TCP_SNIFFER_REQUIRE_PRIVILEGED is set"
-    );
-    eprintln!(
-        "skipping {test}: it creates network namespaces and loads BPF programs, which needs root"
-    );
-    false
-}
+//! Test hosts (the `testbed` crate, shared with the benchmark harness). A test that creates them
+//! starts with `testbed::skip_unless_root!()`.
 
 pub use testbed::{CLIENT_V4, CLIENT_V6, Netns, SERVER_V4, SERVER_V6, Topology, ip};
 

@@ -15,7 +15,7 @@ use crate::{
     agent::{Agent, SNIFFER},
     collector::{Collector, Reply},
     dissector::{RawCapture, expected_record},
-    netns::{SERVER_V4, Topology, privileged, topology},
+    netns::{SERVER_V4, Topology, topology},
     traffic::MATCHED,
 };
 
@@ -73,9 +73,7 @@ fn metrics(topology: &Topology, addr: SocketAddr) -> (Duration, String) {
 
 #[test]
 fn flood_is_accounted_exactly_and_the_process_stays_responsive() {
-    if !privileged("flood_is_accounted_exactly_and_the_process_stays_responsive") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let slow = Collector::start(
         topology

@@ -17,7 +17,7 @@ use crate::{
     agent::{Agent, SNIFFER},
     connections::{Pcap, epoch_ns, rfc3339_ns, tshark_fields},
     dissector,
-    netns::{Netns, SERVER_V4, SERVER_V6, Topology, privileged, topology},
+    netns::{Netns, SERVER_V4, SERVER_V6, Topology, topology},
 };
 
 /// The port captured.
@@ -205,9 +205,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn a_capture_is_tcpdump_s_packets_cut_after_their_headers() {
-    if !privileged("a_capture_is_tcpdump_s_packets_cut_after_their_headers") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let tcpdump = Pcap::start(&topology.server, "eth0", &format!("tcp port {PORT}"));
     let mut agent = start(&topology, &[("CAPTURE_RECORDER_BYTES", "1000000")]);
@@ -384,9 +382,7 @@ fn get(ns: &Netns, addr: &'static str, target: &'static str) -> std::io::Result<
 
 #[test]
 fn refusals_name_the_problem_and_the_endpoint_is_loopback_only() {
-    if !privileged("refusals_name_the_problem_and_the_endpoint_is_loopback_only") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let mut agent = start(&topology, &[("CAPTURE_MAX_SECONDS", "60")]);
     for (target, status, says) in [
@@ -469,9 +465,7 @@ fn tagged_frame(seq: u32) -> Vec<u8> {
 
 #[test]
 fn vlan_tagged_frames_keep_their_tag() {
-    if !privileged("vlan_tagged_frames_keep_their_tag") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let tcpdump = Pcap::start(
         &topology.server,

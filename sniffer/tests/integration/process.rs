@@ -8,7 +8,7 @@ use sidecar_contract::url::url_cases;
 
 use crate::{
     agent::{Agent, Finished, SNIFFER},
-    netns::{Topology, privileged, topology},
+    netns::{Topology, topology},
 };
 
 /// Runs the sniffer with only the given environment and waits for it to exit by itself.
@@ -225,9 +225,7 @@ fn start_in_netns(topology: &Topology) -> Agent {
 
 #[test]
 fn sigterm_stops_cleanly_within_2s() {
-    if !privileged("sigterm_stops_cleanly_within_2s") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let finished = start_in_netns(&topology).terminate();
     assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
@@ -268,9 +266,7 @@ fn sigterm_stops_cleanly_within_2s() {
 
 #[test]
 fn sigint_stops_cleanly() {
-    if !privileged("sigint_stops_cleanly") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let finished = start_in_netns(&topology).signal(libc::SIGINT);
     assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
@@ -280,9 +276,7 @@ fn sigint_stops_cleanly() {
 
 #[test]
 fn missing_capabilities_exit_2() {
-    if !privileged("missing_capabilities_exit_2") {
-        return;
-    }
+    testbed::skip_unless_root!();
     // Root without any capability: validation passes, opening the packet socket does not.
     let mut cmd = Command::new("setpriv");
     cmd.args(["--bounding-set=-all", "--inh-caps=-all", SNIFFER])
@@ -296,9 +290,7 @@ fn missing_capabilities_exit_2() {
 
 #[test]
 fn deleted_interface_is_a_runtime_error() {
-    if !privileged("deleted_interface_is_a_runtime_error") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let agent = start_in_netns(&topology);
     crate::netns::ip(&["-n", &topology.server.name, "link", "del", "eth0"]).unwrap();

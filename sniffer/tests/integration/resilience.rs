@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::{
     agent::{Agent, SNIFFER},
     live_ports::{Podinfo, annotations},
-    netns::{SERVER_V4, Topology, privileged, topology},
+    netns::{SERVER_V4, Topology, topology},
     overload::flood,
     traffic::{MATCHED, exchange, serve},
 };
@@ -75,9 +75,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// about 2 s, "interface is gone", the accept loop spinning.)
 #[test]
 fn a_crowd_at_the_metrics_port_with_few_descriptors_does_not_stop_capture() {
-    if !privileged("a_crowd_at_the_metrics_port_with_few_descriptors_does_not_stop_capture") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let metrics: SocketAddr = format!("{SERVER_V4}:9464").parse().unwrap();
     let target: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
@@ -158,9 +156,7 @@ fn a_crowd_at_the_metrics_port_with_few_descriptors_does_not_stop_capture() {
 /// with exit 2 and `delivered 0, dropped 0` of 800).
 #[test]
 fn a_stalled_stdout_never_stalls_the_agent() {
-    if !privileged("a_stalled_stdout_never_stalls_the_agent") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let metrics: SocketAddr = format!("{SERVER_V4}:9464").parse().unwrap();
     let target: SocketAddr = format!("{SERVER_V4}:{MATCHED}").parse().unwrap();
@@ -246,9 +242,7 @@ fn a_stalled_stdout_never_stalls_the_agent() {
 /// every turn while a backlog remained, so these stopped exactly under overload.)
 #[test]
 fn housekeeping_keeps_its_time_under_a_flood_the_reader_cannot_keep_up_with() {
-    if !privileged("housekeeping_keeps_its_time_under_a_flood_the_reader_cannot_keep_up_with") {
-        return;
-    }
+    testbed::skip_unless_root!();
     let topology = topology();
     let metrics: SocketAddr = format!("{SERVER_V4}:9464").parse().unwrap();
     let mut podinfo = Podinfo::new(
