@@ -9,7 +9,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::OnceLock,
 };
 
@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, ensure};
 use e2e::{binary, python, tool};
 use testbed::{
     cmd,
-    injector::localhost_certs,
+    injector::{localhost_certs, serve_on_loopback},
     paths::{target_dir, workspace_root},
 };
 
@@ -190,20 +190,7 @@ fn the_example_pod_goes_through_the_injector() -> Result<()> {
     let _ = fs::remove_dir_all(&certs);
     localhost_certs(&injector, &certs)?;
     let port = e2e::free_port();
-    let _server = cmd::KillOnDrop(
-        Command::new(&injector)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", "off"])
-            .arg("--tls-cert")
-            .arg(certs.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(certs.join("tls.key"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start the injector")?,
-    );
-    cmd::wait_for_port(port, "the injector")?;
+    let _server = serve_on_loopback(&injector, &certs, port)?;
     cmd::run(
         Command::new(python)
             .arg(root.join("e2e/python/admission_roundtrip.py"))

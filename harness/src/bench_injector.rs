@@ -2,18 +2,13 @@
 //! injector over TLS with keep-alive on loopback, driven by `wrk` with the reference
 //! Deployment-created pod (`injector/tests/fixtures/deployment-pod.json`).
 
-use std::{
-    fmt::Write as _,
-    fs,
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{fmt::Write as _, fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
 use testbed::{
     cmd,
-    injector::localhost_certs,
+    injector::{localhost_certs, serve_on_loopback},
     paths::{target_dir, workspace_root},
 };
 
@@ -97,22 +92,7 @@ pub fn run(binary: &Path, seconds: u32) -> Result<String> {
         ),
     )?;
     let port = 18_443;
-    let injector = cmd::KillOnDrop(
-        Command::new(binary)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", "off"])
-            .arg("--tls-cert")
-            .arg(certs.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(certs.join("tls.key"))
-            // Decision lines at info would measure the terminal, not the webhook.
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start the injector")?,
-    );
-    cmd::wait_for_port(port, "the injector")?;
+    let injector = serve_on_loopback(binary, &certs, port)?;
     let url = format!("https://localhost:{port}/mutate");
     let script = script.to_str().context("non-UTF-8 path")?;
     // Warm-up, so connection setup and first allocations are not measured.

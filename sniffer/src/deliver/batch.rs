@@ -86,19 +86,8 @@ impl<T> Batcher<T> {
 
 #[cfg(test)]
 mod tests {
-    use sniffer_common::PacketRecord;
-
     use super::*;
-    use crate::{capture::clock::WallClock, encode::record::Record};
-
-    fn record(port: u16) -> Record {
-        let raw = PacketRecord {
-            ip_version: 4,
-            dst_port: port,
-            ..PacketRecord::default()
-        };
-        Record::from_kernel(&raw, &WallClock::from_offset(0))
-    }
+    use crate::encode::record::{Record, test_record as record};
 
     fn push(
         batcher: &mut Batcher<Record>,

@@ -33,22 +33,8 @@ pub const END: &[u8] = b"]}";
 mod tests {
     use std::sync::Arc;
 
-    use sniffer_common::PacketRecord;
-
     use super::*;
-    use crate::{
-        capture::clock::WallClock,
-        encode::{AgentInfo, Encoder, Format},
-    };
-
-    fn record(port: u16) -> Record {
-        let raw = PacketRecord {
-            ip_version: 4,
-            dst_port: port,
-            ..PacketRecord::default()
-        };
-        Record::from_kernel(&raw, &WallClock::from_offset(0))
-    }
+    use crate::encode::{AgentInfo, Encoder, Format, record::test_record as record};
 
     fn agent() -> AgentInfo {
         AgentInfo {

@@ -355,6 +355,17 @@ fn ip(version: u8, bytes: [u8; 16]) -> IpAddr {
     }
 }
 
+/// An IPv4 packet's record to `port`, everything else zero: what unit tests batch and encode.
+#[cfg(test)]
+pub(crate) fn test_record(port: u16) -> Record {
+    let raw = PacketRecord {
+        ip_version: 4,
+        dst_port: port,
+        ..PacketRecord::default()
+    };
+    Record::from_kernel(&raw, &WallClock::from_offset(0))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
