@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sniffer::{capture::clock::WallClock, encode::record::Record};
+use sniffer::{capture::clock::WallClock, encode::packet::Record};
 use cli_support::time::Rfc3339Writer;
 use sniffer_common::{PacketRecord, RECORD_SIZE};
 

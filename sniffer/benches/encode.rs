@@ -9,7 +9,7 @@ use std::{hint::black_box, io, sync::Arc, time::Instant};
 use sniffer::{
     capture::clock::WallClock,
     deliver::stdout::Lines,
-    encode::{AgentInfo, Encoder, Format, record::Record},
+    encode::{AgentInfo, Encoder, Format, packet::Record},
     metrics::Stats,
     pipeline::Sink as _,
 };

@@ -132,7 +132,9 @@ pub struct TrackerConfig {
     pub report_interval: Option<Duration>,
 }
 
-/// The table of connections.
+/// Connection tracking: turns packets into connection records. It keeps each open connection's
+/// analysis in a [`Table`] (the hash table alone), evicts the least recently seen when full,
+/// reports connections that end, time out or are due an interim report, and counts all of it.
 ///
 /// # Examples
 ///
@@ -167,7 +169,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// An empty table.
+    /// Tracking nothing yet.
     #[must_use]
     pub fn new(config: TrackerConfig) -> Self {
         Self {

@@ -28,7 +28,7 @@ use crate::pipeline::Sink;
 use crate::{
     capture::clock::WallClock,
     connections::record::ConnectionRecord,
-    encode::record::Record,
+    encode::packet::Record,
     metrics::{Stats, add, get},
 };
 

@@ -2,7 +2,7 @@
 
 use cli_support::time::Rfc3339Writer;
 
-use super::record::Record;
+use super::packet::Record;
 
 /// Appends the body's text before the first record; `agent_json` is the agent serialized once.
 pub fn start(out: &mut Vec<u8>, agent_json: &[u8], seq: u64, dropped: u64) {
@@ -34,7 +34,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::encode::{AgentInfo, Encoder, Format, record::test_record as record};
+    use crate::encode::{AgentInfo, Encoder, Format, packet::test_record as record};
 
     fn agent() -> AgentInfo {
         AgentInfo {

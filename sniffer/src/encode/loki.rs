@@ -7,7 +7,7 @@
 
 use cli_support::time::Rfc3339Writer;
 
-use super::{AgentInfo, json_string_or_null, record::Record, text::in_place};
+use super::{AgentInfo, json_string_or_null, packet::Record, text::in_place};
 
 /// The labels a stream can carry: `job` (always `tcp-sniffer`), and the agent's `namespace`,
 /// `pod` and `node` when they are known.

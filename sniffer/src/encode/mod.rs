@@ -1,5 +1,6 @@
-//! Encode: records become bytes. [`record`] writes one record's JSON (a line on stdout, an
-//! element of every JSON body). An [`Encoder`] turns a batch of records into a request body in
+//! Encode: records become bytes. [`packet`] writes one packet record's JSON (a line on stdout,
+//! an element of every JSON body). An [`Encoder`] turns a batch of records ([`Records`]: what
+//! the batcher closed) into a request body in
 //! the configured [`Format`] — [`batch`], [`ndjson`], [`otlp`] (protobuf or JSON, with
 //! [`proto`]) or [`loki`]; [`connection`] writes connection records in each; each sender thread
 //! has its own encoder.
@@ -9,8 +10,8 @@ pub mod connection;
 pub mod loki;
 pub mod ndjson;
 pub mod otlp;
+pub mod packet;
 pub mod proto;
-pub mod record;
 mod text;
 
 use std::{
@@ -23,7 +24,7 @@ use std::{
 use cli_support::time::Rfc3339Writer;
 use serde::Serialize;
 
-use self::record::Record;
+use self::packet::Record;
 use crate::connections::record::ConnectionRecord;
 
 /// Who sent a batch; identical in every batch of one process.
@@ -191,16 +192,16 @@ impl Items<'_> {
     }
 }
 
-/// A closed batch on its way to a sender thread.
+/// The records of a closed batch, on their way to a sender thread to become one body.
 #[derive(Debug)]
-pub enum Batch {
+pub enum Records {
     /// Packet records.
     Packets(Vec<Record>),
     /// Connection records.
     Connections(Vec<ConnectionRecord>),
 }
 
-impl Batch {
+impl Records {
     /// Records in it.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -4,7 +4,7 @@
 
 use cli_support::time::Rfc3339Writer;
 
-use super::{AgentInfo, json_string_or_null, record::Record};
+use super::{AgentInfo, json_string_or_null, packet::Record};
 
 /// The text that closes every line of this agent: `,"pod":…,"instance":"…"}` and a newline.
 #[must_use]

@@ -13,8 +13,8 @@ use std::net::IpAddr;
 
 use super::{
     AgentInfo, json_string_or_null,
+    packet::{Direction, Flags, Record},
     proto::{self, len_field_size, len_header},
-    record::{Direction, Flags, Record},
     text::{Line, in_place},
 };
 

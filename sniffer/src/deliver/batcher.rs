@@ -87,7 +87,7 @@ impl<T> Batcher<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::record::{Record, test_record as record};
+    use crate::encode::packet::{Record, test_record as record};
 
     fn push(
         batcher: &mut Batcher<Record>,

@@ -138,7 +138,7 @@ impl Record {
     /// # Examples
     ///
     /// ```
-    /// use sniffer::{capture::clock::WallClock, encode::record::Record};
+    /// use sniffer::{capture::clock::WallClock, encode::packet::Record};
     /// use cli_support::time::Rfc3339Writer;
     /// use sniffer_common::PacketRecord;
     ///
