@@ -176,7 +176,11 @@ fn with_the_injectors_grant_the_image_captures_and_stops_cleanly() -> Result<()>
             .command("podman")
             .args(["kill", "--signal", "TERM", &name]),
     )?;
-    let status = child.wait()?;
+    let status = testbed::wait_within(
+        &mut child,
+        Duration::from_secs(30),
+        "the sniffer container after SIGTERM",
+    );
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().context("stdout")?, &mut stdout)?;
     while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
@@ -225,7 +229,7 @@ t=threading.Thread(target=serve); t.start()\n";
         "-c",
         "import socket\nc=socket.create_connection(('10.0.0.2',8080),timeout=5); c.sendall(b'ping'); c.recv(100); c.close()",
     ]))?;
-    let status = server.wait()?;
+    let status = testbed::wait_within(&mut server, Duration::from_secs(10), "the test server");
     ensure!(status.success(), "test server failed");
     Ok(())
 }
