@@ -6,6 +6,48 @@ use std::process::ExitCode;
 use clap::{Parser, error::ErrorKind};
 use log::error;
 
+/// A number outside the range its variable accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value} is out of range: it must be from {min} to {max}")]
+pub struct OutOfRange {
+    /// The variable.
+    pub name: &'static str,
+    /// The value given.
+    pub value: u64,
+    /// Smallest accepted value.
+    pub min: u64,
+    /// Largest accepted value.
+    pub max: u64,
+}
+
+/// Checks that `value`, given for the variable `name`, is within `min..=max`.
+///
+/// # Errors
+///
+/// [`OutOfRange`], naming the variable, the value and the range.
+///
+/// # Examples
+///
+/// ```
+/// use cli_support::exit::in_range;
+///
+/// assert!(in_range("OUTPUT_CONCURRENCY", 4, 1, 64).is_ok());
+/// let err = in_range("OUTPUT_CONCURRENCY", 65, 1, 64).unwrap_err();
+/// assert_eq!(err.to_string(), "OUTPUT_CONCURRENCY=65 is out of range: it must be from 1 to 64");
+/// ```
+pub fn in_range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), OutOfRange> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(OutOfRange {
+            name,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
 /// Why a binary stops with an error, which decides its exit code.
 #[derive(Debug)]
 pub enum Failure {

@@ -5,7 +5,7 @@
 //!
 //! | stage | module | role |
 //! |---|---|---|
-//! | configure | [`config`] | environment/flags and their validation |
+//! | configure | [`config`] | environment/flags, assembled from each stage's own settings ([`capture::config`], [`deliver::config`], [`pipeline::tracking::TrackerArgs`], [`pcap::config`]) |
 //! | capture | [`capture`] | load, attach, change the ports in place, read the kernel counters; [`capture::ring`] the ring buffer; [`capture::socket`] the `AF_PACKET` socket; [`capture::clock`] kernel time → wall clock; [`ports`] the ports a pod's annotations ask for ([`ports::podinfo`]) and watching them (`PORTS_FILE`, [`ports::watch`]) |
 //! | track | [`connections`] | `RECORDS=connections`/`both`: packets grouped into connections ([`connections::analysis`] the per-connection analysis, [`connections::table`] the hash table the tracker keeps them in, [`connections::record`] the connection record), reported to the output by the [`pipeline::tracking`] stage |
 //! | encode | [`encode`] | a kernel record → [`encode::packet::Record`] → JSON; [`encode::batch`] the `batch` body format; [`encode::Encoder`] bodies for the sender threads |

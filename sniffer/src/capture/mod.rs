@@ -2,6 +2,7 @@
 //! ring buffer; [`clock`] places the kernel's timestamps on the wall clock.
 
 pub mod clock;
+pub mod config;
 pub mod packets;
 pub mod ring;
 pub mod socket;
@@ -21,16 +22,11 @@ use sniffer_common::{
 use thiserror::Error;
 
 use self::{
+    config::page_size,
     packets::PacketSource,
     ring::{PacedRing, Ring},
     socket::{PacketSocket, SocketError},
 };
-
-/// This machine's page size: the smallest ring the kernel makes.
-fn page_size() -> u32 {
-    // SAFETY: no preconditions.
-    u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SNIFFER_EBPF_OBJECT"));

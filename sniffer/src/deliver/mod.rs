@@ -6,6 +6,7 @@
 
 pub mod answer;
 pub mod batcher;
+pub mod config;
 pub mod http;
 pub mod resolve;
 pub mod retry;

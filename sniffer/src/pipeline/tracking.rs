@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cli_support::clock::monotonic_ns;
+use cli_support::{
+    clock::monotonic_ns,
+    exit::{OutOfRange, in_range},
+};
+use sidecar_contract::env;
 use sniffer_common::PacketRecord;
 
 use super::Sink;
@@ -26,6 +30,48 @@ const FINISH_CHUNK: usize = 1024;
 
 /// How often ended, idle and long-lived connections are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The `CONNECTION_*` variables, as given (flattened into the sniffer's arguments).
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrackerArgs {
+    /// Connections tracked at once (`RECORDS` `connections` or `both`); beyond it the least
+    /// recently seen is reported as evicted.
+    #[arg(long, env = env::CONNECTION_MAX, default_value_t = 32_768)]
+    pub connection_max: u64,
+    /// A connection with no packet for this long is reported as timed out.
+    #[arg(long, env = env::CONNECTION_IDLE_TIMEOUT_MS, default_value_t = 300_000)]
+    pub connection_idle_timeout_ms: u64,
+    /// Open connections are reported this often; 0 never.
+    #[arg(long, env = env::CONNECTION_REPORT_INTERVAL_MS, default_value_t = 60_000)]
+    pub connection_report_interval_ms: u64,
+}
+
+impl TrackerArgs {
+    /// Checks the tracker's limits.
+    pub fn validate(&self) -> Result<TrackerConfig, OutOfRange> {
+        in_range("CONNECTION_MAX", self.connection_max, 1, 10_000_000)?;
+        in_range(
+            "CONNECTION_IDLE_TIMEOUT_MS",
+            self.connection_idle_timeout_ms,
+            1_000,
+            86_400_000,
+        )?;
+        if self.connection_report_interval_ms != 0 {
+            in_range(
+                "CONNECTION_REPORT_INTERVAL_MS",
+                self.connection_report_interval_ms,
+                1_000,
+                86_400_000,
+            )?;
+        }
+        Ok(TrackerConfig {
+            max_connections: usize::try_from(self.connection_max).unwrap_or(usize::MAX),
+            idle_timeout: Duration::from_millis(self.connection_idle_timeout_ms),
+            report_interval: (self.connection_report_interval_ms > 0)
+                .then(|| Duration::from_millis(self.connection_report_interval_ms)),
+        })
+    }
+}
 
 /// Tracks connections in front of `output`.
 ///

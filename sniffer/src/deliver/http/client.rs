@@ -7,7 +7,7 @@ use std::{path::Path, sync::Arc};
 use cli_support::small_file::{SmallFileError, read_small_file};
 
 use super::DeliveryError;
-use crate::{config::DeliveryConfig, deliver::resolve::CachingResolver};
+use crate::deliver::{config::DeliveryConfig, resolve::CachingResolver};
 
 /// Largest accepted `OUTPUT_CA_FILE`: a bundle of every public root is about 220 KiB.
 pub const MAX_CA_FILE_BYTES: u64 = 4 << 20;

@@ -41,8 +41,8 @@ use self::{
 use super::batcher::Batcher;
 use crate::{
     capture::clock::WallClock,
-    config::DeliveryConfig,
     connections::record::ConnectionRecord,
+    deliver::config::DeliveryConfig,
     deliver::retry::Policy,
     encode::{AgentInfo, Encoder, Records, packet::Record},
     metrics::{Stats, add, get},
