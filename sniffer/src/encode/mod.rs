@@ -1,5 +1,5 @@
 //! Encode: records become bytes. [`packet`] writes one packet record's JSON (a line on stdout,
-//! an element of every JSON body). An [`Encoder`] turns a batch of records ([`Records`]: what
+//! an element of every JSON body). An [`Encoder`] turns a batch of records ([`BodyRecords`]: what
 //! the batcher closed) into a request body in
 //! the configured [`Format`] — [`batch`], [`ndjson`], [`otlp`] (protobuf or JSON, with
 //! [`proto`]) or [`loki`]; [`connection`] writes connection records in each; each sender thread
@@ -194,14 +194,14 @@ impl Items<'_> {
 
 /// The records of a closed batch, on their way to a sender thread to become one body.
 #[derive(Debug)]
-pub enum Records {
+pub enum BodyRecords {
     /// Packet records.
     Packets(Vec<Record>),
     /// Connection records.
     Connections(Vec<ConnectionRecord>),
 }
 
-impl Records {
+impl BodyRecords {
     /// Records in it.
     #[must_use]
     pub fn len(&self) -> usize {

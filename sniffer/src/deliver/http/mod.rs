@@ -44,7 +44,7 @@ use crate::{
     connections::record::ConnectionRecord,
     deliver::config::DeliveryConfig,
     deliver::retry::Policy,
-    encode::{AgentInfo, Encoder, Records, packet::Record},
+    encode::{AgentInfo, BodyRecords, Encoder, packet::Record},
     metrics::{Stats, add, get},
     pipeline::Sink,
 };
@@ -90,7 +90,7 @@ pub struct HttpOutput {
     batcher: Batcher<Record>,
     /// Connection records travel in batches of their own.
     connections: Batcher<ConnectionRecord>,
-    tx: mpsc::Sender<Records>,
+    tx: mpsc::Sender<BodyRecords>,
     shared: Arc<Shared>,
     buffer_max_records: u64,
     senders: Vec<JoinHandle<()>>,
@@ -160,7 +160,7 @@ impl HttpOutput {
         })
     }
 
-    fn enqueue(&mut self, batch: Records) {
+    fn enqueue(&mut self, batch: BodyRecords) {
         // `records_queued` already counts these records (see `room`).
         add(&self.shared.stats.batches_queued, 1);
         if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
@@ -179,7 +179,7 @@ impl Sink for HttpOutput {
             .map(|raw| Record::from_kernel(raw, clock));
         while records.len() > 0 {
             if let Some(batch) = self.batcher.fill(&mut records, Instant::now) {
-                self.enqueue(Records::Packets(batch));
+                self.enqueue(BodyRecords::Packets(batch));
             }
         }
         self.tick(Instant::now());
@@ -191,7 +191,7 @@ impl Sink for HttpOutput {
         let mut records = records[..kept].iter().cloned();
         while records.len() > 0 {
             if let Some(batch) = self.connections.fill(&mut records, Instant::now) {
-                self.enqueue(Records::Connections(batch));
+                self.enqueue(BodyRecords::Connections(batch));
             }
         }
         self.tick(Instant::now());
@@ -207,10 +207,10 @@ impl Sink for HttpOutput {
 
     fn tick(&mut self, now: Instant) {
         if let Some(batch) = self.batcher.close_if_due(now) {
-            self.enqueue(Records::Packets(batch));
+            self.enqueue(BodyRecords::Packets(batch));
         }
         if let Some(batch) = self.connections.close_if_due(now) {
-            self.enqueue(Records::Connections(batch));
+            self.enqueue(BodyRecords::Connections(batch));
         }
     }
 
@@ -220,10 +220,10 @@ impl Sink for HttpOutput {
     /// records, if time remains.
     fn finish(mut self: Box<Self>, deadline: Instant) -> std::io::Result<()> {
         if let Some(batch) = self.batcher.close() {
-            self.enqueue(Records::Packets(batch));
+            self.enqueue(BodyRecords::Packets(batch));
         }
         if let Some(batch) = self.connections.close() {
-            self.enqueue(Records::Connections(batch));
+            self.enqueue(BodyRecords::Connections(batch));
         }
         *lock(&self.shared.deadline) = Some(deadline);
         let Self {
@@ -244,7 +244,7 @@ impl Sink for HttpOutput {
         if shared.stats.dropped_total() > lock(&shared.ledger).assigned_dropped
             && !shared.past_deadline()
         {
-            shared.deliver(Records::Packets(Vec::new()), &mut last_words);
+            shared.deliver(BodyRecords::Packets(Vec::new()), &mut last_words);
         }
         Ok(())
     }
