@@ -65,31 +65,24 @@ pub fn skip_unless(ok: bool, test: &str, why: &str) -> bool {
 pub fn tool(test: &str, tool: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
-    if !found {
-        assert!(
-            !required(),
-            "{test} needs {tool}, and TCP_SNIFFER_REQUIRE_PRIVILEGED is set (cargo xtask test installs it)"
-        );
-        eprintln!("skipping {test}: {tool} is not installed (cargo xtask test installs it)");
-    }
-    found
+    skip_unless(
+        found,
+        test,
+        &format!("{tool} is not installed (cargo xtask test installs it)"),
+    )
 }
 
 /// The Python with the test requirements (`TCP_SNIFFER_PYTHON`, set by `cargo xtask test`), or
 /// `None` with a message as for [`tool`].
 #[must_use]
 pub fn python(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("TCP_SNIFFER_PYTHON") {
-        Some(path) => Some(PathBuf::from(path)),
-        None => {
-            assert!(
-                !required(),
-                "{test} needs TCP_SNIFFER_PYTHON (cargo xtask test sets it)"
-            );
-            eprintln!("skipping {test}: TCP_SNIFFER_PYTHON is not set (cargo xtask test sets it)");
-            None
-        }
-    }
+    let python = std::env::var_os("TCP_SNIFFER_PYTHON").map(PathBuf::from);
+    let here = skip_unless(
+        python.is_some(),
+        test,
+        "TCP_SNIFFER_PYTHON is not set (cargo xtask test sets it)",
+    );
+    if here { python } else { None }
 }
 
 /// A new directory under the system's temporary directory; removed on drop.

@@ -26,6 +26,17 @@ struct Exited {
     logs: Vec<Value>,
 }
 
+impl Exited {
+    /// The `error` of its ERROR line, for the check's output.
+    fn error(&self) -> String {
+        self.logs
+            .iter()
+            .find(|l| l["level"] == "ERROR")
+            .map(|l| l["error"].to_string())
+            .unwrap_or_default()
+    }
+}
+
 /// Runs the sniffer image to completion with `env` and the given podman options.
 fn run_sniffer(
     containers: &Containers,
@@ -71,14 +82,7 @@ fn a_bad_ports_list_exits_1() -> Result<()> {
         "first line: {:?}",
         bad.logs
     );
-    eprintln!(
-        "PORTS=0 → exit 1: {}",
-        bad.logs
-            .iter()
-            .find(|l| l["level"] == "ERROR")
-            .map(|l| l["error"].to_string())
-            .unwrap_or_default()
-    );
+    eprintln!("PORTS=0 → exit 1: {}", bad.error());
 
     Ok(())
 }
@@ -103,15 +107,7 @@ fn the_runtime_default_seccomp_profile_stops_the_sniffer() -> Result<()> {
         filtered.code,
         filtered.logs
     );
-    eprintln!(
-        "default seccomp profile → exit 2: {}",
-        filtered
-            .logs
-            .iter()
-            .find(|l| l["level"] == "ERROR")
-            .map(|l| l["error"].to_string())
-            .unwrap_or_default()
-    );
+    eprintln!("default seccomp profile → exit 2: {}", filtered.error());
 
     Ok(())
 }
