@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Flood only this capturer (repeatable): the one named so in the report, or else every one
+    /// whose name holds it (e.g. `tcpdump`, `RECORDS=both`). A partial flood is printed, not
+    /// written into docs/benchmarks.md.
+    #[arg(long = "capturer")]
+    capturers: Vec<String>,
 }
 
 /// The parts of the report, each its own section of docs/benchmarks.md.
@@ -114,6 +119,21 @@ impl BenchArgs {
     fn wants(&self, part: Part) -> bool {
         self.only.is_empty() || self.only.contains(&part)
     }
+
+    /// Whether `--capturer` asks for the capturer named `name`.
+    fn floods(&self, name: &str) -> bool {
+        let exact = |wanted: &str| {
+            flood::Flooded::ALL
+                .iter()
+                .chain([&flood::Flooded::Baseline])
+                .any(|c| c.name() == wanted)
+        };
+        self.capturers.is_empty()
+            || self
+                .capturers
+                .iter()
+                .any(|w| name == w || (!exact(w) && name.contains(w.as_str())))
+    }
 }
 
 /// The commands the parts `args` asks for run, with the Debian packages that provide them:
@@ -136,7 +156,12 @@ pub fn run(args: &BenchArgs, built: &Built) -> Result<()> {
     let wanted = |part: Part| args.wants(part);
     let sniffer = built.sniffer.to_str().context("non-UTF-8 target path")?;
     if wanted(Part::Flood) {
-        publish(Part::Flood, &flood_report(args, sniffer)?)?;
+        let report = flood_report(args, sniffer)?;
+        if args.capturers.is_empty() {
+            publish(Part::Flood, &report)?;
+        } else {
+            println!("{report}");
+        }
     }
     if wanted(Part::Idle) {
         publish(Part::Idle, &idle_report(args, sniffer)?)?;
@@ -215,7 +240,7 @@ fn flood_report(args: &BenchArgs, sniffer: &str) -> Result<String> {
         let capturers = flood::Flooded::ALL
             .into_iter()
             .chain(baseline.map(|_| flood::Flooded::Baseline));
-        let capturers: Vec<_> = capturers.collect();
+        let capturers: Vec<_> = capturers.filter(|c| args.floods(&c.name())).collect();
         for round in 1..=args.repeat {
             for &capturer in &capturers {
                 eprintln!("bench: flood, {} (round {round}) …", capturer.name());
