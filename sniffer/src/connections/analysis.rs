@@ -103,7 +103,9 @@ impl Key {
             port: raw.dst_port,
         };
         let ip_version = raw.ip_version;
-        if src <= dst {
+        // The derived order, compared as numbers rather than byte by byte.
+        let order = |e: &Endpoint| (u128::from_be_bytes(e.addr), e.port);
+        if order(&src) <= order(&dst) {
             (
                 Self {
                     ip_version,

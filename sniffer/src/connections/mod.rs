@@ -174,7 +174,7 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Self {
             config,
-            table: Table::default(),
+            table: Table::with_limit(config.max_connections),
             keys: Vec::new(),
             queue: VecDeque::new(),
             next_id: 0,
