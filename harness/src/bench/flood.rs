@@ -539,10 +539,10 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
         let _ = writeln!(
             text,
             "\nThe connections' records are sent when the sniffer stops, after the measured window. \
-             With {FLOOD_CONNECTIONS} connections visited in turn the connections (about 13 MB) do \
-             not fit in the CPU caches: the tracker asks for each packet's slot and connection a \
-             few packets ahead so that the waits for memory overlap, and what remains of them is \
-             the difference between the two sizes."
+             With {FLOOD_CONNECTIONS} connections visited in turn the connections (about 20 MB, \
+             in huge pages) do not fit in the CPU caches: the tracker asks for each packet's slot \
+             and connection a few packets ahead so that the waits for memory overlap, and what \
+             remains of them is the difference between the two sizes."
         );
     }
     text
