@@ -18,6 +18,7 @@
 pub mod capture;
 pub mod config;
 pub mod connections;
+pub mod counts;
 pub mod deliver;
 pub mod encode;
 pub mod endpoint;

@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    connections::{Counts, TIME_BOUNDS_NS, TimeHistogram},
+    counts::{Counts, TIME_BOUNDS_NS, TimeHistogram},
     endpoint::{self, Endpoint},
 };
 
@@ -637,7 +637,11 @@ mod tests {
             retransmits: 3,
             ..Counts::default()
         };
-        counts.closed[Counts::slot(crate::connections::analysis::End::Evicted).0] = 2;
+        let evicted = Counts::REASONS
+            .iter()
+            .position(|&r| r == "evicted")
+            .unwrap();
+        counts.closed[evicted] = 2;
         counts.handshakes.buckets[2] = 1;
         counts.handshakes.buckets[6] = 1;
         counts.handshakes.count = 2;

@@ -18,6 +18,8 @@ use std::{collections::VecDeque, time::Duration};
 
 use sniffer_common::PacketRecord;
 
+use crate::counts::Counts;
+
 use self::{
     analysis::{Analysis, End, Key, Observed, Side},
     record::Report,
@@ -39,84 +41,16 @@ struct Entry {
     reported_ns: u64,
 }
 
-/// Upper bounds of the time histograms' buckets (handshakes, ACK round trips), in nanoseconds:
-/// 10 µs to 2.5 s.
-pub const TIME_BOUNDS_NS: [u64; 17] = [
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-];
-
-/// Times observed: handshakes (SYN → SYN-ACK), or one side's ACK round trips.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TimeHistogram {
-    /// Times at most each bound of [`TIME_BOUNDS_NS`] and above the one before.
-    pub buckets: [u64; 17],
-    /// Every time observed.
-    pub count: u64,
-    /// Their sum, nanoseconds.
-    pub sum_ns: u64,
-}
-
-impl TimeHistogram {
-    fn observe(&mut self, ns: u64) {
-        if let Some(i) = TIME_BOUNDS_NS.iter().position(|&bound| ns <= bound) {
-            self.buckets[i] += 1;
-        }
-        self.count += 1;
-        self.sum_ns = self.sum_ns.saturating_add(ns);
+/// The index of `end` in [`Counts::closed`]: its name's in [`Counts::REASONS`].
+#[must_use]
+pub const fn closed_index(end: End) -> usize {
+    match end {
+        End::Fin => 0,
+        End::Rst(_) => 1,
+        End::Timeout => 2,
+        End::Evicted => 3,
+        End::Shutdown => 4,
     }
-}
-
-/// What the tracker has done, for the metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Connections that entered the table.
-    pub opened: u64,
-    /// Connections reported with each end: fin, rst, timeout, evicted, shutdown.
-    pub closed: [u64; 5],
-    /// Interim reports of open connections.
-    pub interim: u64,
-    /// Retransmitted segments (as [`analysis::Sent::retransmits`] counts them), both directions.
-    pub retransmits: u64,
-    /// SYN → SYN-ACK times.
-    pub handshakes: TimeHistogram,
-    /// ACK round trips ([`rtt`]) of the clients' ACKs and of the servers'.
-    pub ack_rtt: [TimeHistogram; 2],
-    /// Segments not kept for round trips because [`rtt::MAX_UNACKED`] were waiting on their
-    /// side.
-    pub rtt_untracked: u64,
-}
-
-impl Counts {
-    /// The index of `end` in [`Counts::closed`], and its `end_reason` name.
-    #[must_use]
-    pub const fn slot(end: End) -> (usize, &'static str) {
-        match end {
-            End::Fin => (0, "fin"),
-            End::Rst(_) => (1, "rst"),
-            End::Timeout => (2, "timeout"),
-            End::Evicted => (3, "evicted"),
-            End::Shutdown => (4, "shutdown"),
-        }
-    }
-
-    /// The `end_reason` names, in [`Counts::closed`] order.
-    pub const REASONS: [&'static str; 5] = ["fin", "rst", "timeout", "evicted", "shutdown"];
 }
 
 /// Limits and timings of the connection tracker.
@@ -323,7 +257,7 @@ impl Tracker {
         out: &mut Vec<Report>,
     ) {
         let end = entry.analysis.end.or(end).unwrap_or(End::Timeout);
-        self.counts.closed[Counts::slot(end).0] += 1;
+        self.counts.closed[closed_index(end)] += 1;
         out.push(Report {
             key,
             analysis: entry.analysis,
@@ -397,6 +331,21 @@ mod tests {
     use sniffer_common::tcp_flags;
 
     use super::*;
+
+    #[test]
+    fn every_end_has_its_own_reason() {
+        let ends = [
+            (End::Fin, "fin"),
+            (End::Rst(Side::A), "rst"),
+            (End::Rst(Side::B), "rst"),
+            (End::Timeout, "timeout"),
+            (End::Evicted, "evicted"),
+            (End::Shutdown, "shutdown"),
+        ];
+        for (end, reason) in ends {
+            assert_eq!(Counts::REASONS[closed_index(end)], reason, "{end:?}");
+        }
+    }
 
     fn config(max_connections: usize) -> TrackerConfig {
         TrackerConfig {

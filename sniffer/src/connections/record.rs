@@ -14,7 +14,7 @@ use super::{
     analysis::{Analysis, End, Endpoint, Key, Sent},
     rtt::Samples,
 };
-use crate::capture::clock::WallClock;
+use crate::{capture::clock::WallClock, counts::Counts};
 
 /// A connection leaving the tracker, or reported while open.
 #[derive(Clone, Debug)]
@@ -152,13 +152,7 @@ impl ConnectionRecord {
         let (state, reason, rst_by) = match end {
             None => ("open", Value::Null, Value::Null),
             Some(end) => {
-                let reason = match end {
-                    End::Fin => "fin",
-                    End::Rst(_) => "rst",
-                    End::Timeout => "timeout",
-                    End::Evicted => "evicted",
-                    End::Shutdown => "shutdown",
-                };
+                let reason = Counts::REASONS[super::closed_index(*end)];
                 let rst_by = match end {
                     End::Rst(side) if *side == client => Value::from("client"),
                     End::Rst(_) => Value::from("server"),
