@@ -19,7 +19,7 @@ use cli_support::exit::{OutOfRange, in_range};
 use crate::{
     capture::config::{RingArgs, RingConfig, RingConfigError, interface_index},
     connections::TrackerConfig,
-    deliver::config::{Delivery, DeliveryArgs, DeliveryConfig, DeliveryConfigError, Warning},
+    deliver::config::{Delivery, DeliveryArgs, DeliveryConfigError},
     pcap::config::{CaptureArgs, CaptureConfig, CaptureConfigError},
     pipeline::tracking::TrackerArgs,
     ports::watch::MAX_PORTS_FILE_BYTES,
@@ -85,13 +85,8 @@ pub struct Args {
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Things to warn about at start.
-    pub warnings: Vec<Warning>,
-    /// Delivery to a collector; `None` writes NDJSON to stdout.
-    pub output: Option<DeliveryConfig>,
-    /// Records that may wait for stdout to take them (`BUFFER_MAX_RECORDS`), without
-    /// `OUTPUT_URL`.
-    pub stdout_buffer_records: usize,
+    /// Where records go: a collector or stdout, and what to warn about at start.
+    pub delivery: Delivery,
     /// Metrics endpoint address.
     pub metrics_addr: Option<SocketAddr>,
     /// Interval of the `stats` log line; `None` when off.
@@ -106,12 +101,8 @@ pub struct Config {
     pub interface: String,
     /// Interface index in this network namespace.
     pub ifindex: u32,
-    /// Ring buffer size in bytes.
-    pub ring_buffer_bytes: u32,
-    /// Unread ring bytes that wake the reader.
-    pub ring_wakeup_bytes: u64,
-    /// How often the reader checks the ring without a wakeup.
-    pub ring_poll_interval: Duration,
+    /// The ring's size and when its reader wakes.
+    pub ring: RingConfig,
     /// What records are sent (`RECORDS`).
     pub records: Records,
     /// The connection tracker's limits, used unless `records` is [`Records::Packets`].
@@ -203,11 +194,7 @@ impl Args {
                 }
             })?;
         }
-        let Delivery {
-            output,
-            warnings,
-            stdout_buffer_records,
-        } = self.delivery.validate()?;
+        let delivery = self.delivery.validate()?;
         in_range("SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 0, 600_000)?;
         in_range("STATS_INTERVAL_SECS", self.stats_interval_secs, 0, 86_400)?;
         let records = match self.records.as_str() {
@@ -217,19 +204,13 @@ impl Args {
             other => return Err(ConfigError::Records(other.to_owned())),
         };
         let tracker = self.tracker.validate()?;
-        let RingConfig {
-            bytes: ring_buffer_bytes,
-            wakeup_bytes: ring_wakeup_bytes,
-            poll_interval: ring_poll_interval,
-        } = self.ring.validate()?;
+        let ring = self.ring.validate()?;
         let ifindex =
             interface_index(&self.interface).ok_or_else(|| ConfigError::UnknownInterface {
                 name: self.interface.clone(),
             })?;
         Ok(Config {
-            warnings,
-            output,
-            stdout_buffer_records,
+            delivery,
             metrics_addr: self.metrics_addr,
             stats_interval: (self.stats_interval_secs > 0)
                 .then(|| Duration::from_secs(self.stats_interval_secs)),
@@ -238,9 +219,7 @@ impl Args {
             ports_file: self.ports_file.clone(),
             interface: self.interface.clone(),
             ifindex,
-            ring_buffer_bytes,
-            ring_wakeup_bytes,
-            ring_poll_interval,
+            ring,
             records,
             tracker,
             capture: self.capture.validate()?,
@@ -371,7 +350,7 @@ mod tests {
         let config = args("8080", "lo").validate().unwrap();
         assert_eq!(config.ports, vec![8080]);
         assert!(config.ifindex > 0);
-        assert_eq!(config.ring_buffer_bytes, sniffer_common::DEFAULT_RING_BYTES);
+        assert_eq!(config.ring.bytes, sniffer_common::DEFAULT_RING_BYTES);
     }
 
     #[test]
@@ -439,7 +418,7 @@ mod tests {
         }
         let mut ok = args("8080", "lo");
         ok.ring.ring_wakeup_bytes = 2 << 20;
-        assert_eq!(ok.validate().unwrap().ring_wakeup_bytes, 2 << 20);
+        assert_eq!(ok.validate().unwrap().ring.wakeup_bytes, 2 << 20);
         for value in [0, 60_001] {
             let mut bad = args("8080", "lo");
             bad.ring.ring_poll_interval_ms = value;

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         .validate()
         .map_err(|err| Failure::Config(err.into()))
         .and_then(|config| {
-            for warning in &config.warnings {
+            for warning in &config.delivery.warnings {
                 warn!("{}", warning.message());
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -101,10 +101,10 @@ fn sink(
     placement: Placement,
     stats: &Arc<Stats>,
 ) -> Result<Box<dyn Sink>, Failure> {
-    let Some(delivery) = &config.output else {
+    let Some(delivery) = &config.delivery.output else {
         let lines = Lines::new(
             io::stdout(),
-            config.stdout_buffer_records,
+            config.delivery.stdout_buffer_records,
             Arc::clone(stats),
         )
         .context("cannot start the stdout writer")?;
@@ -172,7 +172,7 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         .store(cli_support::clock::unix_seconds(), Relaxed);
     stats
         .ring_buffer_bytes
-        .store(u64::from(config.ring_buffer_bytes), Relaxed);
+        .store(u64::from(config.ring.bytes), Relaxed);
     let description = placement.describe();
     let mut sink = pipeline(sink(config, placement, &stats)?, config, &stats);
     if let Some(addr) = config.metrics_addr {
@@ -192,9 +192,9 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
         interface: &config.interface,
         ifindex: config.ifindex,
         ports: &config.ports,
-        ring_buffer_bytes: config.ring_buffer_bytes,
-        wakeup_bytes: config.ring_wakeup_bytes,
-        poll_interval: config.ring_poll_interval,
+        ring_buffer_bytes: config.ring.bytes,
+        wakeup_bytes: config.ring.wakeup_bytes,
+        poll_interval: config.ring.poll_interval,
         packets_ring_bytes: config.capture.map(|_| DEFAULT_PACKETS_RING_BYTES),
     })
     .with_context(|| format!("cannot start capture on {}", config.interface))?;
@@ -213,8 +213,8 @@ async fn run(config: &Config, placement: Placement) -> Result<(), Failure> {
     info!(
         interface = config.interface.as_str(),
         ports:serde = config.ports,
-        ring_buffer_bytes = config.ring_buffer_bytes,
-        ring_wakeup_bytes = config.ring_wakeup_bytes;
+        ring_buffer_bytes = config.ring.bytes,
+        ring_wakeup_bytes = config.ring.wakeup_bytes;
         "capture attached"
     );
     stats
