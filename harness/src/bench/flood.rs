@@ -336,38 +336,31 @@ fn ns(seconds: f64, packets: u64) -> f64 {
     seconds * 1e9 / packets.max(1) as f64
 }
 
-/// The process CPU per packet `more` costs than `than`, taken round by round (the n-th run of
-/// each): their median, and every round's, listed.
-fn paired_difference(trials: &[FloodTrial], more: Flooded, than: Flooded) -> (f64, String) {
-    let per_packet = |capturer: Flooded| {
-        trials
-            .iter()
-            .filter(move |t| t.capturer == capturer)
-            .map(|t| ns(t.process.0, t.captured))
-    };
-    let differences: Vec<f64> = per_packet(more)
-        .zip(per_packet(than))
-        .map(|(a, b)| a - b)
+/// `figure` of `capturer` against `than`'s, compared by `compare` round by round (the n-th run
+/// of each): the median, and every round's, listed with `decimals`.
+fn per_round(
+    trials: &[FloodTrial],
+    (capturer, than): (Flooded, Flooded),
+    figure: fn(&FloodTrial) -> f64,
+    (compare, decimals): (fn(f64, f64) -> f64, usize),
+) -> (f64, String) {
+    let runs = |c: Flooded| trials.iter().filter(move |t| t.capturer == c).map(figure);
+    let rounds: Vec<f64> = runs(capturer)
+        .zip(runs(than))
+        .map(|(a, b)| compare(a, b))
         .collect();
-    let listed: Vec<String> = differences.iter().map(|d| format!("{d:.0}")).collect();
-    (median(differences).unwrap_or(f64::NAN), listed.join(", "))
+    let listed: Vec<String> = rounds.iter().map(|r| format!("{r:.decimals$}")).collect();
+    (median(rounds).unwrap_or(f64::NAN), listed.join(", "))
 }
 
-/// The total CPU (process and kernel side) per packet of `capturer` over `than`'s, taken round
-/// by round (the n-th run of each): their median, and every round's, listed.
-fn paired_ratio(trials: &[FloodTrial], capturer: Flooded, than: Flooded) -> (f64, String) {
-    let totals = |c: Flooded| {
-        trials
-            .iter()
-            .filter(move |t| t.capturer == c)
-            .map(|t| ns(t.process.0, t.captured) + t.kernel_ns)
-    };
-    let ratios: Vec<f64> = totals(capturer)
-        .zip(totals(than))
-        .map(|(a, b)| a / b)
-        .collect();
-    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-    (median(ratios).unwrap_or(f64::NAN), listed.join(", "))
+/// A run's process CPU per packet.
+fn process_ns(t: &FloodTrial) -> f64 {
+    ns(t.process.0, t.captured)
+}
+
+/// A run's process and kernel-side CPU per packet.
+fn total_ns(t: &FloodTrial) -> f64 {
+    process_ns(t) + t.kernel_ns
 }
 
 /// The Markdown section of the flood's trials.
@@ -418,7 +411,7 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
             let listed: Vec<String> = all.iter().map(|v| format!("{v:.0}")).collect();
             (median(all).unwrap_or(f64::NAN), listed.join(", "))
         };
-        let (p, p_all) = figure(&|t| ns(t.process.0, t.captured));
+        let (p, p_all) = figure(&process_ns);
         let (k, k_all) = figure(&|t| t.kernel_ns);
         let (rate, _) = figure(&|t| t.rate);
         let (rss, _) = figure(&|t| t.process.1 as f64 / 1024.0);
@@ -473,10 +466,14 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
             let Some((cp, _)) = find(Flooded::Tracking("connections", connections)) else {
                 continue;
             };
-            let (more, rounds) = paired_difference(
+            let (more, rounds) = per_round(
                 trials,
-                Flooded::Tracking("both", connections),
-                Flooded::Http("batch", "protobuf"),
+                (
+                    Flooded::Tracking("both", connections),
+                    Flooded::Http("batch", "protobuf"),
+                ),
+                process_ns,
+                (|a, b| a - b, 0),
             );
             let _ = writeln!(
                 text,
@@ -502,7 +499,12 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
                 let (written, lost) = t.streamed.unwrap_or_default();
                 (w + written, l + lost, s + t.sent)
             });
-            let (ratio, rounds) = paired_ratio(trials, Flooded::Capture(http), Flooded::Tcpdump);
+            let (ratio, rounds) = per_round(
+                trials,
+                (Flooded::Capture(http), Flooded::Tcpdump),
+                total_ns,
+                (|a, b| a / b, 2),
+            );
             let _ = writeln!(
                 text,
                 "\nA packet capture streaming (`GET /capture`, headers only, to `curl -o /dev/null` \
@@ -546,4 +548,47 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
         );
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run of `capturer` that used `process_ns` of process CPU and `kernel_ns` of kernel side
+    /// per packet over 1,000 packets.
+    fn run(capturer: Flooded, process_ns: f64, kernel_ns: f64) -> FloodTrial {
+        FloodTrial {
+            capturer,
+            sent: 1000,
+            rate: 0.0,
+            bare_ns: 0.0,
+            kernel_ns,
+            process: (process_ns * 1000.0 / 1e9, 0),
+            captured: 1000,
+            dropped: 0,
+            delivered: None,
+            streamed: None,
+        }
+    }
+
+    #[test]
+    fn goals_compare_the_runs_of_each_round_not_the_medians() {
+        let (a, b) = (Flooded::Stdout, Flooded::Tcpdump);
+        // The machine drifts from round to round: a costs 100, 110 and 90 more than b in its
+        // rounds (median 100), where the difference of the medians says 300 - 190 = 110.
+        let trials = [
+            run(a, 200.0, 100.0),
+            run(b, 100.0, 100.0),
+            run(a, 300.0, 100.0),
+            run(b, 190.0, 100.0),
+            run(a, 400.0, 100.0),
+            run(b, 310.0, 100.0),
+        ];
+        let (more, rounds) = per_round(&trials, (a, b), process_ns, (|x, y| x - y, 0));
+        assert!((more - 100.0).abs() < 1e-6, "{more}");
+        assert_eq!(rounds, "100, 110, 90");
+        let (ratio, rounds) = per_round(&trials, (a, b), total_ns, (|x, y| x / y, 2));
+        assert!((ratio - 400.0 / 290.0).abs() < 1e-9, "{ratio}");
+        assert_eq!(rounds, "1.50, 1.38, 1.22");
+    }
 }

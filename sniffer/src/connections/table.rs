@@ -21,8 +21,9 @@ const EMPTY: u64 = 0;
 /// [`RESERVE_MAX_BYTES`] more), in memory backed by huge pages as it fills: tens of thousands of
 /// connections over 4 KiB pages need more address translations than the CPU keeps, and a packet
 /// then waits for a page-table walk as well as for its entry (under the flood's 40,001
-/// connections, huge pages for the whole process took `RECORDS=both` from 482 to 425 ns a
-/// packet, three rounds each).
+/// connections, huge pages forced on for the whole process took `RECORDS=both` from 482 to
+/// 425 ns a packet, three rounds each; the table's own, alone, did not stand out of the flood's
+/// noise in one three-round run: 489, 466, 414).
 const LARGE_BYTES: usize = 4 << 20;
 
 /// The most entries' memory reserved in one step: address space, not memory used (pages are
@@ -159,7 +160,7 @@ impl<V> Table<V> {
             .min(RESERVE_MAX_BYTES / item)
             .max(more);
         self.items.reserve_exact(room);
-        huge_pages::advise(self.items.as_ptr().cast(), self.items.capacity() * item);
+        advise_huge_pages(self.items.as_ptr().cast(), self.items.capacity() * item);
     }
 
     fn grow(&mut self) {
@@ -308,27 +309,25 @@ fn prefetch_lines(at: *const u8, len: usize) {
     }
 }
 
-/// Huge pages for the entries of a large table.
-mod huge_pages {
-    /// Asks the kernel to back the whole pages of the `len` bytes at `at` with huge pages as
-    /// they are first touched (transparent huge pages in `madvise` mode, the default of most
-    /// distributions; without them nothing changes).
-    pub fn advise(at: *const u8, len: usize) {
-        const PAGE: usize = 4096;
-        let start = at.addr().next_multiple_of(PAGE);
-        let end = (at.addr() + len) & !(PAGE - 1);
-        if end > start {
-            // SAFETY: the range lies within one allocation this process owns; MADV_HUGEPAGE
-            // changes how its pages are backed, never their contents. A kernel without
-            // transparent huge pages refuses the hint, which is then only not taken.
-            let _ = unsafe {
-                libc::madvise(
-                    at.with_addr(start).cast_mut().cast(),
-                    end - start,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
-        }
+/// Asks the kernel to back the whole pages of the `len` bytes at `at` with huge pages as they
+/// are first touched (transparent huge pages in `madvise` mode, the default of most
+/// distributions; without them nothing changes).
+fn advise_huge_pages(at: *const u8, len: usize) {
+    const PAGE: usize = 4096;
+    let start = at.addr().next_multiple_of(PAGE);
+    let end = (at.addr() + len) & !(PAGE - 1);
+    if end > start {
+        // SAFETY: the range lies within one allocation this process owns; MADV_HUGEPAGE changes
+        // how its pages are backed, never their contents. A kernel without transparent huge
+        // pages (or with larger base pages, where `start` is not aligned) refuses the hint,
+        // which is then only not taken.
+        let _ = unsafe {
+            libc::madvise(
+                at.with_addr(start).cast_mut().cast(),
+                end - start,
+                libc::MADV_HUGEPAGE,
+            )
+        };
     }
 }
 
