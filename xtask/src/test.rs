@@ -22,6 +22,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // manifests kubectl renders.
     ("promtool", "prometheus"),
     ("kubectl", "kubectl"),
+    // The sniffer's start-up is traced to show it never reads the kernel's BTF.
+    ("strace", "strace"),
 ];
 
 /// What the pod check runs besides podman: a pause binary for the pod's infra container

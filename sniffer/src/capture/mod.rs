@@ -3,17 +3,14 @@
 
 pub mod clock;
 pub mod config;
+pub mod load;
 pub mod packets;
 pub mod ring;
 pub mod socket;
 
 use std::{io, time::Duration};
 
-use aya::{
-    Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, SocketFilter, socket_filter::SocketFilterError},
-};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use sniffer_common::{
     CAPTURE_MAP, COUNTERS_MAP, Counter, EVENTS_MAP, LINK_LAYER_GLOBAL, LinkLayer, PACKETS_MAP,
     PORTS_MAP, PROGRAM_NAME, PacketRecord, RECORD_SIZE, WAKEUP_BYTES_GLOBAL,
@@ -23,6 +20,7 @@ use thiserror::Error;
 
 use self::{
     config::page_size,
+    load::{LoadError, Loaded, Loader},
     packets::PacketSource,
     ring::{PacedRing, Ring},
     socket::{PacketSocket, SocketError},
@@ -40,11 +38,11 @@ pub enum CaptureError {
     /// The packet socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
-    /// The object could not be loaded (maps created, relocations applied).
+    /// The object could not be loaded (maps created, relocations applied, program verified).
     #[error(
         "cannot load the kernel object (needs CAP_BPF, and a seccomp profile that allows bpf())"
     )]
-    Load(#[from] EbpfError),
+    Load(#[from] LoadError),
     /// The object lacks a program or map this loader expects.
     #[error("the kernel object has no {0:?}; it was built from other sources")]
     Missing(&'static str),
@@ -57,12 +55,9 @@ pub enum CaptureError {
         #[source]
         source: MapError,
     },
-    /// The verifier refused the program, or loading it failed.
-    #[error("cannot load the socket filter program")]
-    Program(#[from] ProgramError),
-    /// `SO_ATTACH_BPF` failed.
-    #[error("cannot attach the socket filter")]
-    Attach(#[from] SocketFilterError),
+    /// The kernel's counters of the program could not be read.
+    #[error("cannot read the socket filter's statistics")]
+    Stats(#[source] io::Error),
     /// The ring buffer could not be mapped.
     #[error("cannot map the ring buffer")]
     Ring(#[source] io::Error),
@@ -126,7 +121,10 @@ pub struct Capture {
     malformed: u64,
     /// What precedes the IP header on the interface.
     link_layer: LinkLayer,
-    ebpf: Ebpf,
+    /// The port bitmap the program matches against.
+    ports: Array<MapData, u64>,
+    /// The maps not taken and the program, kept for as long as the capture runs.
+    loaded: Loaded,
 }
 
 impl Capture {
@@ -146,23 +144,21 @@ impl Capture {
         let socket = PacketSocket::open()?;
         let link_layer = socket.link_layer(interface)?;
         let link = link_layer as u8;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(LINK_LAYER_GLOBAL, &link, true)
-            .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
-            .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
-            .map_max_entries(PACKETS_MAP, packets_ring_bytes.unwrap_or_else(page_size))
-            .load(OBJECT)?;
+        let wakeup = wakeup_bytes.to_ne_bytes();
+        let mut loaded = Loader::new(OBJECT)
+            .global(LINK_LAYER_GLOBAL, std::slice::from_ref(&link))
+            .global(WAKEUP_BYTES_GLOBAL, &wakeup)
+            .max_entries(EVENTS_MAP, ring_buffer_bytes)
+            .max_entries(PACKETS_MAP, packets_ring_bytes.unwrap_or_else(page_size))
+            .load(PROGRAM_NAME)?;
 
-        let mut port_map: Array<_, u64> = Array::try_from(
-            ebpf.map_mut(PORTS_MAP)
-                .ok_or(CaptureError::Missing(PORTS_MAP))?,
-        )
-        .map_err(|source| CaptureError::Map {
-            name: PORTS_MAP,
-            source,
-        })?;
+        let mut ports_map: Array<MapData, u64> = Array::try_from(take(&mut loaded, PORTS_MAP)?)
+            .map_err(|source| CaptureError::Map {
+                name: PORTS_MAP,
+                source,
+            })?;
         for (word, bits) in port_bitmap(ports) {
-            port_map
+            ports_map
                 .set(word, bits, 0)
                 .map_err(|source| CaptureError::Map {
                     name: PORTS_MAP,
@@ -170,45 +166,39 @@ impl Capture {
                 })?;
         }
 
-        let events = match ebpf.take_map(EVENTS_MAP) {
-            Some(aya::maps::Map::RingBuf(data)) => data,
-            _ => return Err(CaptureError::Missing(EVENTS_MAP)),
+        let Map::RingBuf(events) = take(&mut loaded, EVENTS_MAP)? else {
+            return Err(CaptureError::Missing(EVENTS_MAP));
         };
         let ring = Ring::new(events, ring_buffer_bytes).map_err(CaptureError::Ring)?;
         let packets = match packets_ring_bytes {
             Some(bytes) => Some(Self::packet_source(
-                &mut ebpf,
+                &mut loaded,
                 bytes,
                 poll_interval,
                 wakeup_bytes,
             )?),
             None => None,
         };
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map(COUNTERS_MAP)
-                .ok_or(CaptureError::Missing(COUNTERS_MAP))?,
-        )
-        .map_err(|source| CaptureError::Map {
-            name: COUNTERS_MAP,
-            source,
-        })?;
+        let counters =
+            PerCpuArray::try_from(take(&mut loaded, COUNTERS_MAP)?).map_err(|source| {
+                CaptureError::Map {
+                    name: COUNTERS_MAP,
+                    source,
+                }
+            })?;
 
-        let program: &mut SocketFilter = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(CaptureError::Missing(PROGRAM_NAME))?
-            .try_into()?;
-        program.load()?;
-        program.attach(socket.fd())?;
+        socket.attach(loaded.program())?;
         socket.bind(ifindex)?;
 
         Ok(Self {
             ring: PacedRing::new(ring, poll_interval, wakeup_bytes).map_err(CaptureError::Poll)?,
             counters,
+            ports: ports_map,
             socket: Some(socket),
             malformed: 0,
             packets,
             link_layer,
-            ebpf,
+            loaded,
         })
     }
 
@@ -223,24 +213,20 @@ impl Capture {
     }
 
     fn packet_source(
-        ebpf: &mut Ebpf,
+        loaded: &mut Loaded,
         ring_bytes: u32,
         poll_interval: Duration,
         wakeup_bytes: u64,
     ) -> Result<PacketSource, CaptureError> {
-        let ring = match ebpf.take_map(PACKETS_MAP) {
-            Some(aya::maps::Map::RingBuf(data)) => data,
-            _ => return Err(CaptureError::Missing(PACKETS_MAP)),
+        let Map::RingBuf(ring) = take(loaded, PACKETS_MAP)? else {
+            return Err(CaptureError::Missing(PACKETS_MAP));
         };
         let ring = Ring::new(ring, ring_bytes).map_err(CaptureError::Ring)?;
-        let control = Array::try_from(
-            ebpf.take_map(CAPTURE_MAP)
-                .ok_or(CaptureError::Missing(CAPTURE_MAP))?,
-        )
-        .map_err(|source| CaptureError::Map {
-            name: CAPTURE_MAP,
-            source,
-        })?;
+        let control =
+            Array::try_from(take(loaded, CAPTURE_MAP)?).map_err(|source| CaptureError::Map {
+                name: CAPTURE_MAP,
+                source,
+            })?;
         Ok(PacketSource::new(
             PacedRing::new(ring, poll_interval, wakeup_bytes).map_err(CaptureError::Poll)?,
             control,
@@ -290,14 +276,8 @@ impl Capture {
             name: PORTS_MAP,
             source,
         };
-        let mut port_map: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(PORTS_MAP)
-                .ok_or(CaptureError::Missing(PORTS_MAP))?,
-        )
-        .map_err(map_error)?;
         for (word, bits) in bitmap_changes(old, new) {
-            port_map.set(word, bits, 0).map_err(map_error)?;
+            self.ports.set(word, bits, 0).map_err(map_error)?;
         }
         Ok(())
     }
@@ -344,14 +324,11 @@ impl Capture {
     /// Time spent in and runs of the kernel program, counted while BPF statistics are enabled
     /// (`sysctl kernel.bpf_stats_enabled=1`); zero otherwise.
     pub fn program_stats(&self) -> Result<ProgramStats, CaptureError> {
-        let info = self
-            .ebpf
-            .program(PROGRAM_NAME)
-            .ok_or(CaptureError::Missing(PROGRAM_NAME))?
-            .info()?;
+        let (run_time_ns, run_count) =
+            load::run_stats(self.loaded.program()).map_err(CaptureError::Stats)?;
         Ok(ProgramStats {
-            run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-            run_count: info.run_count(),
+            run_time_ns,
+            run_count,
         })
     }
 
@@ -360,4 +337,9 @@ impl Capture {
     pub fn malformed(&self) -> u64 {
         self.malformed
     }
+}
+
+/// Takes map `name` out of `loaded`, or says the object lacks it.
+fn take(loaded: &mut Loaded, name: &'static str) -> Result<Map, CaptureError> {
+    loaded.take_map(name).ok_or(CaptureError::Missing(name))
 }

@@ -7,7 +7,7 @@
 use std::{
     io,
     mem::{size_of, zeroed},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
 use sniffer_common::LinkLayer;
@@ -41,6 +41,9 @@ pub enum SocketError {
         /// Its `ARPHRD_*` type.
         arphrd: u16,
     },
+    /// `SO_ATTACH_BPF` failed.
+    #[error("cannot attach the socket filter (SO_ATTACH_BPF)")]
+    Attach(#[source] io::Error),
     /// `bind` to the interface failed.
     #[error("cannot bind the AF_PACKET socket to interface index {ifindex}")]
     Bind {
@@ -151,9 +154,23 @@ impl PacketSocket {
         Ok(())
     }
 
-    /// The descriptor, for attaching the filter.
-    #[must_use]
-    pub fn fd(&self) -> &OwnedFd {
-        &self.fd
+    /// Attaches the loaded socket filter `program` (`SO_ATTACH_BPF`): the socket then receives
+    /// only what it passes, and detaches it when closed.
+    pub fn attach(&self, program: BorrowedFd<'_>) -> Result<(), SocketError> {
+        let fd = program.as_raw_fd();
+        // SAFETY: the option's value is the program's descriptor, an `int` of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_BPF,
+                (&raw const fd).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(SocketError::Attach(io::Error::last_os_error()));
+        }
+        Ok(())
     }
 }

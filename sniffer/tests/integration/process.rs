@@ -1,7 +1,7 @@
 //! The binary's contract: first log line, configuration errors (exit 1), runtime errors (exit 2),
 //! clean stop on SIGTERM/SIGINT (exit 0).
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use sidecar_contract::url::url_cases;
@@ -262,6 +262,41 @@ fn sigterm_stops_cleanly_within_2s() {
         .expect("stopped");
     assert!(stopping < stopped);
     assert_eq!(finished.log("stopping")["signal"], "SIGTERM");
+}
+
+/// The loader reads no kernel BTF (`capture/load.rs`): a socket filter has no CO-RE relocation,
+/// and parsing `/sys/kernel/btf/vmlinux` took the sidecar's peak memory from 15 to 23 MiB.
+#[test]
+fn start_up_never_opens_the_kernel_btf() {
+    testbed::skip_unless_root!();
+    let topology = topology();
+    let trace = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("start-up-{}.strace", std::process::id()));
+    let mut cmd = topology.server.command("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=open,openat,openat2", "-o"])
+        .arg(&trace)
+        .arg(SNIFFER)
+        .env("PORTS", "8080")
+        .env("INTERFACE", "eth0");
+    let agent = Agent::attached(cmd);
+    // strace's child is the sniffer; stopped by SIGTERM, it takes strace with it.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.pid()))
+        .expect("strace's children");
+    let sniffer: i32 = children.trim().parse().expect("one child");
+    // SAFETY: kill(2) on a process this test started.
+    assert_eq!(unsafe { libc::kill(sniffer, libc::SIGTERM) }, 0);
+    let finished = agent.wait(Duration::from_secs(10));
+    assert_eq!(finished.status.code(), Some(0), "{:#?}", finished.logs);
+    let opened = std::fs::read_to_string(&trace).expect("the trace");
+    let _ = std::fs::remove_file(&trace);
+    // The loader's own read of sysfs (the CPUs, for the per-CPU counters): the trace covers
+    // the start-up.
+    assert!(
+        opened.contains("/sys/devices/system/cpu/possible"),
+        "the trace misses the start-up: {opened}"
+    );
+    let btf: Vec<&str> = opened.lines().filter(|l| l.contains("/btf")).collect();
+    assert!(btf.is_empty(), "opened: {btf:#?}");
 }
 
 #[test]
