@@ -9,7 +9,7 @@ use std::{hint::black_box, io, sync::Arc, time::Instant};
 use sniffer::{
     capture::clock::WallClock,
     deliver::stdout::Lines,
-    encode::{AgentInfo, Encoder, Format, packet::Record},
+    encode::{AgentInfo, Encoder, Format, Item, packet::Record},
     metrics::Stats,
     pipeline::Sink as _,
 };
@@ -122,8 +122,13 @@ fn main() {
             let mut bytes = 0;
             let start = Instant::now();
             for chunk in 0..RECORDS / BATCH as u64 {
-                let records: Vec<Record> = (0..BATCH as u64)
-                    .map(|i| Record::from_kernel(&raws[((chunk + i) % 4096) as usize], &clock))
+                let records: Vec<Item> = (0..BATCH as u64)
+                    .map(|i| {
+                        Item::Packet(Record::from_kernel(
+                            &raws[((chunk + i) % 4096) as usize],
+                            &clock,
+                        ))
+                    })
                     .collect();
                 let body = encoder.body(chunk, 0, &records).expect("in memory");
                 bytes += black_box(body.as_slice()).len() as u64;

@@ -251,6 +251,29 @@ impl serde::Serialize for OrderedObject<'_> {
     }
 }
 
+/// The record of a connection of which one SYN from port `port` to 8080 was seen: what unit
+/// tests batch and encode.
+#[cfg(test)]
+pub(crate) fn test_connection(port: u16) -> ConnectionRecord {
+    let syn = sniffer_common::PacketRecord {
+        ip_version: 4,
+        src_port: port,
+        dst_port: 8080,
+        tcp_flags: sniffer_common::tcp_flags::SYN,
+        ..sniffer_common::PacketRecord::default()
+    };
+    let (key, side) = Key::of(&syn);
+    let mut analysis = Analysis::new(side, 0);
+    analysis.observe(side, &syn);
+    let report = Report {
+        key,
+        analysis,
+        end: None,
+        at_ns: 0,
+    };
+    ConnectionRecord::new(report, &WallClock::from_offset(0))
+}
+
 #[cfg(test)]
 mod tests {
     use sniffer_common::{PacketRecord, addr_words, tcp_flags};

@@ -2,7 +2,7 @@
 
 use cli_support::time::Rfc3339Writer;
 
-use super::packet::Record;
+use super::Item;
 
 /// Appends the body's text before the first record; `agent_json` is the agent serialized once.
 pub fn start(out: &mut Vec<u8>, agent_json: &[u8], seq: u64, dropped: u64) {
@@ -16,13 +16,16 @@ pub fn start(out: &mut Vec<u8>, agent_json: &[u8], seq: u64, dropped: u64) {
     out.extend_from_slice(b",\"records\":[");
 }
 
-/// Appends `records`, comma-separated.
-pub fn write(out: &mut Vec<u8>, records: &[Record], times: &mut Rfc3339Writer) {
-    for (i, record) in records.iter().enumerate() {
+/// Appends `records`, comma-separated: packet and connection records alike, each its JSON.
+pub fn write(out: &mut Vec<u8>, records: &[Item], times: &mut Rfc3339Writer) {
+    for (i, item) in records.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        record.write_json(out, times);
+        match item {
+            Item::Packet(record) => record.write_json(out, times),
+            Item::Connection(record) => record.write_json(out),
+        }
     }
 }
 
@@ -50,7 +53,7 @@ mod tests {
     #[test]
     fn body_matches_the_contract() {
         let mut encoder = Encoder::new(Format::Batch, Arc::new(agent()), false);
-        let body = encoder.body(17, 4, &[record(8080)]).unwrap();
+        let body = encoder.body(17, 4, &[record(8080).into()]).unwrap();
         let json: serde_json::Value = serde_json::from_slice(body.as_slice()).unwrap();
         assert_eq!(
             json["agent"],
@@ -65,7 +68,7 @@ mod tests {
 
     #[test]
     fn recycled_memory_makes_the_same_bodies() {
-        let records: Vec<Record> = (1..=50).map(record).collect();
+        let records: Vec<Item> = (1..=50).map(|port| record(port).into()).collect();
         let mut encoder = Encoder::new(Format::Batch, Arc::new(agent()), false);
         let first = encoder.body(1, 0, &records).unwrap();
         let (expected, memory) = (first.as_slice().to_vec(), first.as_slice().as_ptr());
@@ -83,7 +86,7 @@ mod tests {
 
     #[test]
     fn gzip_body_round_trips() {
-        let records: Vec<Record> = (1..=500).map(record).collect();
+        let records: Vec<Item> = (1..=500).map(|port| record(port).into()).collect();
         let plain = Encoder::new(Format::Batch, Arc::new(agent()), false)
             .body(0, 0, &records)
             .unwrap();

@@ -7,7 +7,7 @@
 
 use cli_support::time::Rfc3339Writer;
 
-use super::{AgentInfo, json_string_or_null, packet::Record, text::in_place};
+use super::{AgentInfo, Item, json_string_or_null, text::in_place};
 
 /// The labels a stream can carry: `job` (always `tcp-sniffer`), and the agent's `namespace`,
 /// `pod` and `node` when they are known.
@@ -35,21 +35,39 @@ pub fn body_start(agent: &AgentInfo) -> Vec<u8> {
 /// The body's text after the last value.
 pub const BODY_END: &[u8] = b"]}]}";
 
-/// Appends the values of `records`, comma-separated.
-pub fn write(out: &mut Vec<u8>, records: &[Record], times: &mut Rfc3339Writer) {
-    for (i, record) in records.iter().enumerate() {
+/// Appends the values of `records`, comma-separated: packet and connection records alike, each
+/// its capture (or report) time and its JSON as the line.
+pub fn write(out: &mut Vec<u8>, records: &[Item], times: &mut Rfc3339Writer) {
+    let mut line = Vec::new();
+    for (i, item) in records.iter().enumerate() {
+        let ts = match item {
+            Item::Packet(record) => record.ts,
+            Item::Connection(record) => record.ts,
+        };
         in_place(out, 1 + 2 + 19 + 3, |text| {
             if i > 0 {
                 text.byte(b',');
             }
             text.put(b"[\"");
-            text.number64(u64::try_from(record.ts.unix_nanos()).unwrap_or(0));
-            text.put(b"\",\"");
+            text.number64(u64::try_from(ts.unix_nanos()).unwrap_or(0));
+            text.put(b"\",");
         });
-        // The record's JSON holds no backslash or control character (numbers, addresses, fixed
-        // names): as a JSON string, only its quotes are escaped.
-        record.write_escaped_json(out, times);
-        out.extend_from_slice(b"\"]");
+        match item {
+            Item::Packet(record) => {
+                // The record's JSON holds no backslash or control character (numbers,
+                // addresses, fixed names): as a JSON string, only its quotes are escaped.
+                out.push(b'"');
+                record.write_escaped_json(out, times);
+                out.push(b'"');
+            }
+            Item::Connection(record) => {
+                line.clear();
+                record.write_json(&mut line);
+                // JSON text is UTF-8; as a JSON string it is escaped by serde_json.
+                let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(&line));
+            }
+        }
+        out.push(b']');
     }
 }
 
@@ -59,19 +77,15 @@ mod tests {
     use sniffer_common::PacketRecord;
 
     use super::*;
-    use crate::capture::clock::WallClock;
+    use crate::{
+        capture::clock::WallClock,
+        encode::{packet::Record, test_agent},
+    };
 
     #[test]
     fn values_are_nanosecond_strings_and_record_lines() {
-        let agent = AgentInfo {
-            pod: Some("web-7d9c".into()),
-            namespace: Some("shop".into()),
-            node: None,
-            interface: "eth0".into(),
-            version: "0.1.0",
-            instance: "6f1c".into(),
-        };
-        let records: Vec<Record> = [80, 443]
+        let agent = test_agent();
+        let records: Vec<Item> = [80, 443]
             .map(|port| {
                 let raw = PacketRecord {
                     ts_ns: 5,
@@ -79,7 +93,10 @@ mod tests {
                     dst_port: port,
                     ..PacketRecord::default()
                 };
-                Record::from_kernel(&raw, &WallClock::from_offset(1_795_805_096_000_000_000))
+                Item::Packet(Record::from_kernel(
+                    &raw,
+                    &WallClock::from_offset(1_795_805_096_000_000_000),
+                ))
             })
             .into();
         let mut body = body_start(&agent);

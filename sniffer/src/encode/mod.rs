@@ -1,12 +1,11 @@
 //! Encode: records become bytes. [`packet`] writes one packet record's JSON (a line on stdout,
-//! an element of every JSON body). An [`Encoder`] turns a batch of records ([`BodyRecords`]: what
-//! the batcher closed) into a request body in
-//! the configured [`Format`] — [`batch`], [`ndjson`], [`otlp`] (protobuf or JSON, with
-//! [`proto`]) or [`loki`]; [`connection`] writes connection records in each; each sender thread
-//! has its own encoder.
+//! an element of every JSON body); a connection record writes its own
+//! ([`crate::connections::record`]). An [`Encoder`] turns a batch of [`Item`]s (what the batcher
+//! closed: records of both kinds) into a request body in the configured [`Format`], one file
+//! each, writing both kinds: [`batch`], [`ndjson`], [`otlp`] (protobuf or JSON, with [`proto`])
+//! or [`loki`]; each sender thread has its own encoder.
 
 pub mod batch;
-pub mod connection;
 pub mod loki;
 pub mod ndjson;
 pub mod otlp;
@@ -176,45 +175,26 @@ enum Fixed {
     Loki(Vec<u8>),
 }
 
-/// What a body carries.
-#[derive(Clone, Copy)]
-enum Items<'a> {
-    Packets(&'a [Record]),
-    Connections(&'a [ConnectionRecord]),
+/// One record on its way out, of either kind: what a batch holds and a body carries. Packet
+/// and connection records share batches, in the order they were taken; every format writes
+/// both (a connection record's `type` tells it apart, or its OTLP `eventName`).
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// A packet record.
+    Packet(Record),
+    /// A connection record (boxed: few, and several times a packet record's size).
+    Connection(Box<ConnectionRecord>),
 }
 
-impl Items<'_> {
-    const fn len(self) -> usize {
-        match self {
-            Self::Packets(records) => records.len(),
-            Self::Connections(records) => records.len(),
-        }
+impl From<Record> for Item {
+    fn from(record: Record) -> Self {
+        Self::Packet(record)
     }
 }
 
-/// The records of a closed batch, on their way to a sender thread to become one body.
-#[derive(Debug)]
-pub enum BodyRecords {
-    /// Packet records.
-    Packets(Vec<Record>),
-    /// Connection records.
-    Connections(Vec<ConnectionRecord>),
-}
-
-impl BodyRecords {
-    /// Records in it.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Packets(records) => records.len(),
-            Self::Connections(records) => records.len(),
-        }
-    }
-
-    /// Whether it holds no record (the last batch reporting losses only).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+impl From<ConnectionRecord> for Item {
+    fn from(record: ConnectionRecord) -> Self {
+        Self::Connection(Box::new(record))
     }
 }
 
@@ -304,54 +284,25 @@ impl Encoder {
     /// # Errors
     ///
     /// Only if compression fails, which in-memory compression does not.
-    pub fn body(&mut self, seq: u64, dropped: u64, records: &[Record]) -> io::Result<Body> {
-        self.encode(seq, dropped, Items::Packets(records))
-    }
-
-    /// Like [`Encoder::body`], for a batch of connection records.
-    ///
-    /// # Errors
-    ///
-    /// As [`Encoder::body`].
-    pub fn connection_body(
-        &mut self,
-        seq: u64,
-        dropped: u64,
-        records: &[ConnectionRecord],
-    ) -> io::Result<Body> {
-        self.encode(seq, dropped, Items::Connections(records))
-    }
-
-    fn encode(&mut self, seq: u64, dropped: u64, items: Items<'_>) -> io::Result<Body> {
+    pub fn body(&mut self, seq: u64, dropped: u64, records: &[Item]) -> io::Result<Body> {
         let mut bytes = std::mem::take(&mut self.spare);
         bytes.clear();
-        bytes.reserve(512 + items.len() * RECORD_BYTES);
+        bytes.reserve(512 + records.len() * RECORD_BYTES);
         let mut start = 0;
         match &self.fixed {
             Fixed::Batch(agent) => {
                 batch::start(&mut bytes, agent, seq, dropped);
-                match items {
-                    Items::Packets(records) => batch::write(&mut bytes, records, &mut self.times),
-                    Items::Connections(records) => connection::batch(&mut bytes, records),
-                }
+                batch::write(&mut bytes, records, &mut self.times);
                 bytes.extend_from_slice(batch::END);
             }
-            Fixed::Ndjson(line_end) => match items {
-                Items::Packets(records) => {
-                    ndjson::write(&mut bytes, records, line_end, &mut self.times);
-                }
-                Items::Connections(records) => connection::ndjson(&mut bytes, records, line_end),
-            },
+            Fixed::Ndjson(line_end) => {
+                ndjson::write(&mut bytes, records, line_end, &mut self.times);
+            }
             Fixed::OtlpProtobuf(fixed) => {
                 // Room for the header, written once the records' length is known.
                 let room = fixed.0.len() + fixed.1.len() + otlp::PROTO_PREFIX_HEADERS;
                 bytes.resize(room, 0);
-                match items {
-                    Items::Packets(records) => {
-                        otlp::write_proto(&mut bytes, records, &mut self.scratch);
-                    }
-                    Items::Connections(records) => connection::otlp_proto(&mut bytes, records),
-                }
+                otlp::write_proto(&mut bytes, records, &mut self.scratch);
                 self.scratch.clear();
                 otlp::proto_prefix(&mut self.scratch, fixed, bytes.len() - room);
                 start = room - self.scratch.len();
@@ -359,18 +310,12 @@ impl Encoder {
             }
             Fixed::OtlpJson(body_start) => {
                 bytes.extend_from_slice(body_start);
-                match items {
-                    Items::Packets(records) => otlp::write_json(&mut bytes, records),
-                    Items::Connections(records) => connection::otlp_json(&mut bytes, records),
-                }
+                otlp::write_json(&mut bytes, records);
                 bytes.extend_from_slice(otlp::JSON_END);
             }
             Fixed::Loki(body_start) => {
                 bytes.extend_from_slice(body_start);
-                match items {
-                    Items::Packets(records) => loki::write(&mut bytes, records, &mut self.times),
-                    Items::Connections(records) => connection::loki(&mut bytes, records),
-                }
+                loki::write(&mut bytes, records, &mut self.times);
                 bytes.extend_from_slice(loki::BODY_END);
             }
         }
@@ -390,11 +335,98 @@ impl Encoder {
     }
 }
 
+/// An agent with a pod and a namespace but no node: what unit tests encode bodies for.
+#[cfg(test)]
+pub(crate) fn test_agent() -> AgentInfo {
+    AgentInfo {
+        pod: Some("web-7d9c".into()),
+        namespace: Some("shop".into()),
+        node: None,
+        interface: "eth0".into(),
+        version: "0.1.0",
+        instance: "6f1c".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
     use sidecar_contract::OUTPUT_FORMATS;
 
     use super::*;
+    use crate::{connections::record::test_connection, encode::packet::test_record};
+
+    /// A packet record, a connection record and a packet record, in that order.
+    fn mixed() -> Vec<Item> {
+        vec![
+            test_record(80).into(),
+            test_connection(40_000).into(),
+            test_record(443).into(),
+        ]
+    }
+
+    fn body(format: Format) -> Vec<u8> {
+        let mut encoder = Encoder::new(format, Arc::new(test_agent()), false);
+        encoder.body(1, 0, &mixed()).unwrap().as_slice().to_vec()
+    }
+
+    /// What each record of a decoded body is: `80`/`443` for packet records (their destination
+    /// port), `connection` for connection records.
+    fn kinds(records: impl Iterator<Item = Value>) -> Vec<String> {
+        records
+            .map(|record| match record["type"].as_str() {
+                Some(kind) => kind.to_owned(),
+                None => record["dst_port"].to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_body_carries_both_kinds_in_order_in_every_json_format() {
+        let order = ["80", "connection", "443"];
+        let batch: Value = serde_json::from_slice(&body(Format::Batch)).unwrap();
+        let records = batch["records"].as_array().unwrap().iter().cloned();
+        assert_eq!(kinds(records), order);
+
+        let ndjson = body(Format::Ndjson);
+        let lines = ndjson.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+        let lines: Vec<Value> = lines.map(|l| serde_json::from_slice(l).unwrap()).collect();
+        assert!(lines.iter().all(|l| l["pod"] == "web-7d9c"), "{lines:?}");
+        assert_eq!(kinds(lines.into_iter()), order);
+
+        let loki: Value = serde_json::from_slice(&body(Format::Loki)).unwrap();
+        let values = loki["streams"][0]["values"].as_array().unwrap();
+        let lines = values
+            .iter()
+            .map(|v| serde_json::from_str(v[1].as_str().unwrap()).unwrap());
+        assert_eq!(kinds(lines), order);
+
+        let otlp: Value = serde_json::from_slice(&body(Format::OtlpJson)).unwrap();
+        let events: Vec<&str> = otlp["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["eventName"].as_str().unwrap())
+            .collect();
+        assert_eq!(events, ["tcp.packet", "tcp.connection", "tcp.packet"]);
+    }
+
+    #[test]
+    fn a_protobuf_body_carries_both_kinds_in_order() {
+        let bytes = body(Format::OtlpProtobuf);
+        let at = |needle: &[u8]| {
+            bytes
+                .windows(needle.len())
+                .enumerate()
+                .filter(|(_, w)| *w == needle)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        // `eventName` (field 12, length-delimited) and its length, then the name.
+        let (packets, connections) = (at(b"\x62\x0atcp.packet"), at(b"\x62\x0etcp.connection"));
+        assert_eq!((packets.len(), connections.len()), (2, 1));
+        assert!(packets[0] < connections[0] && connections[0] < packets[1]);
+    }
 
     #[test]
     fn every_documented_format_parses_and_names_itself() {

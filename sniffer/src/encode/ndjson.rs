@@ -4,7 +4,7 @@
 
 use cli_support::time::Rfc3339Writer;
 
-use super::{AgentInfo, json_string_or_null, packet::Record};
+use super::{AgentInfo, Item, json_string_or_null};
 
 /// The text that closes every line of this agent: `,"pod":…,"instance":"…"}` and a newline.
 #[must_use]
@@ -24,10 +24,14 @@ pub fn line_end(agent: &AgentInfo) -> Vec<u8> {
     end
 }
 
-/// Appends the lines of `records`; `line_end` comes from [`line_end`].
-pub fn write(out: &mut Vec<u8>, records: &[Record], line_end: &[u8], times: &mut Rfc3339Writer) {
-    for record in records {
-        record.write_json(out, times);
+/// Appends the lines of `records` (packet and connection records alike: each its JSON with the
+/// agent's fields); `line_end` comes from [`line_end`].
+pub fn write(out: &mut Vec<u8>, records: &[Item], line_end: &[u8], times: &mut Rfc3339Writer) {
+    for item in records {
+        match item {
+            Item::Packet(record) => record.write_json(out, times),
+            Item::Connection(record) => record.write_json(out),
+        }
         // The record's closing brace gives way to the agent's fields.
         out.pop();
         out.extend_from_slice(line_end);
@@ -40,7 +44,7 @@ mod tests {
     use sniffer_common::PacketRecord;
 
     use super::*;
-    use crate::capture::clock::WallClock;
+    use crate::{capture::clock::WallClock, encode::packet::Record};
 
     #[test]
     fn every_line_is_a_record_with_the_agent() {
@@ -52,14 +56,14 @@ mod tests {
             version: "0.1.0",
             instance: "6f1c".into(),
         };
-        let records: Vec<Record> = [80, 443]
+        let records: Vec<Item> = [80, 443]
             .map(|port| {
                 let raw = PacketRecord {
                     ip_version: 4,
                     dst_port: port,
                     ..PacketRecord::default()
                 };
-                Record::from_kernel(&raw, &WallClock::from_offset(0))
+                Item::Packet(Record::from_kernel(&raw, &WallClock::from_offset(0)))
             })
             .into();
         let mut body = Vec::new();

@@ -5,18 +5,22 @@
 //! One `ResourceLogs` per body, whose resource is the agent (`service.name`, `service.version`,
 //! `service.instance.id`, `k8s.pod.name`, `k8s.namespace.name`, `k8s.node.name`,
 //! `network.interface.name`), one `ScopeLogs` (`tcp-sniffer` and its version), and one
-//! `LogRecord` per record: `timeUnixNano` (capture time), `eventName` `tcp.packet`, and the
-//! record as attributes named after the semantic conventions where one exists
-//! ([`ATTRIBUTES`]); no body.
+//! `LogRecord` per record: for a packet record `timeUnixNano` (capture time), `eventName`
+//! `tcp.packet`, and the record as attributes named after the semantic conventions where one
+//! exists ([`ATTRIBUTES`]); for a connection record its time, `eventName` `tcp.connection` and
+//! its fields as attributes ([`connection_attribute`]); no body.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
+
+use serde_json::Value;
 
 use super::{
-    AgentInfo, json_string_or_null,
+    AgentInfo, Item, json_string_or_null,
     packet::{Direction, Flags, Record},
     proto::{self, len_field_size, len_header},
     text::{Line, in_place},
 };
+use crate::connections::record::ConnectionRecord;
 
 /// The attributes of a record's `LogRecord`, in order, with the record field each carries.
 pub const ATTRIBUTES: [(&str, &str); 13] = [
@@ -107,66 +111,74 @@ fn time(record: &Record) -> u64 {
     u64::try_from(record.ts.unix_nanos()).unwrap_or(0)
 }
 
-/// JSON: appends the log records of `records`, comma-separated.
-pub fn write_json(out: &mut Vec<u8>, records: &[Record]) {
-    for (i, record) in records.iter().enumerate() {
+/// JSON: appends the log records of `records`, comma-separated: a packet record's as
+/// [`ATTRIBUTES`] say, a connection record's as [`connection_attribute`] says.
+pub fn write_json(out: &mut Vec<u8>, records: &[Item]) {
+    for (i, item) in records.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let Record {
-            ts: _,
-            direction: dir,
-            ip_version: _,
-            src_ip,
-            src_port,
-            dst_ip,
-            dst_port,
-            flags,
-            seq,
-            ack,
-            window,
-            payload_len,
-            len,
-        } = record;
-        in_place(out, MAX_JSON_RECORD_LEN, |line| {
-            line.put(b"{\"timeUnixNano\":\"");
-            line.number64(time(record));
-            line.put(b"\",\"eventName\":\"tcp.packet\",\"attributes\":[");
-            line.put(b"{\"key\":\"network.transport\",\"value\":{\"stringValue\":\"tcp\"}},");
-            line.put(b"{\"key\":\"network.type\",\"value\":{\"stringValue\":\"");
-            line.put(network_type(src_ip));
-            line.put(b"\"}},{\"key\":\"network.io.direction\",\"value\":{\"stringValue\":\"");
-            line.put(direction(*dir));
-            line.put(b"\"}},{\"key\":\"source.address\",\"value\":{\"stringValue\":\"");
-            line.ip(src_ip);
-            line.put(b"\"}},{\"key\":\"source.port\",\"value\":{\"intValue\":\"");
-            line.number(u32::from(*src_port));
-            line.put(b"\"}},{\"key\":\"destination.address\",\"value\":{\"stringValue\":\"");
-            line.ip(dst_ip);
-            line.put(b"\"}},{\"key\":\"destination.port\",\"value\":{\"intValue\":\"");
-            line.number(u32::from(*dst_port));
-            line.put(b"\"}},{\"key\":\"tcp.flags\",\"value\":{\"arrayValue\":{\"values\":[");
-            for (i, name) in flags.names().enumerate() {
-                if i > 0 {
-                    line.put(b",");
-                }
-                line.put(b"{\"stringValue\":\"");
-                line.put(name.as_bytes());
-                line.put(b"\"}");
-            }
-            line.put(b"]}}},{\"key\":\"tcp.seq\",\"value\":{\"intValue\":\"");
-            line.number(*seq);
-            line.put(b"\"}},{\"key\":\"tcp.ack\",\"value\":{\"intValue\":\"");
-            line.number(*ack);
-            line.put(b"\"}},{\"key\":\"tcp.window\",\"value\":{\"intValue\":\"");
-            line.number(u32::from(*window));
-            line.put(b"\"}},{\"key\":\"tcp.payload_len\",\"value\":{\"intValue\":\"");
-            line.number(*payload_len);
-            line.put(b"\"}},{\"key\":\"tcp.len\",\"value\":{\"intValue\":\"");
-            line.number(*len);
-            line.put(b"\"}}]}");
-        });
+        match item {
+            Item::Packet(record) => packet_json(out, record),
+            Item::Connection(record) => connection_json(out, record),
+        }
     }
+}
+
+fn packet_json(out: &mut Vec<u8>, record: &Record) {
+    let Record {
+        ts: _,
+        direction: dir,
+        ip_version: _,
+        src_ip,
+        src_port,
+        dst_ip,
+        dst_port,
+        flags,
+        seq,
+        ack,
+        window,
+        payload_len,
+        len,
+    } = record;
+    in_place(out, MAX_JSON_RECORD_LEN, |line| {
+        line.put(b"{\"timeUnixNano\":\"");
+        line.number64(time(record));
+        line.put(b"\",\"eventName\":\"tcp.packet\",\"attributes\":[");
+        line.put(b"{\"key\":\"network.transport\",\"value\":{\"stringValue\":\"tcp\"}},");
+        line.put(b"{\"key\":\"network.type\",\"value\":{\"stringValue\":\"");
+        line.put(network_type(src_ip));
+        line.put(b"\"}},{\"key\":\"network.io.direction\",\"value\":{\"stringValue\":\"");
+        line.put(direction(*dir));
+        line.put(b"\"}},{\"key\":\"source.address\",\"value\":{\"stringValue\":\"");
+        line.ip(src_ip);
+        line.put(b"\"}},{\"key\":\"source.port\",\"value\":{\"intValue\":\"");
+        line.number(u32::from(*src_port));
+        line.put(b"\"}},{\"key\":\"destination.address\",\"value\":{\"stringValue\":\"");
+        line.ip(dst_ip);
+        line.put(b"\"}},{\"key\":\"destination.port\",\"value\":{\"intValue\":\"");
+        line.number(u32::from(*dst_port));
+        line.put(b"\"}},{\"key\":\"tcp.flags\",\"value\":{\"arrayValue\":{\"values\":[");
+        for (i, name) in flags.names().enumerate() {
+            if i > 0 {
+                line.put(b",");
+            }
+            line.put(b"{\"stringValue\":\"");
+            line.put(name.as_bytes());
+            line.put(b"\"}");
+        }
+        line.put(b"]}}},{\"key\":\"tcp.seq\",\"value\":{\"intValue\":\"");
+        line.number(*seq);
+        line.put(b"\"}},{\"key\":\"tcp.ack\",\"value\":{\"intValue\":\"");
+        line.number(*ack);
+        line.put(b"\"}},{\"key\":\"tcp.window\",\"value\":{\"intValue\":\"");
+        line.number(u32::from(*window));
+        line.put(b"\"}},{\"key\":\"tcp.payload_len\",\"value\":{\"intValue\":\"");
+        line.number(*payload_len);
+        line.put(b"\"}},{\"key\":\"tcp.len\",\"value\":{\"intValue\":\"");
+        line.number(*len);
+        line.put(b"\"}}]}");
+    });
 }
 
 /// Protobuf field numbers (opentelemetry-proto).
@@ -324,87 +336,207 @@ pub fn proto_prefix(out: &mut Vec<u8>, fixed: &(Vec<u8>, Vec<u8>), records_len: 
     out.extend_from_slice(scope_field);
 }
 
-/// Protobuf: appends the `log_records` fields of `records`; `text` is scratch space.
+/// Protobuf: appends the `log_records` fields of `records` (of both kinds, as [`write_json`]);
+/// `text` is scratch space.
 ///
 /// Lengths are computed before each piece is written rather than patched in afterwards: moving
 /// bytes to make room for a length cost as much as writing the record.
-pub fn write_proto(out: &mut Vec<u8>, records: &[Record], text: &mut Vec<u8>) {
-    for record in records {
-        let Record {
-            ts: _,
-            direction: dir,
-            ip_version: _,
-            src_ip,
-            src_port,
-            dst_ip,
-            dst_port,
-            flags,
-            seq,
-            ack,
-            window,
-            payload_len,
-            len,
-        } = record;
-        text.clear();
-        in_place(text, 39, |line| line.ip(src_ip));
-        let source_len = text.len();
-        in_place(text, 39, |line| line.ip(dst_ip));
-        let (source, destination) = text.split_at(source_len);
-        let network_type = network_type(src_ip);
-        let direction = direction(*dir);
-        let flags_len = flags_array_len(*flags);
-        let record_len = 9
-            + 2
-            + PACKET_EVENT.len()
-            + NETWORK_TRANSPORT.string_size(3)
-            + NETWORK_TYPE.string_size(network_type.len())
-            + NETWORK_IO_DIRECTION.string_size(direction.len())
-            + SOURCE_ADDRESS.string_size(source.len())
-            + SOURCE_PORT.int_size(u32::from(*src_port))
-            + DESTINATION_ADDRESS.string_size(destination.len())
-            + DESTINATION_PORT.int_size(u32::from(*dst_port))
-            + TCP_FLAGS.size(flags_len)
-            + TCP_SEQ.int_size(*seq)
-            + TCP_ACK.int_size(*ack)
-            + TCP_WINDOW.int_size(u32::from(*window))
-            + TCP_PAYLOAD_LEN.int_size(*payload_len)
-            + TCP_LEN.int_size(*len);
-        len_header(out, field::SCOPE_LOGS_LOG_RECORDS, record_len);
-        let start = out.len();
-        in_place(out, record_len, |line| {
-            line.byte((field::LOG_TIME_UNIX_NANO << 3) as u8 | 1);
-            line.put(&time(record).to_le_bytes());
-            line.put(&[
-                (field::LOG_EVENT_NAME << 3) as u8 | 2,
-                PACKET_EVENT.len() as u8,
-            ]);
-            line.put(PACKET_EVENT.as_bytes());
-            NETWORK_TRANSPORT.string(line, b"tcp");
-            NETWORK_TYPE.string(line, network_type);
-            NETWORK_IO_DIRECTION.string(line, direction);
-            SOURCE_ADDRESS.string(line, source);
-            SOURCE_PORT.int(line, u32::from(*src_port));
-            DESTINATION_ADDRESS.string(line, destination);
-            DESTINATION_PORT.int(line, u32::from(*dst_port));
-            TCP_FLAGS.head(line, flags_len);
-            line.put(&[(field::ANY_ARRAY << 3) as u8 | 2, (flags_len - 2) as u8]);
-            for name in flags.names() {
-                line.put(&[
-                    (field::ARRAY_VALUES << 3) as u8 | 2,
-                    (2 + name.len()) as u8,
-                    (field::ANY_STRING << 3) as u8 | 2,
-                    name.len() as u8,
-                ]);
-                line.put(name.as_bytes());
-            }
-            TCP_SEQ.int(line, *seq);
-            TCP_ACK.int(line, *ack);
-            TCP_WINDOW.int(line, u32::from(*window));
-            TCP_PAYLOAD_LEN.int(line, *payload_len);
-            TCP_LEN.int(line, *len);
-        });
-        debug_assert_eq!(out.len() - start, record_len);
+pub fn write_proto(out: &mut Vec<u8>, records: &[Item], text: &mut Vec<u8>) {
+    for item in records {
+        match item {
+            Item::Packet(record) => packet_proto(out, record, text),
+            Item::Connection(record) => connection_proto(out, record),
+        }
     }
+}
+
+fn packet_proto(out: &mut Vec<u8>, record: &Record, text: &mut Vec<u8>) {
+    let Record {
+        ts: _,
+        direction: dir,
+        ip_version: _,
+        src_ip,
+        src_port,
+        dst_ip,
+        dst_port,
+        flags,
+        seq,
+        ack,
+        window,
+        payload_len,
+        len,
+    } = record;
+    text.clear();
+    in_place(text, 39, |line| line.ip(src_ip));
+    let source_len = text.len();
+    in_place(text, 39, |line| line.ip(dst_ip));
+    let (source, destination) = text.split_at(source_len);
+    let network_type = network_type(src_ip);
+    let direction = direction(*dir);
+    let flags_len = flags_array_len(*flags);
+    let record_len = 9
+        + 2
+        + PACKET_EVENT.len()
+        + NETWORK_TRANSPORT.string_size(3)
+        + NETWORK_TYPE.string_size(network_type.len())
+        + NETWORK_IO_DIRECTION.string_size(direction.len())
+        + SOURCE_ADDRESS.string_size(source.len())
+        + SOURCE_PORT.int_size(u32::from(*src_port))
+        + DESTINATION_ADDRESS.string_size(destination.len())
+        + DESTINATION_PORT.int_size(u32::from(*dst_port))
+        + TCP_FLAGS.size(flags_len)
+        + TCP_SEQ.int_size(*seq)
+        + TCP_ACK.int_size(*ack)
+        + TCP_WINDOW.int_size(u32::from(*window))
+        + TCP_PAYLOAD_LEN.int_size(*payload_len)
+        + TCP_LEN.int_size(*len);
+    len_header(out, field::SCOPE_LOGS_LOG_RECORDS, record_len);
+    let start = out.len();
+    in_place(out, record_len, |line| {
+        line.byte((field::LOG_TIME_UNIX_NANO << 3) as u8 | 1);
+        line.put(&time(record).to_le_bytes());
+        line.put(&[
+            (field::LOG_EVENT_NAME << 3) as u8 | 2,
+            PACKET_EVENT.len() as u8,
+        ]);
+        line.put(PACKET_EVENT.as_bytes());
+        NETWORK_TRANSPORT.string(line, b"tcp");
+        NETWORK_TYPE.string(line, network_type);
+        NETWORK_IO_DIRECTION.string(line, direction);
+        SOURCE_ADDRESS.string(line, source);
+        SOURCE_PORT.int(line, u32::from(*src_port));
+        DESTINATION_ADDRESS.string(line, destination);
+        DESTINATION_PORT.int(line, u32::from(*dst_port));
+        TCP_FLAGS.head(line, flags_len);
+        line.put(&[(field::ANY_ARRAY << 3) as u8 | 2, (flags_len - 2) as u8]);
+        for name in flags.names() {
+            line.put(&[
+                (field::ARRAY_VALUES << 3) as u8 | 2,
+                (2 + name.len()) as u8,
+                (field::ANY_STRING << 3) as u8 | 2,
+                name.len() as u8,
+            ]);
+            line.put(name.as_bytes());
+        }
+        TCP_SEQ.int(line, *seq);
+        TCP_ACK.int(line, *ack);
+        TCP_WINDOW.int(line, u32::from(*window));
+        TCP_PAYLOAD_LEN.int(line, *payload_len);
+        TCP_LEN.int(line, *len);
+    });
+    debug_assert_eq!(out.len() - start, record_len);
+}
+
+/// The `eventName` of a connection record's `LogRecord`.
+pub const CONNECTION_EVENT: &str = "tcp.connection";
+
+/// A connection record's time as OTLP's unsigned nanoseconds.
+fn connection_time(record: &ConnectionRecord) -> u64 {
+    u64::try_from(record.ts.unix_nanos()).unwrap_or(0)
+}
+
+/// The OTLP attribute name of a connection record field, or `None` for the fields the
+/// `LogRecord` carries otherwise (`type` is the event name, `ts` the time): the semantic
+/// conventions' `client.*`, `server.*` and `network.type` where they apply, `tcp.connection.*`
+/// for the rest: Zeek's verdict as `tcp.connection.state` and `tcp.connection.history`, the
+/// round trips per side as `tcp.connection.<side>.ack_rtt.{samples,min,mean,max}` (nanoseconds),
+/// every other field under its own name.
+///
+/// # Examples
+///
+/// ```
+/// use sniffer::encode::otlp::connection_attribute;
+///
+/// assert_eq!(connection_attribute("client_ip").as_deref(), Some("client.address"));
+/// assert_eq!(connection_attribute("server_retransmits").as_deref(),
+///            Some("tcp.connection.server_retransmits"));
+/// assert_eq!(connection_attribute("client_ack_rtt_mean_ns").as_deref(),
+///            Some("tcp.connection.client.ack_rtt.mean"));
+/// assert_eq!(connection_attribute("conn_state").as_deref(), Some("tcp.connection.state"));
+/// assert_eq!(connection_attribute("ts"), None);
+/// ```
+#[must_use]
+pub fn connection_attribute(name: &str) -> Option<Cow<'static, str>> {
+    Some(match name {
+        "type" | "ts" => return None,
+        "client_ip" => Cow::Borrowed("client.address"),
+        "client_port" => Cow::Borrowed("client.port"),
+        "server_ip" => Cow::Borrowed("server.address"),
+        "server_port" => Cow::Borrowed("server.port"),
+        "ip_version" => Cow::Borrowed("network.type"),
+        "conn_state" => Cow::Borrowed("tcp.connection.state"),
+        other => Cow::Owned(match rtt_attribute(other) {
+            Some((side, statistic)) => format!("tcp.connection.{side}.ack_rtt.{statistic}"),
+            None => format!("tcp.connection.{other}"),
+        }),
+    })
+}
+
+/// `("client", "mean")` for `client_ack_rtt_mean_ns`, and so on; `None` for other fields.
+fn rtt_attribute(name: &str) -> Option<(&str, &str)> {
+    let (side, rest) = name.split_once("_ack_rtt_")?;
+    let statistic = rest.strip_suffix("_ns").unwrap_or(rest);
+    matches!(side, "client" | "server").then_some((side, statistic))
+}
+
+/// The attributes of a record: (name, value), `null`s left out, `ip_version` as `ipv4`/`ipv6`,
+/// and `network.transport` `tcp` first.
+fn connection_attributes(record: &ConnectionRecord) -> Vec<(Cow<'static, str>, Value)> {
+    let mut attributes = vec![(Cow::Borrowed("network.transport"), Value::from("tcp"))];
+    for (name, value) in record.fields() {
+        let Some(key) = connection_attribute(name) else {
+            continue;
+        };
+        let value = match (name, value) {
+            (_, Value::Null) => continue,
+            ("ip_version", Value::Number(n)) if n.as_u64() == Some(6) => Value::from("ipv6"),
+            ("ip_version", _) => Value::from("ipv4"),
+            (_, value) => value,
+        };
+        attributes.push((key, value));
+    }
+    attributes
+}
+
+/// JSON: one connection record's log record.
+fn connection_json(out: &mut Vec<u8>, record: &ConnectionRecord) {
+    let attributes: Vec<Value> = connection_attributes(record)
+        .into_iter()
+        .map(|(key, value)| {
+            let any = match value {
+                Value::Bool(b) => serde_json::json!({"boolValue": b}),
+                // The OTLP JSON mapping writes 64-bit integers as strings.
+                Value::Number(n) => serde_json::json!({"intValue": n.to_string()}),
+                other => serde_json::json!({"stringValue": other.as_str().unwrap_or_default()}),
+            };
+            serde_json::json!({"key": key, "value": any})
+        })
+        .collect();
+    let log_record = serde_json::json!({
+        "timeUnixNano": connection_time(record).to_string(),
+        "eventName": CONNECTION_EVENT,
+        "attributes": attributes,
+    });
+    let _ = serde_json::to_writer(&mut *out, &log_record);
+}
+
+/// Protobuf: one connection record's `log_records` field.
+fn connection_proto(out: &mut Vec<u8>, record: &ConnectionRecord) {
+    proto::message(out, field::SCOPE_LOGS_LOG_RECORDS, |out| {
+        proto::fixed64(out, field::LOG_TIME_UNIX_NANO, connection_time(record));
+        for (key, value) in connection_attributes(record) {
+            key_value(out, field::LOG_ATTRIBUTES, &key, |out| match value {
+                Value::Bool(b) => proto::int64(out, field::ANY_BOOL, i64::from(b)),
+                Value::Number(n) => {
+                    proto::int64(out, field::ANY_INT, n.as_i64().unwrap_or(i64::MAX));
+                }
+                other => {
+                    proto::string(out, field::ANY_STRING, other.as_str().unwrap_or_default());
+                }
+            });
+        }
+        proto::string(out, field::LOG_EVENT_NAME, CONNECTION_EVENT);
+    });
 }
 
 /// `partialSuccess.rejectedLogRecords` of a JSON `ExportLogsServiceResponse` (0 when absent; the
@@ -471,7 +603,7 @@ mod tests {
         let short = Record::from_kernel(&raw, &WallClock::from_offset(0));
         for record in [longest(), short] {
             let mut by_hand = Vec::new();
-            write_proto(&mut by_hand, std::slice::from_ref(&record), &mut Vec::new());
+            write_proto(&mut by_hand, &[record.into()], &mut Vec::new());
             let fields = super::super::proto::tests_support::fields(&by_hand);
             assert_eq!(fields.len(), 1, "one log_records field");
             assert_eq!(fields[0], (field::SCOPE_LOGS_LOG_RECORDS, by_hand.len()));
@@ -481,7 +613,7 @@ mod tests {
     #[test]
     fn longest_json_record_is_max_json_record_len() {
         let mut out = Vec::new();
-        write_json(&mut out, &[longest()]);
+        write_json(&mut out, &[longest().into()]);
         assert_eq!(out.len(), MAX_JSON_RECORD_LEN);
         serde_json::from_slice::<serde_json::Value>(&out).unwrap();
     }

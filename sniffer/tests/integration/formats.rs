@@ -919,13 +919,14 @@ fn connection_of_log(log: &Value) -> Value {
     Value::Object(record)
 }
 
-/// Every connection record the collector received, as flat JSON objects.
+/// Every connection record the collector received, as flat JSON objects, and how many packet
+/// records came with them (in the same bodies: third-party decoders read both kinds).
 fn connection_records(
     python: &Path,
     format: &str,
     encoding: &str,
     received: &[Received],
-) -> Vec<Value> {
+) -> (Vec<Value>, usize) {
     let mut records = Vec::new();
     match format {
         "batch" => {
@@ -955,13 +956,25 @@ fn connection_records(
                 }
             }
         }
-        _ => records.extend(
-            decode_otlp(python, encoding, received)
+        _ => {
+            let logs = decode_otlp(python, encoding, received);
+            let (connections, packets): (Vec<&Value>, Vec<&Value>) = logs
                 .iter()
-                .map(connection_of_log),
-        ),
+                .partition(|log| log["event_name"] == "tcp.connection");
+            assert!(
+                packets.iter().all(|log| log["event_name"] == "tcp.packet"),
+                "{packets:#?}"
+            );
+            return (
+                connections.into_iter().map(connection_of_log).collect(),
+                packets.len(),
+            );
+        }
     }
-    records
+    let (connections, packets): (Vec<Value>, Vec<Value>) = records
+        .into_iter()
+        .partition(|record| record["type"] == "connection");
+    (connections, packets.len())
 }
 
 #[test]
@@ -980,12 +993,36 @@ fn connection_records_reach_every_format_with_the_capture_s_counts() {
         let topology = topology();
         let collector = Collector::start(listen(&topology), accept_all);
         let url = format!("http://{}/ingest", collector.addr);
-        let mut env = vec![("OUTPUT_FORMAT", format), ("RECORDS", "connections")];
+        // Both kinds, and batches that stay open until the agent stops, so that the last body
+        // carries packet and connection records together.
+        let mut env = vec![
+            ("OUTPUT_FORMAT", format),
+            ("RECORDS", "both"),
+            ("BATCH_MAX_WAIT_MS", "60000"),
+        ];
         if !encoding.is_empty() {
             env.push(("OTLP_ENCODING", encoding));
         }
         let run = run_traffic(&topology, &url, &env);
-        let records = connection_records(&python, format, encoding, &collector.received());
+        let received = collector.received();
+        if format == "batch" {
+            let mixed = received.iter().any(|request| {
+                let kinds: Vec<bool> = request.body["records"]
+                    .as_array()
+                    .expect("records")
+                    .iter()
+                    .map(|r| r["type"] == "connection")
+                    .collect();
+                kinds.contains(&true) && kinds.contains(&false)
+            });
+            assert!(mixed, "no body carried both kinds");
+        }
+        let (records, packets) = connection_records(&python, format, encoding, &received);
+        assert_eq!(
+            packets,
+            run.expected.len(),
+            "{format} {encoding}: packet records"
+        );
         assert_eq!(
             records.len(),
             run.connections.len(),
@@ -1044,8 +1081,8 @@ fn connection_records_reach_every_format_with_the_capture_s_counts() {
         assert_eq!(made, run.connections.len() as u64);
         assert_eq!(
             stopped(&run.finished, "delivered"),
-            made,
-            "only connection records are sent"
+            made + packets as u64,
+            "connection and packet records are delivered"
         );
         assert_eq!(
             stopped(&run.finished, "records"),

@@ -44,7 +44,7 @@ use crate::{
     connections::record::ConnectionRecord,
     deliver::config::DeliveryConfig,
     deliver::retry::Policy,
-    encode::{AgentInfo, BodyRecords, Encoder, packet::Record},
+    encode::{AgentInfo, Encoder, Item, packet::Record},
     metrics::{Stats, add, get},
     pipeline::Sink,
 };
@@ -87,10 +87,9 @@ pub enum DeliveryError {
 /// A [`Sink`] that batches records and hands them to the sender threads.
 #[derive(Debug)]
 pub struct HttpOutput {
-    batcher: Batcher<Record>,
-    /// Connection records travel in batches of their own.
-    connections: Batcher<ConnectionRecord>,
-    tx: mpsc::Sender<BodyRecords>,
+    /// Packet and connection records, in one batch as they come.
+    batcher: Batcher<Item>,
+    tx: mpsc::Sender<Vec<Item>>,
     shared: Arc<Shared>,
     buffer_max_records: u64,
     senders: Vec<JoinHandle<()>>,
@@ -151,7 +150,6 @@ impl HttpOutput {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             batcher: Batcher::new(config.batch_max_records, config.batch_max_wait),
-            connections: Batcher::new(config.batch_max_records, config.batch_max_wait),
             tx,
             shared,
             buffer_max_records: config.buffer_max_records as u64,
@@ -160,7 +158,7 @@ impl HttpOutput {
         })
     }
 
-    fn enqueue(&mut self, batch: BodyRecords) {
+    fn enqueue(&mut self, batch: Vec<Item>) {
         // `records_queued` already counts these records (see `room`).
         add(&self.shared.stats.batches_queued, 1);
         if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
@@ -176,10 +174,10 @@ impl Sink for HttpOutput {
         let kept = self.room(records.len());
         let mut records = records[..kept]
             .iter()
-            .map(|raw| Record::from_kernel(raw, clock));
+            .map(|raw| Item::Packet(Record::from_kernel(raw, clock)));
         while records.len() > 0 {
             if let Some(batch) = self.batcher.fill(&mut records, Instant::now) {
-                self.enqueue(BodyRecords::Packets(batch));
+                self.enqueue(batch);
             }
         }
         self.tick(Instant::now());
@@ -188,10 +186,12 @@ impl Sink for HttpOutput {
 
     fn take_connections(&mut self, records: &[ConnectionRecord]) -> std::io::Result<()> {
         let kept = self.room(records.len());
-        let mut records = records[..kept].iter().cloned();
+        let mut records = records[..kept]
+            .iter()
+            .map(|record| Item::Connection(Box::new(record.clone())));
         while records.len() > 0 {
-            if let Some(batch) = self.connections.fill(&mut records, Instant::now) {
-                self.enqueue(BodyRecords::Connections(batch));
+            if let Some(batch) = self.batcher.fill(&mut records, Instant::now) {
+                self.enqueue(batch);
             }
         }
         self.tick(Instant::now());
@@ -199,18 +199,12 @@ impl Sink for HttpOutput {
     }
 
     fn due(&self) -> Option<Instant> {
-        match (self.batcher.due(), self.connections.due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.batcher.due()
     }
 
     fn tick(&mut self, now: Instant) {
         if let Some(batch) = self.batcher.close_if_due(now) {
-            self.enqueue(BodyRecords::Packets(batch));
-        }
-        if let Some(batch) = self.connections.close_if_due(now) {
-            self.enqueue(BodyRecords::Connections(batch));
+            self.enqueue(batch);
         }
     }
 
@@ -220,10 +214,7 @@ impl Sink for HttpOutput {
     /// records, if time remains.
     fn finish(mut self: Box<Self>, deadline: Instant) -> std::io::Result<()> {
         if let Some(batch) = self.batcher.close() {
-            self.enqueue(BodyRecords::Packets(batch));
-        }
-        if let Some(batch) = self.connections.close() {
-            self.enqueue(BodyRecords::Connections(batch));
+            self.enqueue(batch);
         }
         *lock(&self.shared.deadline) = Some(deadline);
         let Self {
@@ -244,7 +235,7 @@ impl Sink for HttpOutput {
         if shared.stats.dropped_total() > lock(&shared.ledger).assigned_dropped
             && !shared.past_deadline()
         {
-            shared.deliver(BodyRecords::Packets(Vec::new()), &mut last_words);
+            shared.deliver(Vec::new(), &mut last_words);
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ use crate::{
         answer::{self, MAX_ANSWER_BYTES},
         retry::{Backoff, Policy, Verdict, classify},
     },
-    encode::{Body, BodyRecords, Encoder},
+    encode::{Body, Encoder, Item},
     metrics::{Stats, add},
 };
 
@@ -65,7 +65,7 @@ const SLEEP_SLICE: Duration = Duration::from_millis(50);
 impl Shared {
     /// A sender thread: delivers batches until the channel is closed and empty, or until a
     /// delivery panics (a bug), which marks the agent failed.
-    pub(super) fn work(&self, rx: &Mutex<Receiver<BodyRecords>>, mut encoder: Encoder) {
+    pub(super) fn work(&self, rx: &Mutex<Receiver<Vec<Item>>>, mut encoder: Encoder) {
         loop {
             let next = lock(rx).recv();
             let Ok(records) = next else { return };
@@ -115,15 +115,11 @@ impl Shared {
     }
 
     /// Delivers one batch, retrying until it is accepted, refused, or the deadline passes.
-    pub(super) fn deliver(&self, batch: BodyRecords, encoder: &mut Encoder) {
+    pub(super) fn deliver(&self, batch: Vec<Item>, encoder: &mut Encoder) {
         let ticket = self.ticket(batch.len() as u64);
         let dropped = ticket.dropped;
         let seq = self.seq.fetch_add(1, Relaxed);
-        let encoded = match &batch {
-            BodyRecords::Packets(records) => encoder.body(seq, dropped, records),
-            BodyRecords::Connections(records) => encoder.connection_body(seq, dropped, records),
-        };
-        let body = match encoded {
+        let body = match encoder.body(seq, dropped, &batch) {
             Ok(body) => body,
             Err(err) => {
                 error!(seq, error = err.to_string().as_str(); "cannot encode batch; dropped");
