@@ -49,8 +49,10 @@ pub struct DeliveryArgs {
     #[arg(long, env = env::OUTPUT_ALLOW_PLAINTEXT_TOKEN, default_value = "false", action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
     pub output_allow_plaintext_token: bool,
-    /// A batch is sent when it holds this many records.
-    #[arg(long, env = env::BATCH_MAX_RECORDS, default_value_t = 1000)]
+    /// A batch is sent when it holds this many records. (Fewer, larger requests cost less CPU
+    /// under load: 2000 took a flood's HTTP delivery from about 320 to 277 ns of process CPU a
+    /// packet against 1000; 4000 and 8000 saved nothing more and held more memory.)
+    #[arg(long, env = env::BATCH_MAX_RECORDS, default_value_t = 2000)]
     pub batch_max_records: usize,
     /// … or when its oldest record is this old (milliseconds).
     #[arg(long, env = env::BATCH_MAX_WAIT_MS, default_value_t = 1000)]
@@ -453,7 +455,7 @@ mod tests {
             delivery.headers,
             [("Authorization".to_owned(), "Bearer s3cret".to_owned())]
         );
-        assert_eq!(delivery.batch_max_records, 1000);
+        assert_eq!(delivery.batch_max_records, 2000);
         assert_eq!(delivery.batch_max_wait, Duration::from_secs(1));
         assert!(!delivery.gzip);
 
@@ -464,7 +466,7 @@ mod tests {
             Err(DeliveryConfigError::OutOfRange(OutOfRange {
                 name: "BUFFER_MAX_RECORDS",
                 value: 10,
-                min: 1000,
+                min: 2000,
                 ..
             }))
         ));
