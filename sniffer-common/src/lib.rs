@@ -55,8 +55,9 @@ pub const fn port_bit(port: u16) -> (u32, u64) {
 /// Ring buffer size compiled into the object, and the loader's default (`RING_BUFFER_BYTES`; a
 /// power of two and a page multiple): 52,428 records of 80 bytes, 0.15 s at 350,000 packets/s.
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
-/// Unread bytes per wakeup compiled into the object (about 800 records).
-pub const DEFAULT_WAKEUP_BYTES: u64 = 64 << 10;
+/// Unread bytes per wakeup compiled into the object: a sixteenth of [`DEFAULT_RING_BYTES`], as
+/// the loader's default is of the ring it makes (about 3,300 records).
+pub const DEFAULT_WAKEUP_BYTES: u64 = DEFAULT_RING_BYTES as u64 / 16;
 
 /// Counters the kernel program keeps in the per-CPU `COUNTERS` array.
 #[repr(u32)]

@@ -410,15 +410,20 @@ mod tests {
     fn validate_rejects_bad_wakeup_and_poll_interval() {
         for value in [0, 100, 3 << 20, 4 << 20] {
             let mut bad = args("8080", "lo");
-            bad.ring.ring_wakeup_bytes = value;
+            bad.ring.ring_wakeup_bytes = Some(value);
             assert!(
                 matches!(bad.validate(), Err(ConfigError::Ring(RingConfigError::WakeupBytes { value: v, .. })) if v == value),
                 "{value}"
             );
         }
         let mut ok = args("8080", "lo");
-        ok.ring.ring_wakeup_bytes = 2 << 20;
+        ok.ring.ring_wakeup_bytes = Some(2 << 20);
         assert_eq!(ok.validate().unwrap().ring.wakeup_bytes, 2 << 20);
+        // Unset: a sixteenth of the ring, however small the ring.
+        let mut unset = args("8080", "lo");
+        assert_eq!(unset.validate().unwrap().ring.wakeup_bytes, 256 << 10);
+        unset.ring.ring_buffer_bytes = 4096;
+        assert_eq!(unset.validate().unwrap().ring.wakeup_bytes, 256);
         for value in [0, 60_001] {
             let mut bad = args("8080", "lo");
             bad.ring.ring_poll_interval_ms = value;
