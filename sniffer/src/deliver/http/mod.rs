@@ -1,4 +1,4 @@
-//! Batch and send: records go into batches on the reader, closed batches go through a channel to
+//! Batch and send: records go into batches on the reader, closed batches go through a queue to
 //! `OUTPUT_CONCURRENCY` sender threads that POST them with `ureq` (blocking, so never on the async
 //! reader), retrying as [`crate::deliver::retry`] decides. Several requests in flight hide the collector's
 //! round trip, which otherwise caps delivery far below the capture rate.
@@ -14,16 +14,17 @@
 //! the deadline is settled as undeliverable at once, without waiting for requests in flight.
 //!
 //! The parts: this file is the [`Sink`] and its buffer admission; `sender.rs` the sender threads
-//! and their retry loop; `ledger.rs` who owes which records (the `Ticket`s); [`client`] the ureq
-//! agent and its CA bundle.
+//! and their retry loop; `queue.rs` which sender takes the next batch; `ledger.rs` who owes which
+//! records (the `Ticket`s); [`client`] the ureq agent and its CA bundle.
 
 pub mod client;
 mod ledger;
+mod queue;
 mod sender;
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError, atomic::AtomicU64, mpsc},
+    sync::{Arc, Mutex, PoisonError, atomic::AtomicU64},
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
@@ -36,6 +37,7 @@ use sniffer_common::PacketRecord;
 use self::{
     client::{MAX_CA_FILE_BYTES, http_agent},
     ledger::{Fate, Ledger},
+    queue::Queue,
     sender::Shared,
 };
 use super::batcher::Batcher;
@@ -89,7 +91,8 @@ pub enum DeliveryError {
 pub struct HttpOutput {
     /// Packet and connection records, in one batch as they come.
     batcher: Batcher<Item>,
-    tx: mpsc::Sender<Vec<Item>>,
+    /// Closed batches for the senders.
+    queue: Arc<Queue<Vec<Item>>>,
     shared: Arc<Shared>,
     buffer_max_records: u64,
     senders: Vec<JoinHandle<()>>,
@@ -136,21 +139,24 @@ impl HttpOutput {
             ledger: Mutex::new(Ledger::default()),
             deadline: Mutex::new(None),
         });
-        let (tx, rx) = mpsc::channel();
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue::new(config.concurrency));
         let senders = (0..config.concurrency)
             .map(|index| {
-                let (shared, rx) = (Arc::clone(&shared), Arc::clone(&rx));
+                let (shared, queue) = (Arc::clone(&shared), Arc::clone(&queue));
                 let encoder = Encoder::new(config.format, Arc::clone(&agent), config.gzip);
                 thread::Builder::new()
                     .name(format!("sender-{index}"))
-                    .spawn(move || shared.work(&rx, encoder))
+                    .spawn(move || shared.work(&queue, encoder))
                     .map_err(DeliveryError::Thread)
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .inspect_err(|_| {
+                // The senders that started stop at once (nothing was queued).
+                queue.close();
+            })?;
         Ok(Self {
             batcher: Batcher::new(config.batch_max_records, config.batch_max_wait),
-            tx,
+            queue,
             shared,
             buffer_max_records: config.buffer_max_records as u64,
             senders,
@@ -161,7 +167,7 @@ impl HttpOutput {
     fn enqueue(&mut self, batch: Vec<Item>) {
         // `records_queued` already counts these records (see `room`).
         add(&self.shared.stats.batches_queued, 1);
-        if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
+        if let Err(batch) = self.queue.push(batch) {
             // Every sender is gone (each one that failed said why): settle the batch here.
             let ticket = self.shared.ticket(batch.len() as u64);
             ticket.settle(Fate::Undeliverable);
@@ -218,13 +224,13 @@ impl Sink for HttpOutput {
         }
         *lock(&self.shared.deadline) = Some(deadline);
         let Self {
-            tx,
+            queue,
             senders,
             shared,
             mut last_words,
             ..
         } = *self;
-        drop(tx);
+        queue.close();
         while !senders.iter().all(JoinHandle::is_finished) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }

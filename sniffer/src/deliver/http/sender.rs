@@ -1,4 +1,4 @@
-//! The sender threads: each takes closed batches from the channel, encodes them and POSTs them,
+//! The sender threads: each takes closed batches from the queue, encodes them and POSTs them,
 //! retrying as [`crate::deliver::retry`] decides, until the batch is settled.
 
 use std::{
@@ -7,7 +7,6 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
-        mpsc::Receiver,
     },
     thread,
     time::{Duration, Instant, SystemTime},
@@ -18,6 +17,7 @@ use log::{error, warn};
 use super::{
     ledger::{Fate, Ledger, Ticket},
     lock,
+    queue::Queue,
 };
 use crate::{
     deliver::{
@@ -63,16 +63,15 @@ enum Attempt {
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
 
 impl Shared {
-    /// A sender thread: delivers batches until the channel is closed and empty, or until a
+    /// A sender thread: delivers batches until the queue is closed and empty, or until a
     /// delivery panics (a bug), which marks the agent failed.
-    pub(super) fn work(&self, rx: &Mutex<Receiver<Vec<Item>>>, mut encoder: Encoder) {
-        loop {
-            let next = lock(rx).recv();
-            let Ok(records) = next else { return };
+    pub(super) fn work(&self, queue: &Queue<Vec<Item>>, mut encoder: Encoder) {
+        while let Some(records) = queue.pop() {
             if !self.supervised(|| self.deliver(records, &mut encoder)) {
-                return;
+                break;
             }
         }
+        queue.leave();
     }
 
     /// Runs `work`; if it panics, records the failure and returns false. The batch the panic

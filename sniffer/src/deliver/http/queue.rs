@@ -1,0 +1,171 @@
+//! The closed batches waiting for a sender thread, each handed to the sender that became idle
+//! last.
+//!
+//! A channel whose receivers queue on a mutex hands batches out in turn: each sender, and its
+//! encoder's body buffer (hundreds of KiB), is used once every `OUTPUT_CONCURRENCY` batches, by
+//! when the buffer has left the CPU's caches and encoding waits on memory for every line it
+//! writes. Here the sender that finished last takes the next batch, with its buffer still warm;
+//! the others take batches only while it is busy (a slow collector), which is what they are for,
+//! and their buffers are not grown while they are not needed. Flood benchmark, HTTP `batch`, six
+//! rounds beside the build with the channel: process CPU per packet 14 ns less at the median
+//! (per round −33 to +27: within the machine's noise), peak RSS 17.2 MiB against 17.9–18.1.
+
+use std::{
+    collections::VecDeque,
+    sync::{Mutex, MutexGuard, PoisonError},
+    thread::{self, Thread},
+};
+
+/// A FIFO of items for a set of taker threads, waking the one idle the shortest time.
+#[derive(Debug)]
+pub(super) struct Queue<T> {
+    state: Mutex<State<T>>,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    items: VecDeque<T>,
+    /// Takers waiting for an item, the one that came last at the end.
+    idle: Vec<Thread>,
+    /// Takers that have not left.
+    takers: usize,
+    /// No item is pushed any more: takers leave once the items are taken.
+    closed: bool,
+}
+
+impl<T> Queue<T> {
+    /// A queue for `takers` threads, each of which calls [`Queue::leave`] when it stops taking.
+    pub(super) fn new(takers: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                idle: Vec::new(),
+                takers,
+                closed: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // The state stays whole whatever a panicking holder was doing (each change is one step).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds `item` and wakes the taker idle the shortest time; gives the item back when no taker
+    /// is left to take it.
+    pub(super) fn push(&self, item: T) -> Result<(), T> {
+        let mut state = self.lock();
+        if state.takers == 0 {
+            return Err(item);
+        }
+        state.items.push_back(item);
+        if let Some(taker) = state.idle.pop() {
+            taker.unpark();
+        }
+        Ok(())
+    }
+
+    /// The oldest item, waiting for one; `None` once the queue is closed and empty.
+    pub(super) fn pop(&self) -> Option<T> {
+        let me = thread::current();
+        loop {
+            let mut state = self.lock();
+            // Woken without being taken off the idle list (a spurious wakeup): off it now.
+            state.idle.retain(|taker| taker.id() != me.id());
+            if let Some(item) = state.items.pop_front() {
+                return Some(item);
+            }
+            if state.closed {
+                return None;
+            }
+            state.idle.push(me.clone());
+            drop(state);
+            thread::park();
+        }
+    }
+
+    /// Pushes no more: every taker takes what is left, then gets `None`.
+    pub(super) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        for taker in state.idle.drain(..) {
+            taker.unpark();
+        }
+    }
+
+    /// A taker stops taking (it returned, or its work panicked).
+    pub(super) fn leave(&self) {
+        let mut state = self.lock();
+        state.takers = state.takers.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, mpsc},
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    fn idle(queue: &Queue<u32>) -> usize {
+        queue.lock().idle.len()
+    }
+
+    fn wait_until(what: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !what() {
+            assert!(Instant::now() < deadline, "timed out");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A taker named `name` that reports what it takes on `tx`, until the queue closes.
+    fn taker(queue: &Arc<Queue<u32>>, name: &str, tx: &mpsc::Sender<(String, u32)>) {
+        let (queue, tx) = (Arc::clone(queue), tx.clone());
+        thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                while let Some(item) = queue.pop() {
+                    let name = thread::current().name().unwrap().to_owned();
+                    tx.send((name, item)).unwrap();
+                }
+                queue.leave();
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn the_taker_idle_the_shortest_time_takes_the_next_item() {
+        let queue = Arc::new(Queue::new(2));
+        let (tx, rx) = mpsc::channel();
+        taker(&queue, "first", &tx);
+        wait_until(|| idle(&queue) == 1);
+        taker(&queue, "second", &tx);
+        wait_until(|| idle(&queue) == 2);
+        queue.push(1).unwrap();
+        assert_eq!(rx.recv().unwrap(), ("second".to_owned(), 1));
+        // Idle again, it is again the last to have come: it takes the next one too.
+        wait_until(|| idle(&queue) == 2);
+        queue.push(2).unwrap();
+        assert_eq!(rx.recv().unwrap(), ("second".to_owned(), 2));
+        queue.close();
+        wait_until(|| queue.lock().takers == 0);
+        assert_eq!(queue.push(3), Err(3), "no taker left");
+    }
+
+    #[test]
+    fn items_come_out_in_order_and_closing_drains_them_first() {
+        let queue = Arc::new(Queue::new(1));
+        for item in 1..=3 {
+            queue.push(item).unwrap();
+        }
+        queue.close();
+        let (tx, rx) = mpsc::channel();
+        taker(&queue, "only", &tx);
+        drop(tx);
+        let taken: Vec<u32> = rx.iter().map(|(_, item)| item).collect();
+        assert_eq!(taken, [1, 2, 3]);
+    }
+}
