@@ -81,7 +81,7 @@ impl RingArgs {
         let max = u64::from(self.ring_buffer_bytes / 2);
         // A sixteenth: 256 KiB of the default 4 MiB, so that a flood wakes the reader (a context
         // switch of microseconds) every few thousand records while the ring keeps 15/16 free
-        // for the time the reader takes to come (a quarter, 64 KiB, cost the flood's HTTP
+        // for the time the reader takes to come (64 KiB, a sixty-fourth, cost the flood's HTTP
         // delivery 20 to 40 ns of process CPU a packet more).
         let wakeup = self
             .ring_wakeup_bytes

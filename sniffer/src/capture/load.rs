@@ -61,7 +61,7 @@ pub enum LoadError {
     #[error("cannot relocate the program")]
     Relocate(#[from] EbpfRelocationError),
     /// The kernel refused the program; `log` is the verifier's account, when it gave one.
-    #[error("the kernel refused program {name} (needs CAP_BPF){}", verifier_tail(.log))]
+    #[error("the kernel refused program {name}{}", verifier_tail(.log))]
     Program {
         /// The program.
         name: String,
