@@ -86,33 +86,26 @@ const OCTETS: [([u8; 4], u8); 256] = {
 /// Lowercase hexadecimal digits.
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Writes the decimal digits of `value` to end at `text[N]`, two at a time from the last, and
-/// returns where they start. No digit count is needed first (`ilog10` cost as much as the
-/// digits), and the array's fixed size lets most bounds checks go.
-#[inline(always)]
-fn decimal<const N: usize>(mut value: u64, text: &mut [u8; N]) -> usize {
-    let mut start = N;
-    while value >= 100 && start >= 2 {
-        let pair = (value % 100) as usize * 2;
-        value /= 100;
-        start -= 2;
-        text[start] = DIGIT_PAIRS[pair];
-        text[start + 1] = DIGIT_PAIRS[pair + 1];
+/// `10^i` for every `i` a `u64`'s digit count reaches.
+const POWERS_OF_TEN: [u64; 20] = {
+    let mut powers = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
     }
-    if value >= 10 && start >= 2 {
-        let pair = value as usize * 2;
-        start -= 2;
-        text[start] = DIGIT_PAIRS[pair];
-        text[start + 1] = DIGIT_PAIRS[pair + 1];
-    } else if start >= 1 {
-        start -= 1;
-        text[start] = b'0' + value as u8;
-    }
-    start
-}
+    powers
+};
 
-/// Room for the digits of a `u64`, and for a fixed-size copy of 20 bytes starting at any of them.
-const DIGITS_ROOM: usize = 20 + 20;
+/// How many decimal digits `value` has (one for 0): from its bit length, a multiplication and
+/// one comparison, without a division.
+#[inline(always)]
+const fn decimal_len(value: u64) -> usize {
+    let value = value | 1;
+    // floor(log10(2^bits)), which is the digit count or one less.
+    let guess = (((64 - value.leading_zeros()) * 1233) >> 12) as usize;
+    guess + (value >= POWERS_OF_TEN[guess]) as usize
+}
 
 impl Line<'_> {
     /// Appends `text`.
@@ -166,25 +159,32 @@ impl Line<'_> {
     /// Decimal digits of `value`.
     #[inline(always)]
     pub(crate) fn number(&mut self, value: u32) {
-        self.digits::<10>(u64::from(value));
+        self.number64(u64::from(value));
     }
 
-    /// Decimal digits of `value`.
+    /// Decimal digits of `value`, two at a time from the last, each where it belongs: digits
+    /// made on the stack and copied out were read back before their own stores had landed,
+    /// and waited for them (a failed store-to-load forward, the most of a record's cost).
     #[inline(always)]
-    pub(crate) fn number64(&mut self, value: u64) {
-        self.digits::<20>(value);
-    }
-
-    /// Decimal digits of `value`, which has at most `MAX` of them; `MAX` bytes of room must
-    /// remain.
-    #[inline(always)]
-    fn digits<const MAX: usize>(&mut self, value: u64) {
-        let mut text = [0u8; DIGITS_ROOM];
-        let digits: &mut [u8; 20] = (&mut text[..20]).try_into().expect("20 bytes");
-        let start = decimal(value, digits);
-        let from = start.max(20 - MAX);
-        let chunk: &[u8; MAX] = text[from..from + MAX].try_into().expect("MAX bytes");
-        self.put_prefix(chunk, 20 - from);
+    pub(crate) fn number64(&mut self, mut value: u64) {
+        let len = decimal_len(value);
+        let room = &mut self.bytes[self.len..self.len + len];
+        let mut end = len;
+        while value >= 100 {
+            let pair = (value % 100) as usize * 2;
+            value /= 100;
+            end -= 2;
+            room[end].write(DIGIT_PAIRS[pair]);
+            room[end + 1].write(DIGIT_PAIRS[pair + 1]);
+        }
+        if value >= 10 {
+            let pair = value as usize * 2;
+            room[0].write(DIGIT_PAIRS[pair]);
+            room[1].write(DIGIT_PAIRS[pair + 1]);
+        } else {
+            room[0].write(b'0' + value as u8);
+        }
+        self.len += len;
     }
 
     /// An address without quotes, in the text `std` gives it (for IPv6, RFC 5952's: lowercase,
