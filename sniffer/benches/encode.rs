@@ -1,13 +1,23 @@
 //! Userspace cost per record: kernel record → the bytes sent, as stdout lines and as a body in
-//! each `OUTPUT_FORMAT`.
+//! each `OUTPUT_FORMAT`; and for connection records, a tracked connection's report → the bytes
+//! sent, in each format.
 //!
 //! `cargo bench -p sniffer --bench encode` prints nanoseconds per record; `cargo xtask bench
 //! --only encode` runs it and puts the numbers into docs/benchmarks.md.
 
-use std::{hint::black_box, io, sync::Arc, time::Instant};
+use std::{
+    hint::black_box,
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sniffer::{
     capture::clock::WallClock,
+    connections::{
+        Tracker, TrackerConfig,
+        record::{ConnectionRecord, Report},
+    },
     deliver::stdout::Lines,
     encode::{AgentInfo, Encoder, Format, Item, packet::Record},
     metrics::Stats,
@@ -17,6 +27,8 @@ use sniffer_common::{PACKET_OUTGOING, PacketRecord, addr_words, tcp_flags};
 
 const RECORDS: u64 = 500_000;
 const BATCH: usize = 1000;
+/// Connection records per round: one for each connection, so far fewer than packet records.
+const CONNECTION_RECORDS: u64 = 50_000;
 
 /// Varied records like a busy connection's: both directions, moving sequence numbers, every
 /// tenth one IPv6.
@@ -67,6 +79,66 @@ fn raw(i: u64) -> PacketRecord {
     }
 }
 
+/// The reports of `n` short connections as the tracker makes them: a handshake, a request and
+/// its answer, both FINs; every tenth over IPv6, round trips of a few hundred microseconds.
+fn connection_reports(n: u64) -> Vec<Report> {
+    let mut tracker = Tracker::new(TrackerConfig {
+        max_connections: usize::try_from(n).expect("small"),
+        idle_timeout: Duration::from_secs(3600),
+        report_interval: None,
+    });
+    let mut reports = Vec::new();
+    let (syn, ack, psh, fin) = (
+        tcp_flags::SYN,
+        tcp_flags::ACK,
+        tcp_flags::PSH | tcp_flags::ACK,
+        tcp_flags::FIN | tcp_flags::ACK,
+    );
+    for c in 0..n {
+        let client = raw(c);
+        let client = PacketRecord {
+            src_port: 20_000 + (c % 40_000) as u16,
+            ..client
+        };
+        let server = PacketRecord {
+            src_addr: client.dst_addr,
+            dst_addr: client.src_addr,
+            src_port: client.dst_port,
+            dst_port: client.src_port,
+            ..client
+        };
+        let at = |step: u64| 1_000_000_000 + c * 10_000_000 + step * (150_000 + c % 97 * 1_000);
+        // (from the client, flags, seq, ack, payload)
+        let exchange = [
+            (true, syn, 1000, 0, 0),
+            (false, syn | ack, 5000, 1001, 0),
+            (true, ack, 1001, 5001, 0),
+            (true, psh, 1001, 5001, 120),
+            (false, ack, 5001, 1121, 0),
+            (false, psh, 5001, 1121, 1400),
+            (true, ack, 1121, 6401, 0),
+            (true, fin, 1121, 6401, 0),
+            (false, fin, 6401, 1122, 0),
+            (true, ack, 1122, 6402, 0),
+        ];
+        for (step, (from_client, flags, seq, ack, payload)) in exchange.into_iter().enumerate() {
+            let base = if from_client { client } else { server };
+            let packet = PacketRecord {
+                ts_ns: at(step as u64),
+                tcp_flags: flags,
+                seq,
+                ack,
+                payload_len: payload,
+                len: 66 + payload,
+                ..base
+            };
+            tracker.observe(&packet, &mut reports);
+        }
+    }
+    tracker.finish(u64::MAX / 2, usize::MAX, &mut reports);
+    reports
+}
+
 /// Counts bytes and throws them away, like stdout redirected to /dev/null.
 struct Discard(u64);
 
@@ -87,6 +159,7 @@ const ROUNDS: usize = 7;
 fn main() {
     let clock = WallClock::now();
     let raws: Vec<PacketRecord> = (0..4096).map(raw).collect();
+    let reports = connection_reports(BATCH as u64);
     let agent = Arc::new(AgentInfo {
         pod: Some("web-7d9c".into()),
         namespace: Some("shop".into()),
@@ -139,6 +212,26 @@ fn main() {
                 format!("{format} body ({BATCH} records)"),
                 ns,
                 bytes / RECORDS,
+            );
+        }
+        for format in formats {
+            let mut encoder = Encoder::new(format, Arc::clone(&agent), false);
+            let mut bytes = 0;
+            let start = Instant::now();
+            for chunk in 0..CONNECTION_RECORDS / BATCH as u64 {
+                let records: Vec<Item> = reports
+                    .iter()
+                    .map(|report| Item::from(ConnectionRecord::new(report.clone(), &clock)))
+                    .collect();
+                let body = encoder.body(chunk, 0, &records).expect("in memory");
+                bytes += black_box(body.as_slice()).len() as u64;
+            }
+            let ns = start.elapsed().as_nanos() as f64 / CONNECTION_RECORDS as f64;
+            record(
+                &mut results,
+                format!("{format} body ({BATCH} connection records)"),
+                ns,
+                bytes / CONNECTION_RECORDS,
             );
         }
     }

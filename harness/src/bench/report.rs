@@ -317,7 +317,9 @@ pub fn encode_report() -> Result<String> {
     Ok(format!(
         "`cargo bench -p sniffer --bench encode`: 500,000 varied records (one in ten IPv6) per \
          round, kernel record → wall-clock time → the bytes sent, as stdout lines and as a body \
-         in each `OUTPUT_FORMAT`, on one core; 7 rounds taken in turn, median and range:\n\n\
+         in each `OUTPUT_FORMAT`; then 50,000 connection records (1,000 short connections' \
+         reports: handshake, request, answer, both FINs), report → the bytes sent, in each \
+         format; on one core; 7 rounds taken in turn, median and range:\n\n\
          ```text\n{}\n```",
         out.trim()
     ))

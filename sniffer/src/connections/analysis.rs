@@ -9,7 +9,7 @@ use sniffer_common::{PacketRecord, tcp_flags};
 
 use super::{
     rtt::{AckRtt, Samples},
-    zeek::{Segment, Zeek},
+    zeek::{History, Segment, Zeek},
 };
 
 /// One side of a connection. `A` is the endpoint with the lower (address, port).
@@ -292,7 +292,7 @@ impl Analysis {
 
     /// Zeek's `conn_state` and `history`, the client as originator.
     #[must_use]
-    pub fn zeek(&self) -> (&'static str, String) {
+    pub fn zeek(&self) -> (&'static str, History) {
         let (client, _) = self.client();
         let flipped = client != self.first_sender;
         let sizes = (self.sent(client).bytes, self.sent(client.other()).bytes);

@@ -2,19 +2,25 @@
 //! (or, for an interim report, a still open) connection adds up to, as one flat JSON object whose
 //! names also work as ClickHouse columns.
 //!
-//! Connection records are few (one per connection, not per packet), so they are written with
-//! `serde_json` rather than by hand as packet records are.
+//! Every tracked connection gives at least one record, so a connection of a few packets pays for
+//! its record in each of them: the fields are typed values made without an allocation
+//! ([`ConnectionRecord::fields`]), and the JSON is written straight into the body, as packet
+//! records are (with `serde_json` values, one record took 2 µs to write).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use cli_support::time::Timestamp;
-use serde_json::Value;
+use cli_support::time::{Rfc3339Writer, Timestamp};
 
 use super::{
     analysis::{Analysis, End, Endpoint, Key, Sent},
     rtt::Samples,
+    zeek::History,
 };
-use crate::{capture::clock::WallClock, counts::Counts};
+use crate::{
+    capture::clock::WallClock,
+    counts::Counts,
+    encode::text::{Line, in_place},
+};
 
 /// A connection leaving the tracker, or reported while open.
 #[derive(Clone, Debug)]
@@ -40,64 +46,48 @@ pub struct ConnectionRecord {
     clock: WallClock,
 }
 
-fn ip(ip_version: u8, endpoint: &Endpoint) -> IpAddr {
-    if ip_version == 6 {
-        IpAddr::V6(Ipv6Addr::from(endpoint.addr))
-    } else {
-        let [a, b, c, d, ..] = endpoint.addr;
-        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-    }
+/// The value of one field, as every output format writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// No value: JSON `null` (left out of OTLP attributes).
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// An unsigned integer.
+    Number(u64),
+    /// One of the record's fixed words (`closed`, `fin`, `SF` …): a string no format escapes.
+    Word(&'static str),
+    /// Zeek's history letters: a string no format escapes.
+    History(History),
+    /// An instant, written as RFC 3339 text.
+    Time(Timestamp),
+    /// An address, written as text.
+    Ip(IpAddr),
 }
 
-fn difference(later: Option<u64>, earlier: Option<u64>) -> Value {
-    match (later, earlier) {
-        (Some(later), Some(earlier)) => Value::from(later.saturating_sub(earlier)),
-        _ => Value::Null,
-    }
-}
+/// How many fields a connection record has.
+pub const FIELD_COUNT: usize = 41;
 
-/// The per-side counters and round trips, prefixed by `client_` or `server_`.
-fn push_side(
-    fields: &mut Vec<(&'static str, Value)>,
-    names: &[&'static str; 12],
-    sent: &Sent,
-    rtt: &Samples,
-) {
-    let Sent {
-        packets,
-        bytes,
-        retransmits,
-        out_of_order,
-        zero_windows,
-        dup_acks,
-        window,
-    } = *sent;
-    let (min, max) = window.map_or((Value::Null, Value::Null), |(min, max)| {
-        (Value::from(min), Value::from(max))
-    });
-    let [rtt_min, rtt_mean, rtt_max] = rtt.summary_ns().map_or(
-        [Value::Null, Value::Null, Value::Null],
-        |(min, mean, max)| [Value::from(min), Value::from(mean), Value::from(max)],
-    );
-    for (name, value) in names.iter().zip([
-        Value::from(packets),
-        Value::from(bytes),
-        Value::from(retransmits),
-        Value::from(out_of_order),
-        Value::from(zero_windows),
-        Value::from(dup_acks),
-        min,
-        max,
-        Value::from(rtt.count),
-        rtt_min,
-        rtt_mean,
-        rtt_max,
-    ]) {
-        fields.push((name, value));
-    }
-}
-
-const CLIENT: [&str; 12] = [
+/// The names of a record's fields in the contract's order (`type` first), which is the order
+/// of the values [`ConnectionRecord::fields`] gives.
+pub const FIELD_NAMES: [&str; FIELD_COUNT] = [
+    "type",
+    "ts",
+    "state",
+    "end_reason",
+    "rst_by",
+    "conn_state",
+    "history",
+    "first_seen",
+    "last_seen",
+    "ip_version",
+    "client_ip",
+    "client_port",
+    "server_ip",
+    "server_port",
+    "handshake_seen",
+    "syn_to_synack_ns",
+    "synack_to_ack_ns",
     "client_packets",
     "client_bytes",
     "client_retransmits",
@@ -110,8 +100,6 @@ const CLIENT: [&str; 12] = [
     "client_ack_rtt_min_ns",
     "client_ack_rtt_mean_ns",
     "client_ack_rtt_max_ns",
-];
-const SERVER: [&str; 12] = [
     "server_packets",
     "server_bytes",
     "server_retransmits",
@@ -126,6 +114,109 @@ const SERVER: [&str; 12] = [
     "server_ack_rtt_max_ns",
 ];
 
+/// The fields before the per-side ones, and the fields of one side.
+const HEAD: usize = 17;
+const SIDE: usize = 12;
+
+/// Room for a name's JSON text: the comma before it, its quotes (escaped: two bytes each) and
+/// the colon.
+const NAME_ROOM: usize = 32;
+
+/// Each field's name as JSON text (`,"name":`, no comma before the first), padded to a fixed
+/// size so that it is copied in a few moves rather than by a call to `memcpy`; with `escaped`,
+/// its quotes are escaped.
+const fn name_texts(escaped: bool) -> [([u8; NAME_ROOM], u8); FIELD_COUNT] {
+    let mut texts = [([0u8; NAME_ROOM], 0u8); FIELD_COUNT];
+    let mut i = 0;
+    while i < FIELD_COUNT {
+        let (text, len) = &mut texts[i];
+        let mut n = 0;
+        if i > 0 {
+            text[n] = b',';
+            n += 1;
+        }
+        let name = FIELD_NAMES[i].as_bytes();
+        let mut j = 0;
+        // The opening quote, the name, the closing quote.
+        while j < name.len() + 2 {
+            if j == 0 || j == name.len() + 1 {
+                if escaped {
+                    text[n] = b'\\';
+                    n += 1;
+                }
+                text[n] = b'"';
+            } else {
+                text[n] = name[j - 1];
+            }
+            n += 1;
+            j += 1;
+        }
+        text[n] = b':';
+        *len = n as u8 + 1;
+        i += 1;
+    }
+    texts
+}
+
+const NAMES_JSON: [([u8; NAME_ROOM], u8); FIELD_COUNT] = name_texts(false);
+const NAMES_ESCAPED: [([u8; NAME_ROOM], u8); FIELD_COUNT] = name_texts(true);
+
+/// Room for the longest JSON text of a record (every field at its longest, quotes escaped,
+/// with room for the fixed-size copies past its end): [`ConnectionRecord::write_json`]
+/// reserves it, and panics past it.
+const JSON_ROOM: usize = 4096;
+
+fn ip(ip_version: u8, endpoint: &Endpoint) -> IpAddr {
+    if ip_version == 6 {
+        IpAddr::V6(Ipv6Addr::from(endpoint.addr))
+    } else {
+        let [a, b, c, d, ..] = endpoint.addr;
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+}
+
+fn difference(later: Option<u64>, earlier: Option<u64>) -> Field {
+    match (later, earlier) {
+        (Some(later), Some(earlier)) => Field::Number(later.saturating_sub(earlier)),
+        _ => Field::Null,
+    }
+}
+
+/// The per-side counters and round trips, in [`FIELD_NAMES`]' order for one side.
+fn side(sent: &Sent, rtt: &Samples) -> [Field; SIDE] {
+    let Sent {
+        packets,
+        bytes,
+        retransmits,
+        out_of_order,
+        zero_windows,
+        dup_acks,
+        window,
+    } = *sent;
+    let (min, max) = window.map_or((Field::Null, Field::Null), |(min, max)| {
+        (Field::Number(min.into()), Field::Number(max.into()))
+    });
+    let [rtt_min, rtt_mean, rtt_max] = rtt
+        .summary_ns()
+        .map_or([Field::Null; 3], |(min, mean, max)| {
+            [min, mean, max].map(Field::Number)
+        });
+    [
+        Field::Number(packets),
+        Field::Number(bytes),
+        Field::Number(retransmits.into()),
+        Field::Number(out_of_order.into()),
+        Field::Number(zero_windows.into()),
+        Field::Number(dup_acks.into()),
+        min,
+        max,
+        Field::Number(rtt.count.into()),
+        rtt_min,
+        rtt_mean,
+        rtt_max,
+    ]
+}
+
 impl ConnectionRecord {
     /// The record of `report`, its monotonic times placed on `clock`.
     #[must_use]
@@ -137,9 +228,9 @@ impl ConnectionRecord {
         }
     }
 
-    /// The record's fields in the contract's order (`type` first).
+    /// The values of the record's fields, named by [`FIELD_NAMES`] in the same order.
     #[must_use]
-    pub fn fields(&self) -> Vec<(&'static str, Value)> {
+    pub fn fields(&self) -> [Field; FIELD_COUNT] {
         let Report {
             key,
             analysis,
@@ -148,72 +239,57 @@ impl ConnectionRecord {
         } = &self.report;
         let (client, handshake_seen) = analysis.client();
         let server = client.other();
-        let wall = |ns: u64| Value::from(self.clock.wall(ns).to_string());
+        let wall = |ns: u64| Field::Time(self.clock.wall(ns));
         let (state, reason, rst_by) = match end {
-            None => ("open", Value::Null, Value::Null),
+            None => ("open", Field::Null, Field::Null),
             Some(end) => {
                 let reason = Counts::REASONS[super::closed_index(*end)];
                 let rst_by = match end {
-                    End::Rst(side) if *side == client => Value::from("client"),
-                    End::Rst(_) => Value::from("server"),
-                    _ => Value::Null,
+                    End::Rst(side) if *side == client => Field::Word("client"),
+                    End::Rst(_) => Field::Word("server"),
+                    _ => Field::Null,
                 };
-                ("closed", Value::from(reason), rst_by)
+                ("closed", Field::Word(reason), rst_by)
             }
         };
         let shake = &analysis.handshake;
         let (conn_state, history) = analysis.zeek();
-        let mut fields = vec![
-            ("type", Value::from("connection")),
-            ("ts", wall(*at_ns)),
-            ("state", Value::from(state)),
-            ("end_reason", reason),
-            ("rst_by", rst_by),
-            ("conn_state", Value::from(conn_state)),
-            ("history", Value::from(history)),
-            ("first_seen", wall(analysis.first_ns)),
-            ("last_seen", wall(analysis.last_ns)),
-            ("ip_version", Value::from(key.ip_version)),
-            (
-                "client_ip",
-                Value::from(ip(key.ip_version, &key.endpoint(client)).to_string()),
-            ),
-            ("client_port", Value::from(key.endpoint(client).port)),
-            (
-                "server_ip",
-                Value::from(ip(key.ip_version, &key.endpoint(server)).to_string()),
-            ),
-            ("server_port", Value::from(key.endpoint(server).port)),
-            ("handshake_seen", Value::from(handshake_seen)),
-            (
-                "syn_to_synack_ns",
-                difference(shake.synack_ns, shake.syn_ns),
-            ),
-            (
-                "synack_to_ack_ns",
-                difference(shake.ack_ns, shake.synack_ns),
-            ),
+        let (client_end, server_end) = (key.endpoint(client), key.endpoint(server));
+        let head: [Field; HEAD] = [
+            Field::Word("connection"),
+            wall(*at_ns),
+            Field::Word(state),
+            reason,
+            rst_by,
+            Field::Word(conn_state),
+            Field::History(history),
+            wall(analysis.first_ns),
+            wall(analysis.last_ns),
+            Field::Number(key.ip_version.into()),
+            Field::Ip(ip(key.ip_version, &client_end)),
+            Field::Number(client_end.port.into()),
+            Field::Ip(ip(key.ip_version, &server_end)),
+            Field::Number(server_end.port.into()),
+            Field::Bool(handshake_seen),
+            difference(shake.synack_ns, shake.syn_ns),
+            difference(shake.ack_ns, shake.synack_ns),
         ];
-        push_side(
-            &mut fields,
-            &CLIENT,
-            analysis.sent(client),
-            analysis.ack_rtt(client),
-        );
-        push_side(
-            &mut fields,
-            &SERVER,
-            analysis.sent(server),
-            analysis.ack_rtt(server),
-        );
-        fields
+        let clients = side(analysis.sent(client), analysis.ack_rtt(client));
+        let servers = side(analysis.sent(server), analysis.ack_rtt(server));
+        std::array::from_fn(|i| match i {
+            _ if i < HEAD => head[i],
+            _ if i < HEAD + SIDE => clients[i - HEAD],
+            _ => servers[i - HEAD - SIDE],
+        })
     }
 
-    /// Appends the record as one JSON object, no newline.
+    /// Appends the record as one JSON object, no newline; `times` keeps the text of the last
+    /// second written between calls.
     ///
     /// # Examples
     ///
     /// ```
+    /// use cli_support::time::Rfc3339Writer;
     /// use sniffer::{capture::clock::WallClock, connections::{analysis::{Analysis, Key},
     ///               record::{ConnectionRecord, Report}}};
     /// use sniffer_common::{PacketRecord, tcp_flags};
@@ -225,29 +301,71 @@ impl ConnectionRecord {
     /// analysis.observe(side, &syn);
     /// let report = Report { key, analysis, end: None, at_ns: 0 };
     /// let mut json = Vec::new();
-    /// ConnectionRecord::new(report, &WallClock::from_offset(0)).write_json(&mut json);
+    /// let record = ConnectionRecord::new(report, &WallClock::from_offset(0));
+    /// record.write_json(&mut json, &mut Rfc3339Writer::default());
     /// let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
     /// assert_eq!(value["type"], "connection");
     /// assert_eq!(value["server_port"], 8080);
     /// assert_eq!(value["client_packets"], 1);
     /// ```
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Serializing JSON values into memory cannot fail.
-        let _ = serde_json::to_writer(out, &OrderedObject(&self.fields()));
+    pub fn write_json(&self, out: &mut Vec<u8>, times: &mut Rfc3339Writer) {
+        in_place(out, JSON_ROOM, |line| self.json::<false>(line, times));
     }
-}
 
-/// Serializes fields as a JSON object in their order (a `Map` would sort them).
-struct OrderedObject<'a>(&'a [(&'static str, Value)]);
+    /// Appends the record's JSON as the content of a JSON string (its quotes escaped), e.g. the
+    /// line of a Loki value: nothing else in it needs escaping.
+    pub fn write_escaped_json(&self, out: &mut Vec<u8>, times: &mut Rfc3339Writer) {
+        in_place(out, JSON_ROOM, |line| self.json::<true>(line, times));
+    }
 
-impl serde::Serialize for OrderedObject<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (name, value) in self.0 {
-            map.serialize_entry(name, value)?;
+    /// The JSON text, quotes escaped when `ESCAPED`. Every piece is copied at a size known when
+    /// compiling: with `memcpy` calls for its short names and quotes, a record took four times
+    /// as long.
+    fn json<const ESCAPED: bool>(&self, line: &mut Line<'_>, times: &mut Rfc3339Writer) {
+        let (names, quote): (_, &[u8]) = if ESCAPED {
+            (&NAMES_ESCAPED, b"\\\"")
+        } else {
+            (&NAMES_JSON, b"\"")
+        };
+        line.byte(b'{');
+        for (i, value) in self.fields().into_iter().enumerate() {
+            // A record is some 16 lines of text: each asked for ahead of its stores.
+            if i % 4 == 0 {
+                line.prefetch_ahead();
+            }
+            let (name, len) = &names[i];
+            line.put_prefix(name, usize::from(*len));
+            match value {
+                Field::Null => line.put(b"null"),
+                Field::Bool(true) => line.put(b"true"),
+                Field::Bool(false) => line.put(b"false"),
+                Field::Number(n) => line.number64(n),
+                Field::Word(word) => {
+                    line.put(quote);
+                    for &byte in word.as_bytes() {
+                        line.byte(byte);
+                    }
+                    line.put(quote);
+                }
+                Field::History(history) => {
+                    line.put(quote);
+                    let (letters, len) = history.padded();
+                    line.put_prefix(letters, len);
+                    line.put(quote);
+                }
+                Field::Time(ts) => {
+                    line.put(quote);
+                    line.put(&times.write(ts));
+                    line.put(quote);
+                }
+                Field::Ip(ip) => {
+                    line.put(quote);
+                    line.ip(&ip);
+                    line.put(quote);
+                }
+            }
         }
-        map.end()
+        line.byte(b'}');
     }
 }
 
@@ -279,6 +397,7 @@ mod tests {
     use sniffer_common::{PacketRecord, addr_words, tcp_flags};
 
     use super::*;
+    use crate::connections::zeek::HISTORY_MAX;
 
     fn v4(last: u8) -> [u32; 4] {
         let mut bytes = [0u8; 16];
@@ -330,8 +449,9 @@ mod tests {
             at_ns: 1_000_000_000,
         };
         let mut json = Vec::new();
-        ConnectionRecord::new(report, &WallClock::from_offset(0)).write_json(&mut json);
-        let value: Value = serde_json::from_slice(&json).unwrap();
+        ConnectionRecord::new(report, &WallClock::from_offset(0))
+            .write_json(&mut json, &mut Rfc3339Writer::default());
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(
             value,
             serde_json::json!({
@@ -359,6 +479,64 @@ mod tests {
         assert!(
             text.starts_with("{\"type\":\"connection\",\"ts\":"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_longest_record_fits_its_room() {
+        // Every field at its longest: a name's fixed-size copy, then 20 digits, an IPv6
+        // address with escaped quotes (and the byte written past it), a time, a full history.
+        let value = [20, 2 * 2 + 45 + 1, 2 * 2 + 30, 2 * 2 + 1 + HISTORY_MAX]
+            .into_iter()
+            .max()
+            .unwrap();
+        assert!(2 + FIELD_COUNT * (NAME_ROOM + value) <= JSON_ROOM);
+        for (name, (text, len)) in FIELD_NAMES.iter().zip(NAMES_ESCAPED) {
+            assert!(usize::from(len) <= NAME_ROOM, "{name}: {text:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_json_is_the_json_with_its_quotes_escaped() {
+        let syn = PacketRecord {
+            ts_ns: 1_000,
+            ip_version: 6,
+            src_addr: addr_words([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]),
+            src_port: 40000,
+            dst_port: 8080,
+            seq: 100,
+            window: 64240,
+            tcp_flags: tcp_flags::SYN,
+            ..PacketRecord::default()
+        };
+        let (key, side) = Key::of(&syn);
+        let mut analysis = Analysis::new(side, syn.ts_ns);
+        analysis.observe(side, &syn);
+        let record = ConnectionRecord::new(
+            Report {
+                key,
+                analysis,
+                end: Some(End::Timeout),
+                at_ns: 2_000,
+            },
+            &WallClock::from_offset(0),
+        );
+        let (mut json, mut escaped) = (Vec::new(), Vec::new());
+        record.write_json(&mut json, &mut Rfc3339Writer::default());
+        record.write_escaped_json(&mut escaped, &mut Rfc3339Writer::default());
+        let as_string = serde_json::to_string(std::str::from_utf8(&json).unwrap()).unwrap();
+        assert_eq!(
+            format!("\"{}\"", String::from_utf8(escaped).unwrap()),
+            as_string
+        );
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["client_ip"], "fd00::9");
+        assert_eq!(value["end_reason"], "timeout");
+        assert_eq!(value["history"], "S");
+        assert_eq!(
+            value.as_object().unwrap().keys().count(),
+            FIELD_COUNT,
+            "{value}"
         );
     }
 }

@@ -159,6 +159,45 @@ pub struct Segment {
     pub window: u16,
 }
 
+/// Zeek's `history` text, held without an allocation: a connection record is made for every
+/// connection. ASCII letters and `^` only, none of which JSON escapes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    len: u8,
+    text: [u8; HISTORY_MAX + 1],
+}
+
+impl History {
+    fn push(&mut self, byte: u8) {
+        self.text[usize::from(self.len)] = byte;
+        self.len += 1;
+    }
+
+    /// The letters, in room for the most there can be, and how many there are.
+    #[must_use]
+    pub const fn padded(&self) -> (&[u8; HISTORY_MAX + 1], usize) {
+        (&self.text, self.len as usize)
+    }
+
+    /// The letters.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).expect("ASCII letters")
+    }
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for History {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 const fn index(side: Side) -> usize {
     match side {
         Side::A => 0,
@@ -460,21 +499,24 @@ impl Zeek {
     /// `history`, the originator's letters in upper case; `flipped` when the originator is not
     /// the side whose packet came first (Zeek's `^`).
     #[must_use]
-    pub fn history(&self, originator: Side, flipped: bool) -> String {
-        let mut text = String::with_capacity(usize::from(self.len) + 1);
+    pub fn history(&self, originator: Side, flipped: bool) -> History {
+        let mut history = History {
+            len: 0,
+            text: [0; HISTORY_MAX + 1],
+        };
         if flipped {
-            text.push('^');
+            history.push(b'^');
         }
         for &byte in &self.history[..usize::from(self.len)] {
             let side = if byte & 0x80 == 0 { Side::A } else { Side::B };
-            let letter = char::from(byte & 0x7f);
-            text.push(if side == originator {
+            let letter = byte & 0x7f;
+            history.push(if side == originator {
                 letter.to_ascii_uppercase()
             } else {
                 letter
             });
         }
-        text
+        history
     }
 
     /// Zeek's `conn_state()` for this originator; `sizes` are the payload bytes each side sent
@@ -498,7 +540,7 @@ impl Zeek {
             }
             (State::Reset, _) => {
                 if inactive(rs) {
-                    if rstos0(&self.history(originator, flipped)) {
+                    if rstos0(self.history(originator, flipped).as_str()) {
                         "RSTOS0"
                     } else {
                         "OTH"
@@ -603,7 +645,7 @@ mod tests {
         fn verdict(&self, sizes: (u64, u64)) -> (&'static str, String) {
             (
                 self.0.conn_state(Side::A, false, sizes),
-                self.0.history(Side::A, false),
+                self.0.history(Side::A, false).as_str().to_owned(),
             )
         }
 
@@ -739,6 +781,6 @@ mod tests {
         for i in 0..100 {
             conn.c(RST, 200 + i, 0, 0);
         }
-        assert_eq!(conn.0.history(Side::A, false).len(), HISTORY_MAX);
+        assert_eq!(conn.0.history(Side::A, false).as_str().len(), HISTORY_MAX);
     }
 }

@@ -220,9 +220,12 @@ impl<W: Write + Send + 'static> Sink for Lines<W> {
     fn take_connections(&mut self, records: &[ConnectionRecord]) -> io::Result<()> {
         let kept = self.room(records.len());
         for record in &records[..kept] {
-            record.write_json(&mut self.pending);
+            record.write_json(&mut self.pending, &mut self.times);
             self.pending.push(b'\n');
             self.pending_records += 1;
+            if self.pending.len() >= CHUNK_BYTES {
+                self.send_pending();
+            }
         }
         self.send_pending();
         Ok(())

@@ -24,7 +24,7 @@ pub fn write(out: &mut Vec<u8>, records: &[Item], times: &mut Rfc3339Writer) {
         }
         match item {
             Item::Packet(record) => record.write_json(out, times),
-            Item::Connection(record) => record.write_json(out),
+            Item::Connection(record) => record.write_json(out, times),
         }
     }
 }

@@ -38,7 +38,6 @@ pub const BODY_END: &[u8] = b"]}]}";
 /// Appends the values of `records`, comma-separated: packet and connection records alike, each
 /// its capture (or report) time and its JSON as the line.
 pub fn write(out: &mut Vec<u8>, records: &[Item], times: &mut Rfc3339Writer) {
-    let mut line = Vec::new();
     for (i, item) in records.iter().enumerate() {
         let ts = match item {
             Item::Packet(record) => record.ts,
@@ -52,21 +51,14 @@ pub fn write(out: &mut Vec<u8>, records: &[Item], times: &mut Rfc3339Writer) {
             text.number64(u64::try_from(ts.unix_nanos()).unwrap_or(0));
             text.put(b"\",");
         });
+        // Neither record's JSON holds a backslash or a control character (numbers, addresses,
+        // times, fixed names and letters): as a JSON string, only its quotes are escaped.
+        out.push(b'"');
         match item {
-            Item::Packet(record) => {
-                // The record's JSON holds no backslash or control character (numbers,
-                // addresses, fixed names): as a JSON string, only its quotes are escaped.
-                out.push(b'"');
-                record.write_escaped_json(out, times);
-                out.push(b'"');
-            }
-            Item::Connection(record) => {
-                line.clear();
-                record.write_json(&mut line);
-                // JSON text is UTF-8; as a JSON string it is escaped by serde_json.
-                let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(&line));
-            }
+            Item::Packet(record) => record.write_escaped_json(out, times),
+            Item::Connection(record) => record.write_escaped_json(out, times),
         }
+        out.push(b'"');
         out.push(b']');
     }
 }

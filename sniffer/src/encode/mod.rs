@@ -11,7 +11,7 @@ pub mod ndjson;
 pub mod otlp;
 pub mod packet;
 pub mod proto;
-mod text;
+pub(crate) mod text;
 
 use std::{
     fmt,
@@ -302,7 +302,7 @@ impl Encoder {
                 // Room for the header, written once the records' length is known.
                 let room = fixed.0.len() + fixed.1.len() + otlp::PROTO_PREFIX_HEADERS;
                 bytes.resize(room, 0);
-                otlp::write_proto(&mut bytes, records, &mut self.scratch);
+                otlp::write_proto(&mut bytes, records, &mut self.scratch, &mut self.times);
                 self.scratch.clear();
                 otlp::proto_prefix(&mut self.scratch, fixed, bytes.len() - room);
                 start = room - self.scratch.len();
@@ -310,7 +310,7 @@ impl Encoder {
             }
             Fixed::OtlpJson(body_start) => {
                 bytes.extend_from_slice(body_start);
-                otlp::write_json(&mut bytes, records);
+                otlp::write_json(&mut bytes, records, &mut self.scratch, &mut self.times);
                 bytes.extend_from_slice(otlp::JSON_END);
             }
             Fixed::Loki(body_start) => {

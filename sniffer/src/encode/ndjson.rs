@@ -30,7 +30,7 @@ pub fn write(out: &mut Vec<u8>, records: &[Item], line_end: &[u8], times: &mut R
     for item in records {
         match item {
             Item::Packet(record) => record.write_json(out, times),
-            Item::Connection(record) => record.write_json(out),
+            Item::Connection(record) => record.write_json(out, times),
         }
         // The record's closing brace gives way to the agent's fields.
         out.pop();

@@ -10,9 +10,9 @@
 //! exists ([`ATTRIBUTES`]); for a connection record its time, `eventName` `tcp.connection` and
 //! its fields as attributes ([`connection_attribute`]); no body.
 
-use std::{borrow::Cow, net::IpAddr};
+use std::{borrow::Cow, net::IpAddr, sync::LazyLock};
 
-use serde_json::Value;
+use cli_support::time::Rfc3339Writer;
 
 use super::{
     AgentInfo, Item, json_string_or_null,
@@ -20,7 +20,7 @@ use super::{
     proto::{self, len_field_size, len_header},
     text::{Line, in_place},
 };
-use crate::connections::record::ConnectionRecord;
+use crate::connections::record::{ConnectionRecord, FIELD_COUNT, FIELD_NAMES, Field};
 
 /// The attributes of a record's `LogRecord`, in order, with the record field each carries.
 pub const ATTRIBUTES: [(&str, &str); 13] = [
@@ -113,14 +113,20 @@ fn time(record: &Record) -> u64 {
 
 /// JSON: appends the log records of `records`, comma-separated: a packet record's as
 /// [`ATTRIBUTES`] say, a connection record's as [`connection_attribute`] says.
-pub fn write_json(out: &mut Vec<u8>, records: &[Item]) {
+/// `text` is scratch space; `times` keeps the text of the last second written.
+pub fn write_json(
+    out: &mut Vec<u8>,
+    records: &[Item],
+    text: &mut Vec<u8>,
+    times: &mut Rfc3339Writer,
+) {
     for (i, item) in records.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         match item {
             Item::Packet(record) => packet_json(out, record),
-            Item::Connection(record) => connection_json(out, record),
+            Item::Connection(record) => connection_json(out, record, text, times),
         }
     }
 }
@@ -337,15 +343,20 @@ pub fn proto_prefix(out: &mut Vec<u8>, fixed: &(Vec<u8>, Vec<u8>), records_len: 
 }
 
 /// Protobuf: appends the `log_records` fields of `records` (of both kinds, as [`write_json`]);
-/// `text` is scratch space.
+/// `text` is scratch space; `times` keeps the text of the last second written.
 ///
 /// Lengths are computed before each piece is written rather than patched in afterwards: moving
 /// bytes to make room for a length cost as much as writing the record.
-pub fn write_proto(out: &mut Vec<u8>, records: &[Item], text: &mut Vec<u8>) {
+pub fn write_proto(
+    out: &mut Vec<u8>,
+    records: &[Item],
+    text: &mut Vec<u8>,
+    times: &mut Rfc3339Writer,
+) {
     for item in records {
         match item {
             Item::Packet(record) => packet_proto(out, record, text),
-            Item::Connection(record) => connection_proto(out, record),
+            Item::Connection(record) => connection_proto(out, record, text, times),
         }
     }
 }
@@ -479,62 +490,137 @@ fn rtt_attribute(name: &str) -> Option<(&str, &str)> {
     matches!(side, "client" | "server").then_some((side, statistic))
 }
 
-/// The attributes of a record: (name, value), `null`s left out, `ip_version` as `ipv4`/`ipv6`,
-/// and `network.transport` `tcp` first.
-fn connection_attributes(record: &ConnectionRecord) -> Vec<(Cow<'static, str>, Value)> {
-    let mut attributes = vec![(Cow::Borrowed("network.transport"), Value::from("tcp"))];
-    for (name, value) in record.fields() {
-        let Some(key) = connection_attribute(name) else {
+/// A connection record field's attribute value.
+#[derive(Clone, Copy)]
+enum AnyValue<'a> {
+    Bool(bool),
+    /// At most `i64::MAX`: OTLP's integers are `int64`.
+    Int(u64),
+    Text(&'a [u8]),
+}
+
+/// The attribute names of a connection record's fields, in [`FIELD_NAMES`]' order (`None` for
+/// the fields the `LogRecord` carries otherwise).
+static CONNECTION_ATTRIBUTES: LazyLock<[Option<Cow<'static, str>>; FIELD_COUNT]> =
+    LazyLock::new(|| FIELD_NAMES.map(connection_attribute));
+
+/// Calls `attribute` with each attribute of a connection record, in order: `network.transport`
+/// `tcp` first, then its fields as [`connection_attribute`] names them, `null`s left out,
+/// `ip_version` as `ipv4`/`ipv6`. `text` is scratch space for the values written as text.
+fn connection_attributes(
+    record: &ConnectionRecord,
+    text: &mut Vec<u8>,
+    times: &mut Rfc3339Writer,
+    mut attribute: impl FnMut(&'static str, AnyValue<'_>),
+) {
+    attribute("network.transport", AnyValue::Text(b"tcp"));
+    let fields = FIELD_NAMES.iter().zip(record.fields());
+    for ((name, value), key) in fields.zip(CONNECTION_ATTRIBUTES.iter()) {
+        let Some(key) = key else {
             continue;
         };
-        let value = match (name, value) {
-            (_, Value::Null) => continue,
-            ("ip_version", Value::Number(n)) if n.as_u64() == Some(6) => Value::from("ipv6"),
-            ("ip_version", _) => Value::from("ipv4"),
-            (_, value) => value,
+        text.clear();
+        let value = match value {
+            Field::Null => continue,
+            Field::Number(version) if *name == "ip_version" => {
+                AnyValue::Text(if version == 6 { b"ipv6" } else { b"ipv4" })
+            }
+            Field::Bool(b) => AnyValue::Bool(b),
+            Field::Number(n) => AnyValue::Int(n.min(i64::MAX as u64)),
+            Field::Word(word) => AnyValue::Text(word.as_bytes()),
+            Field::History(history) => {
+                text.extend_from_slice(history.as_str().as_bytes());
+                AnyValue::Text(text)
+            }
+            Field::Time(ts) => {
+                text.extend_from_slice(&times.write(ts));
+                AnyValue::Text(text)
+            }
+            Field::Ip(ip) => {
+                // Room for the longest address and the byte `Line::ip` may write past it.
+                in_place(text, 46, |line| line.ip(&ip));
+                AnyValue::Text(text)
+            }
         };
-        attributes.push((key, value));
+        attribute(key, value);
     }
-    attributes
 }
 
-/// JSON: one connection record's log record.
-fn connection_json(out: &mut Vec<u8>, record: &ConnectionRecord) {
-    let attributes: Vec<Value> = connection_attributes(record)
-        .into_iter()
-        .map(|(key, value)| {
-            let any = match value {
-                Value::Bool(b) => serde_json::json!({"boolValue": b}),
-                // The OTLP JSON mapping writes 64-bit integers as strings.
-                Value::Number(n) => serde_json::json!({"intValue": n.to_string()}),
-                other => serde_json::json!({"stringValue": other.as_str().unwrap_or_default()}),
-            };
-            serde_json::json!({"key": key, "value": any})
-        })
-        .collect();
-    let log_record = serde_json::json!({
-        "timeUnixNano": connection_time(record).to_string(),
-        "eventName": CONNECTION_EVENT,
-        "attributes": attributes,
+/// JSON: one connection record's log record. Attribute names and values hold nothing JSON
+/// escapes (fixed names, numbers, addresses, times, Zeek's letters).
+fn connection_json(
+    out: &mut Vec<u8>,
+    record: &ConnectionRecord,
+    text: &mut Vec<u8>,
+    times: &mut Rfc3339Writer,
+) {
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"timeUnixNano\":\"");
+    out.extend_from_slice(number.format(connection_time(record)).as_bytes());
+    out.extend_from_slice(b"\",\"eventName\":\"");
+    out.extend_from_slice(CONNECTION_EVENT.as_bytes());
+    out.extend_from_slice(b"\",\"attributes\":[");
+    let mut first = true;
+    connection_attributes(record, text, times, |key, value| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(b"{\"key\":\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\",\"value\":{");
+        match value {
+            AnyValue::Bool(b) => {
+                out.extend_from_slice(if b {
+                    b"\"boolValue\":true"
+                } else {
+                    b"\"boolValue\":false"
+                });
+            }
+            // The OTLP JSON mapping writes 64-bit integers as strings.
+            AnyValue::Int(n) => {
+                out.extend_from_slice(b"\"intValue\":\"");
+                out.extend_from_slice(number.format(n).as_bytes());
+                out.push(b'"');
+            }
+            AnyValue::Text(text) => {
+                out.extend_from_slice(b"\"stringValue\":\"");
+                out.extend_from_slice(text);
+                out.push(b'"');
+            }
+        }
+        out.extend_from_slice(b"}}");
     });
-    let _ = serde_json::to_writer(&mut *out, &log_record);
+    out.extend_from_slice(b"]}");
 }
 
-/// Protobuf: one connection record's `log_records` field.
-fn connection_proto(out: &mut Vec<u8>, record: &ConnectionRecord) {
+/// Protobuf: one connection record's `log_records` field, each attribute written with its
+/// lengths computed up front, as a packet record's are.
+fn connection_proto(
+    out: &mut Vec<u8>,
+    record: &ConnectionRecord,
+    text: &mut Vec<u8>,
+    times: &mut Rfc3339Writer,
+) {
     proto::message(out, field::SCOPE_LOGS_LOG_RECORDS, |out| {
         proto::fixed64(out, field::LOG_TIME_UNIX_NANO, connection_time(record));
-        for (key, value) in connection_attributes(record) {
-            key_value(out, field::LOG_ATTRIBUTES, &key, |out| match value {
-                Value::Bool(b) => proto::int64(out, field::ANY_BOOL, i64::from(b)),
-                Value::Number(n) => {
-                    proto::int64(out, field::ANY_INT, n.as_i64().unwrap_or(i64::MAX));
+        connection_attributes(record, text, times, |key, value| {
+            let attribute = Attribute::new(key);
+            // Room for the longest: a key of a few dozen bytes, an address of 45.
+            in_place(out, 160, |line| match value {
+                AnyValue::Bool(b) => {
+                    attribute.head(line, 2);
+                    line.byte((field::ANY_BOOL << 3) as u8);
+                    line.byte(u8::from(b));
                 }
-                other => {
-                    proto::string(out, field::ANY_STRING, other.as_str().unwrap_or_default());
+                AnyValue::Int(n) => {
+                    attribute.head(line, 1 + proto::varint_len(n));
+                    line.byte((field::ANY_INT << 3) as u8);
+                    line.varint(n);
                 }
+                AnyValue::Text(text) => attribute.string(line, text),
             });
-        }
+        });
         proto::string(out, field::LOG_EVENT_NAME, CONNECTION_EVENT);
     });
 }
@@ -603,7 +689,12 @@ mod tests {
         let short = Record::from_kernel(&raw, &WallClock::from_offset(0));
         for record in [longest(), short] {
             let mut by_hand = Vec::new();
-            write_proto(&mut by_hand, &[record.into()], &mut Vec::new());
+            write_proto(
+                &mut by_hand,
+                &[record.into()],
+                &mut Vec::new(),
+                &mut Rfc3339Writer::default(),
+            );
             let fields = super::super::proto::tests_support::fields(&by_hand);
             assert_eq!(fields.len(), 1, "one log_records field");
             assert_eq!(fields[0], (field::SCOPE_LOGS_LOG_RECORDS, by_hand.len()));
@@ -613,7 +704,12 @@ mod tests {
     #[test]
     fn longest_json_record_is_max_json_record_len() {
         let mut out = Vec::new();
-        write_json(&mut out, &[longest().into()]);
+        write_json(
+            &mut out,
+            &[longest().into()],
+            &mut Vec::new(),
+            &mut Rfc3339Writer::default(),
+        );
         assert_eq!(out.len(), MAX_JSON_RECORD_LEN);
         serde_json::from_slice::<serde_json::Value>(&out).unwrap();
     }

@@ -47,8 +47,13 @@ pub fn len_header(out: &mut Vec<u8>, field: u32, len: usize) {
 
 /// Appends a string field.
 pub fn string(out: &mut Vec<u8>, field: u32, value: &str) {
+    bytes(out, field, value.as_bytes());
+}
+
+/// Appends a string or bytes field: `value` must be UTF-8 for a string field.
+pub fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     len_header(out, field, value.len());
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
 }
 
 /// Appends a `fixed64` field.
@@ -71,13 +76,14 @@ pub fn message(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) 
     out.push(0);
     write(out);
     let len = out.len() - at - 1;
-    let size = varint_len(len as u64);
-    if size > 1 {
-        out.splice(at + 1..at + 1, std::iter::repeat_n(0, size - 1));
+    if len < 0x80 {
+        // Most messages (every attribute): the byte left for the length holds it.
+        out[at] = len as u8;
+        return;
     }
-    let mut length = Vec::with_capacity(size);
+    let mut length = Vec::with_capacity(10);
     varint(&mut length, len as u64);
-    out[at..at + size].copy_from_slice(&length);
+    out.splice(at..=at, length);
 }
 
 /// Reads a varint at the start of `bytes`: its value and its length.
