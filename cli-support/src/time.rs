@@ -98,6 +98,32 @@ impl Rfc3339Writer {
         text
     }
 
+    /// The `YYYY-MM-DDTHH:MM:SS` text of `ts`'s second (kept for the next call) and its
+    /// nanoseconds: for a writer that puts the fraction's digits where they go itself, rather
+    /// than copying [`Rfc3339Writer::write`]'s array just made (whose bytes a copy reads back
+    /// before they are stored).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cli_support::time::{Rfc3339Writer, Timestamp};
+    ///
+    /// let mut writer = Rfc3339Writer::default();
+    /// let ts = Timestamp::from_unix_nanos(1_795_805_096_123_456_789);
+    /// let (date, nanos) = writer.split(ts);
+    /// assert_eq!((&date[..], nanos), (&b"2026-11-27T18:44:56"[..], 123_456_789));
+    /// ```
+    #[must_use]
+    #[inline]
+    pub fn split(&mut self, ts: Timestamp) -> (&[u8; DATE_LEN], u32) {
+        let secs = ts.unix_nanos.div_euclid(1_000_000_000);
+        let nanos = ts.unix_nanos.rem_euclid(1_000_000_000) as u32;
+        if self.last.0 != secs {
+            self.remember(secs);
+        }
+        (&self.last.1, nanos)
+    }
+
     /// Makes the date and time of day of `secs` the cached text (once a second at most).
     #[cold]
     fn remember(&mut self, secs: i64) {
@@ -128,7 +154,7 @@ pub const DIGIT_PAIRS: [u8; 200] = {
 };
 
 /// Length of `YYYY-MM-DDTHH:MM:SS`.
-const DATE_LEN: usize = 19;
+pub const DATE_LEN: usize = 19;
 
 /// Writes `value` (non-negative) as decimal into all of `out`, zero-padded on the left.
 fn digits(out: &mut [u8], mut value: i64) {

@@ -355,7 +355,7 @@ impl ConnectionRecord {
                 }
                 Field::Time(ts) => {
                     line.put(quote);
-                    line.put(&times.write(ts));
+                    line.time(times, ts);
                     line.put(quote);
                 }
                 Field::Ip(ip) => {

@@ -186,7 +186,7 @@ impl Record {
             len,
         } = self;
         line.put(S::TS);
-        line.put(&times.write(*ts));
+        line.time(times, *ts);
         line.put(match direction {
             Direction::Ingress => S::INGRESS,
             Direction::Egress => S::EGRESS,
