@@ -97,6 +97,11 @@ pub struct Tracker {
     /// The hash and id find the entry again in 16 bytes, where the key would take 40.
     queue: VecDeque<(u64, u64, u64)>,
     next_id: u64,
+    /// No connection is due a report before this (monotonic nanoseconds): the earliest deadline
+    /// the last sweep left, lowered by every connection that opens or ends since. A sweep before
+    /// it has nothing to do and reads no entry (reading tens of thousands of entries once a
+    /// second also pushed the packets' own out of the caches).
+    next_due_ns: u64,
     counts: Counts,
     /// The keys of the packets of one [`Tracker::observe_all`] call (memory kept between calls).
     keys: Vec<(Key, Side, u64)>,
@@ -112,6 +117,7 @@ impl Tracker {
             keys: Vec::new(),
             queue: VecDeque::new(),
             next_id: 0,
+            next_due_ns: 0,
             counts: Counts::default(),
         }
     }
@@ -177,6 +183,7 @@ impl Tracker {
     ) {
         if let Some(entry) = self.table.get_mut(&key, hash) {
             if !entry.analysis.is_reuse(raw) {
+                let was_open = entry.analysis.end.is_none();
                 let analysis = &mut entry.analysis;
                 let Observed {
                     ack_rtt_us,
@@ -193,6 +200,11 @@ impl Tracker {
                 if let Some(ns) = handshake_ns {
                     self.counts.handshakes.observe(ns);
                 }
+                if was_open && analysis.end.is_some() {
+                    self.next_due_ns = self
+                        .next_due_ns
+                        .min(analysis.last_ns.saturating_add(duration_ns(LINGER)));
+                }
                 return;
             }
             let old = self.table.remove(&key, hash).expect("just found");
@@ -207,15 +219,13 @@ impl Tracker {
         let id = self.next_id;
         self.next_id += 1;
         self.queue.push_back((hash, id, raw.ts_ns));
-        self.table.insert(
-            key,
-            hash,
-            Entry {
-                id,
-                analysis,
-                reported_ns: raw.ts_ns,
-            },
-        );
+        let entry = Entry {
+            id,
+            analysis,
+            reported_ns: raw.ts_ns,
+        };
+        self.next_due_ns = self.next_due_ns.min(deadline(&self.config, &entry));
+        self.table.insert(key, hash, entry);
         self.counts.opened += 1;
         // Entries of connections that left the table otherwise stay queued: drop them now and
         // then, so that the queue stays proportional to the table.
@@ -270,15 +280,25 @@ impl Tracker {
     /// [`LINGER`], and open ones idle for the idle timeout, are reported and removed; open ones
     /// due an interim report get one.
     pub fn sweep(&mut self, now_ns: u64, out: &mut Vec<Report>) {
+        if now_ns < self.next_due_ns {
+            return;
+        }
         let linger = duration_ns(LINGER);
         let idle = duration_ns(self.config.idle_timeout);
         let interval = self.config.report_interval.map(duration_ns);
         let mut done = Vec::new();
+        let mut next_due = u64::MAX;
         for (key, entry) in self.table.iter_mut() {
             let quiet = now_ns.saturating_sub(entry.analysis.last_ns);
             match entry.analysis.end {
-                Some(_) if quiet >= linger => done.push(*key),
-                None if quiet >= idle => done.push(*key),
+                Some(_) if quiet >= linger => {
+                    done.push(*key);
+                    continue;
+                }
+                None if quiet >= idle => {
+                    done.push(*key);
+                    continue;
+                }
                 None => {
                     if let Some(interval) = interval
                         && now_ns.saturating_sub(entry.reported_ns) >= interval
@@ -295,7 +315,9 @@ impl Tracker {
                 }
                 Some(_) => {}
             }
+            next_due = next_due.min(deadline(&self.config, entry));
         }
+        self.next_due_ns = next_due;
         for key in done {
             let hash = self.table.hash(&key);
             let entry = self
@@ -320,6 +342,20 @@ impl Tracker {
             self.queue = VecDeque::new();
         }
     }
+}
+
+/// When `entry` is next due a report if no packet comes: [`LINGER`] after its last packet once
+/// it ended; otherwise the idle timeout after its last packet, or its interim report if that
+/// comes first.
+fn deadline(config: &TrackerConfig, entry: &Entry) -> u64 {
+    let last = entry.analysis.last_ns;
+    if entry.analysis.end.is_some() {
+        return last.saturating_add(duration_ns(LINGER));
+    }
+    let idle = last.saturating_add(duration_ns(config.idle_timeout));
+    config.report_interval.map_or(idle, |interval| {
+        idle.min(entry.reported_ns.saturating_add(duration_ns(interval)))
+    })
 }
 
 fn duration_ns(duration: Duration) -> u64 {
@@ -441,6 +477,40 @@ mod tests {
         assert_eq!(out[1].end, None);
         assert_eq!(out[2].end, Some(End::Timeout));
         assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn a_sweep_with_nothing_due_reads_nothing_and_what_opens_or_ends_after_it_still_counts() {
+        let mut tracker = Tracker::new(TrackerConfig {
+            report_interval: None,
+            ..config(10)
+        });
+        let mut out = Vec::new();
+        tracker.observe(&packet(0, 1, tcp_flags::SYN), &mut out);
+        tracker.sweep(S, &mut out);
+        assert_eq!(
+            tracker.next_due_ns,
+            10 * S,
+            "the idle timeout of the only one"
+        );
+        // Opens after that sweep, and ends: due a second after its RST, before 10 s.
+        tracker.observe(&packet(2 * S, 2, tcp_flags::SYN), &mut out);
+        tracker.observe(&packet(3 * S, 2, tcp_flags::RST), &mut out);
+        assert_eq!(tracker.next_due_ns, 4 * S);
+        tracker.sweep(4 * S - 1, &mut out);
+        assert!(out.is_empty());
+        tracker.sweep(4 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].end, Some(End::Rst(_))));
+        // Seen again at 5 s: not due before 15 s, though the sweep at 4 s left 10 s.
+        tracker.observe(&packet(5 * S, 1, tcp_flags::ACK), &mut out);
+        tracker.sweep(10 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(tracker.next_due_ns, 15 * S);
+        tracker.sweep(15 * S, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].end, Some(End::Timeout));
+        assert_eq!(tracker.next_due_ns, u64::MAX, "nothing left");
     }
 
     #[test]
