@@ -406,6 +406,20 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     #[test]
+    fn a_connection_s_hot_bytes_fit_five_cache_lines() {
+        let (size, value_at) = table::item_layout::<Entry>();
+        assert_eq!(
+            size, 512,
+            "an entry and its key in whole cache lines, no more"
+        );
+        assert!(
+            value_at + Analysis::HOT_BYTES <= 5 * 64,
+            "{value_at} + {} bytes",
+            Analysis::HOT_BYTES
+        );
+    }
+
+    #[test]
     fn both_directions_are_one_connection() {
         let mut tracker = Tracker::new(config(10));
         let mut out = Vec::new();

@@ -32,9 +32,12 @@ const LARGE_BYTES: usize = 4 << 20;
 const RESERVE_MAX_BYTES: usize = 256 << 20;
 
 /// One stored value and what finds it again (in C order: the key first, then the value's
-/// start, which [`Table::prefetch`] fetches together).
+/// start, which [`Table::prefetch`] fetches together). Each starts a cache line, so that the
+/// bytes most packets read span as few lines as they can: the tracker's items are 512 bytes,
+/// whose first five lines hold the key and the value's hot bytes (items that started
+/// anywhere spanned one line more than those bytes need five times in eight).
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 struct Item<V> {
     key: Key,
     hash: u64,
@@ -144,7 +147,7 @@ impl<V> Table<V> {
     }
 
     /// Makes room for more entries: a quarter more (at most a quarter of the entries' memory
-    /// stands empty; large blocks are remapped, not copied, as they grow), or, once the entries
+    /// stands empty; the block is copied as it grows, to a few MiB), or, once the entries
     /// are large ([`LARGE_BYTES`]), room up to the limit in huge pages.
     fn grow_items(&mut self) {
         let len = self.items.len();
@@ -293,6 +296,12 @@ impl<V> Table<V> {
         }
         Some((item.key, item.value))
     }
+}
+
+/// An item's size and where its value starts, for tests of the layout the tracker relies on.
+#[cfg(test)]
+pub(crate) const fn item_layout<V>() -> (usize, usize) {
+    (size_of::<Item<V>>(), std::mem::offset_of!(Item<V>, value))
 }
 
 /// Prefetches the cache lines that hold the `len` bytes at `at` (an item need not start a

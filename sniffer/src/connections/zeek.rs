@@ -54,10 +54,6 @@ struct Endpoint {
     start_seq: u32,
     /// One past the highest sequence number it was seen to send.
     last_seq: u32,
-    /// The relative sequence numbers of its last SYN, FIN (end) and RST, for repeated letters.
-    last_syn: u32,
-    last_fin: u32,
-    last_rst: u32,
     /// One past its FIN, relative, once it sent one ([`Endpoint::fin_sent`]).
     fin_seq: u32,
     fin_sent: bool,
@@ -68,6 +64,15 @@ struct Endpoint {
     retransmits: u32,
     zero_windows: u32,
     gaps: u32,
+}
+
+/// The relative sequence numbers of an endpoint's last SYN, FIN (end) and RST, for repeated
+/// letters: read by those packets only, so kept apart from what every packet reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Marks {
+    last_syn: u32,
+    last_fin: u32,
+    last_rst: u32,
 }
 
 impl Endpoint {
@@ -140,8 +145,9 @@ pub struct Zeek {
     /// Letter kinds seen, 8 bits per side.
     seen: u16,
     len: u8,
-    /// Letters in order, lower case, the high bit set for side B (last: rarely written).
+    /// Letters in order, lower case, the high bit set for side B (rarely written).
     history: [u8; HISTORY_MAX],
+    marks: [Marks; 2],
 }
 
 /// A packet's fields, as the analyzer reads them.
@@ -251,8 +257,6 @@ impl Zeek {
         let Segment { flags, len, .. } = *segment;
         let (syn, fin, rst, ack) = flags_of(flags);
         let bits = u8::from(syn) + u8::from(fin) + u8::from(rst);
-        let end = &self.ends[index(side)];
-        let (last_syn, last_fin, last_rst) = (end.last_syn, end.last_fin, end.last_rst);
         if bits > 1 {
             if fin && rst {
                 self.check(side, Once::FinRst, b'i');
@@ -261,22 +265,22 @@ impl Zeek {
             }
         } else if syn {
             let letter = if ack { b'h' } else { b's' };
-            if self.check(side, Once::Syn, letter) && rel_seq != last_syn {
+            if self.check(side, Once::Syn, letter) && rel_seq != self.marks[index(side)].last_syn {
                 self.add(side, letter);
             }
-            self.ends[index(side)].last_syn = rel_seq;
+            self.marks[index(side)].last_syn = rel_seq;
         } else if fin {
             // A FIN's number comes after its data.
             let fin_end = rel_seq.wrapping_add(len);
-            if self.check(side, Once::Fin, b'f') && fin_end != last_fin {
+            if self.check(side, Once::Fin, b'f') && fin_end != self.marks[index(side)].last_fin {
                 self.add(side, b'f');
             }
-            self.ends[index(side)].last_fin = fin_end;
+            self.marks[index(side)].last_fin = fin_end;
         } else if rst {
-            if self.check(side, Once::Rst, b'r') && rel_seq != last_rst {
+            if self.check(side, Once::Rst, b'r') && rel_seq != self.marks[index(side)].last_rst {
                 self.add(side, b'r');
             }
-            self.ends[index(side)].last_rst = rel_seq;
+            self.marks[index(side)].last_rst = rel_seq;
         } else if len > 0 {
             self.check(side, Once::Data, b'd');
         } else if ack {
