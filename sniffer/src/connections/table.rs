@@ -26,6 +26,9 @@ const EMPTY: u64 = 0;
 /// noise in one three-round run: 489, 466, 414).
 const LARGE_BYTES: usize = 4 << 20;
 
+/// How much of a large table's emptied room is given back to the kernel at a time.
+const RELEASE_STEP: usize = 2 << 20;
+
 /// The most entries' memory reserved in one step: address space, not memory used (pages are
 /// given as entries first fill them), but a reservation beyond the machine's memory may be
 /// refused.
@@ -280,8 +283,8 @@ impl<V> Table<V> {
             .map(|item| (&item.key, &mut item.value))
     }
 
-    /// Removes and returns one entry (the last stored), giving memory back as the table
-    /// empties: a table drained this way never needs room for its entries twice.
+    /// Removes and returns one entry (the last stored), giving a large table's memory back as
+    /// it empties: a table drained this way never needs room for its entries twice.
     pub fn pop(&mut self) -> Option<(Key, V)> {
         let last = self.items.last()?;
         let mask = self.mask();
@@ -290,11 +293,26 @@ impl<V> Table<V> {
             at = (at + 1) & mask;
         }
         let item = self.remove_at(at);
-        let (len, capacity) = (self.items.len(), self.items.capacity());
-        if capacity >= 64 && len <= capacity / 2 {
-            self.items.shrink_to(len + len / 4);
-        }
+        self.release_below_a_step();
         Some((item.key, item.value))
+    }
+
+    /// As a large table empties, gives the pages of each [`RELEASE_STEP`] of room it leaves
+    /// back to the kernel (the room itself stays: a smaller block would be a copy of the entries,
+    /// as blocks aligned to cache lines are not remapped, and would need room for them twice).
+    fn release_below_a_step(&mut self) {
+        let item = size_of::<Item<V>>();
+        let (used, room) = (self.items.len() * item, self.items.capacity() * item);
+        // The step boundary the last pop went below, if it went below one.
+        let boundary = (used / RELEASE_STEP + 1) * RELEASE_STEP;
+        if room < LARGE_BYTES || boundary > used + item {
+            return;
+        }
+        let base = self.items.as_ptr().cast::<u8>();
+        release_pages(
+            base.wrapping_add(used),
+            (boundary + RELEASE_STEP).min(room) - used,
+        );
     }
 }
 
@@ -340,6 +358,27 @@ fn advise_huge_pages(at: *const u8, len: usize) {
     }
 }
 
+/// Gives the whole pages within the `len` bytes at `at` back to the kernel: they read as zeros
+/// when next touched. The bytes must be spare room of an allocation (nothing there is read
+/// before it is written again).
+fn release_pages(at: *const u8, len: usize) {
+    const PAGE: usize = 4096;
+    let start = at.addr().next_multiple_of(PAGE);
+    let end = (at.addr() + len) & !(PAGE - 1);
+    if end > start {
+        // SAFETY: the whole pages lie within spare room of one allocation this process owns,
+        // past every initialised entry; MADV_DONTNEED only replaces their contents with zeros
+        // (private anonymous memory), which nothing reads before writing.
+        let _ = unsafe {
+            libc::madvise(
+                at.with_addr(start).cast_mut().cast(),
+                end - start,
+                libc::MADV_DONTNEED,
+            )
+        };
+    }
+}
+
 /// Prefetching is an x86-64 hint here; other targets go without.
 #[cfg(not(target_arch = "x86_64"))]
 fn prefetch_lines(_at: *const u8, _len: usize) {}
@@ -350,6 +389,33 @@ mod tests {
 
     use super::*;
     use crate::connections::analysis::Endpoint;
+
+    #[test]
+    fn a_large_table_emptied_by_pop_gives_pages_back_and_keeps_what_it_holds() {
+        // 20,000 items of 512 bytes: past LARGE_BYTES, so pops release room step by step.
+        let mut table: Table<[u64; 56]> = Table::with_limit(20_000);
+        for n in 0..20_000u32 {
+            table.insert(key(n), table.hash(&key(n)), [u64::from(n); 56]);
+        }
+        while table.len() > 1_000 {
+            let (k, v) = table.pop().expect("not empty");
+            assert!(v.iter().all(|&x| x == v[0]), "{k:?}");
+        }
+        let check = |table: &mut Table<[u64; 56]>, n: u32| {
+            let value = table.get_mut(&key(n), table.hash(&key(n))).expect("kept");
+            assert_eq!(*value, [u64::from(n); 56]);
+        };
+        for n in 0..1_000 {
+            check(&mut table, n);
+        }
+        // The released room takes entries again.
+        for n in 20_000..30_000u32 {
+            table.insert(key(n), table.hash(&key(n)), [u64::from(n); 56]);
+        }
+        for n in (0..1_000).chain(20_000..30_000) {
+            check(&mut table, n);
+        }
+    }
 
     fn key(n: u32) -> Key {
         let mut addr = [0u8; 16];
