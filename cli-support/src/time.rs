@@ -75,13 +75,10 @@ impl Rfc3339Writer {
     #[must_use]
     #[inline]
     pub fn write(&mut self, ts: Timestamp) -> [u8; Timestamp::RFC3339_LEN] {
-        let secs = ts.unix_nanos.div_euclid(1_000_000_000);
-        let nanos = ts.unix_nanos.rem_euclid(1_000_000_000) as usize;
-        if self.last.0 != secs {
-            self.remember(secs);
-        }
+        let (date, nanos) = self.split(ts);
+        let nanos = nanos as usize;
         let mut text = [0; Timestamp::RFC3339_LEN];
-        text[..DATE_LEN].copy_from_slice(&self.last.1);
+        text[..DATE_LEN].copy_from_slice(date);
         text[DATE_LEN] = b'.';
         // Nine digits, the last eight two at a time.
         text[20] = b'0' + (nanos / 100_000_000) as u8;

@@ -166,7 +166,16 @@ impl<V> Table<V> {
             .min(RESERVE_MAX_BYTES / item)
             .max(more);
         self.items.reserve_exact(room);
-        advise_huge_pages(self.items.as_ptr().cast(), self.items.capacity() * item);
+        // Huge pages as they are first touched (transparent huge pages in `madvise` mode, most
+        // distributions' default).
+        // SAFETY: the vector's whole block; MADV_HUGEPAGE never changes contents.
+        unsafe {
+            advise_pages(
+                self.items.as_ptr().cast(),
+                self.items.capacity() * item,
+                libc::MADV_HUGEPAGE,
+            );
+        }
     }
 
     fn grow(&mut self) {
@@ -309,10 +318,15 @@ impl<V> Table<V> {
             return;
         }
         let base = self.items.as_ptr().cast::<u8>();
-        release_pages(
-            base.wrapping_add(used),
-            (boundary + RELEASE_STEP).min(room) - used,
-        );
+        // SAFETY: spare room of the vector's block, past every entry (zeros read as nothing:
+        // the vector writes an entry before it reads it).
+        unsafe {
+            advise_pages(
+                base.wrapping_add(used),
+                (boundary + RELEASE_STEP).min(room) - used,
+                libc::MADV_DONTNEED,
+            );
+        }
     }
 }
 
@@ -336,46 +350,24 @@ fn prefetch_lines(at: *const u8, len: usize) {
     }
 }
 
-/// Asks the kernel to back the whole pages of the `len` bytes at `at` with huge pages as they
-/// are first touched (transparent huge pages in `madvise` mode, the default of most
-/// distributions; without them nothing changes).
-fn advise_huge_pages(at: *const u8, len: usize) {
+/// Gives the kernel `advice` (`madvise`) about the whole pages within the `len` bytes at `at`;
+/// advice it refuses (a kernel without transparent huge pages, larger base pages) is only not
+/// taken.
+///
+/// # Safety
+///
+/// The bytes lie within one allocation this process owns, and the advice keeps what the rest of
+/// the program reads there: `MADV_HUGEPAGE` changes only how pages are backed; `MADV_DONTNEED`
+/// turns their contents into zeros, so the bytes must be spare room nothing reads before it
+/// writes it again.
+unsafe fn advise_pages(at: *const u8, len: usize, advice: libc::c_int) {
     const PAGE: usize = 4096;
     let start = at.addr().next_multiple_of(PAGE);
     let end = (at.addr() + len) & !(PAGE - 1);
     if end > start {
-        // SAFETY: the range lies within one allocation this process owns; MADV_HUGEPAGE changes
-        // how its pages are backed, never their contents. A kernel without transparent huge
-        // pages (or with larger base pages, where `start` is not aligned) refuses the hint,
-        // which is then only not taken.
-        let _ = unsafe {
-            libc::madvise(
-                at.with_addr(start).cast_mut().cast(),
-                end - start,
-                libc::MADV_HUGEPAGE,
-            )
-        };
-    }
-}
-
-/// Gives the whole pages within the `len` bytes at `at` back to the kernel: they read as zeros
-/// when next touched. The bytes must be spare room of an allocation (nothing there is read
-/// before it is written again).
-fn release_pages(at: *const u8, len: usize) {
-    const PAGE: usize = 4096;
-    let start = at.addr().next_multiple_of(PAGE);
-    let end = (at.addr() + len) & !(PAGE - 1);
-    if end > start {
-        // SAFETY: the whole pages lie within spare room of one allocation this process owns,
-        // past every initialised entry; MADV_DONTNEED only replaces their contents with zeros
-        // (private anonymous memory), which nothing reads before writing.
-        let _ = unsafe {
-            libc::madvise(
-                at.with_addr(start).cast_mut().cast(),
-                end - start,
-                libc::MADV_DONTNEED,
-            )
-        };
+        // SAFETY: whole pages within the caller's range, which the caller vouches for.
+        let _ =
+            unsafe { libc::madvise(at.with_addr(start).cast_mut().cast(), end - start, advice) };
     }
 }
 
