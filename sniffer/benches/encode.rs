@@ -191,48 +191,30 @@ fn main() {
         let ns = start.elapsed().as_nanos() as f64 / lines as f64;
         record(&mut results, "stdout lines".to_owned(), ns, written / lines);
         for format in formats {
-            let mut encoder = Encoder::new(format, Arc::clone(&agent), false);
-            let mut bytes = 0;
-            let start = Instant::now();
-            for chunk in 0..RECORDS / BATCH as u64 {
-                let records: Vec<Item> = (0..BATCH as u64)
+            let encoder = Encoder::new(format, Arc::clone(&agent), false);
+            let (ns, bytes) = bodies(encoder, RECORDS, |chunk| {
+                (0..BATCH as u64)
                     .map(|i| {
                         Item::Packet(Record::from_kernel(
                             &raws[((chunk + i) % 4096) as usize],
                             &clock,
                         ))
                     })
-                    .collect();
-                let body = encoder.body(chunk, 0, &records).expect("in memory");
-                bytes += black_box(body.as_slice()).len() as u64;
-            }
-            let ns = start.elapsed().as_nanos() as f64 / RECORDS as f64;
-            record(
-                &mut results,
-                format!("{format} body ({BATCH} records)"),
-                ns,
-                bytes / RECORDS,
-            );
+                    .collect()
+            });
+            let name = format!("{format} body ({BATCH} records)");
+            record(&mut results, name, ns, bytes);
         }
         for format in formats {
-            let mut encoder = Encoder::new(format, Arc::clone(&agent), false);
-            let mut bytes = 0;
-            let start = Instant::now();
-            for chunk in 0..CONNECTION_RECORDS / BATCH as u64 {
-                let records: Vec<Item> = reports
+            let encoder = Encoder::new(format, Arc::clone(&agent), false);
+            let (ns, bytes) = bodies(encoder, CONNECTION_RECORDS, |_| {
+                reports
                     .iter()
                     .map(|report| Item::from(ConnectionRecord::new(report.clone(), &clock)))
-                    .collect();
-                let body = encoder.body(chunk, 0, &records).expect("in memory");
-                bytes += black_box(body.as_slice()).len() as u64;
-            }
-            let ns = start.elapsed().as_nanos() as f64 / CONNECTION_RECORDS as f64;
-            record(
-                &mut results,
-                format!("{format} body ({BATCH} connection records)"),
-                ns,
-                bytes / CONNECTION_RECORDS,
-            );
+                    .collect()
+            });
+            let name = format!("{format} body ({BATCH} connection records)");
+            record(&mut results, name, ns, bytes);
         }
     }
     for (name, mut rounds, bytes) in results {
@@ -244,6 +226,26 @@ fn main() {
             rounds[rounds.len() - 1]
         );
     }
+}
+
+/// Encodes `records` records into bodies of [`BATCH`] made by `batch` (given the body's
+/// number), timing the making and the encoding: nanoseconds and bytes per record.
+fn bodies(
+    mut encoder: Encoder,
+    records: u64,
+    mut batch: impl FnMut(u64) -> Vec<Item>,
+) -> (f64, u64) {
+    let mut bytes = 0;
+    let start = Instant::now();
+    for chunk in 0..records / BATCH as u64 {
+        let items = batch(chunk);
+        let body = encoder.body(chunk, 0, &items).expect("in memory");
+        bytes += black_box(body.as_slice()).len() as u64;
+    }
+    (
+        start.elapsed().as_nanos() as f64 / records as f64,
+        bytes / records,
+    )
 }
 
 fn record(results: &mut Vec<(String, Vec<f64>, u64)>, name: String, ns: f64, bytes: u64) {
