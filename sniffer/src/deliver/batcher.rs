@@ -49,6 +49,23 @@ impl<T> Batcher<T> {
         (self.current.len() >= self.max_records).then(|| self.take_current())
     }
 
+    /// Gives the batcher an emptied batch whose memory the next batch reuses, if it has none
+    /// yet. A fresh batch of thousands of records is memory the allocator hands back to the
+    /// kernel when it is freed and faults in again page by page when it is filled: under a flood
+    /// that was 5 % of the sniffer's CPU.
+    pub fn reuse(&mut self, mut spare: Vec<T>) {
+        if self.current.capacity() == 0 {
+            spare.clear();
+            self.current = spare;
+        }
+    }
+
+    /// Whether the batch to be filled next has no memory yet (see [`Batcher::reuse`]).
+    #[must_use]
+    pub fn wants_memory(&self) -> bool {
+        self.current.capacity() == 0
+    }
+
     /// When the open batch reaches its age, if one is open.
     #[must_use]
     pub fn due(&self) -> Option<Instant> {
@@ -119,6 +136,25 @@ mod tests {
         assert_eq!(batcher.len(), 1);
         assert_eq!(batcher.fill(&mut read, || panic!("nothing to add")), None);
         assert_eq!(batcher.close().as_deref().map(ports), Some(vec![7]));
+    }
+
+    #[test]
+    fn a_reused_batch_is_filled_in_its_own_memory() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(2, Duration::from_secs(1));
+        assert!(batcher.wants_memory());
+        let mut spare = Vec::with_capacity(8);
+        spare.push(record(9));
+        let memory = spare.as_ptr();
+        batcher.reuse(spare);
+        assert!(!batcher.wants_memory());
+        // A second spare while the first is unused is not taken.
+        batcher.reuse(Vec::with_capacity(8));
+        assert!(push(&mut batcher, 1, || now).is_none());
+        let batch = push(&mut batcher, 2, || now).expect("full");
+        assert_eq!(ports(&batch), [1, 2]);
+        assert_eq!(batch.as_ptr(), memory);
+        assert!(batcher.wants_memory());
     }
 
     #[test]

@@ -138,6 +138,8 @@ impl HttpOutput {
             seq: AtomicU64::new(0),
             ledger: Mutex::new(Ledger::default()),
             deadline: Mutex::new(None),
+            spares: Mutex::new(Vec::new()),
+            max_spares: config.concurrency + 1,
         });
         let queue = Arc::new(Queue::new(config.concurrency));
         let senders = (0..config.concurrency)
@@ -164,6 +166,21 @@ impl HttpOutput {
         })
     }
 
+    /// Moves `records` into batches, handing each full one to the senders.
+    fn fill(&mut self, mut records: impl ExactSizeIterator<Item = Item>) {
+        while records.len() > 0 {
+            if self.batcher.wants_memory()
+                && let Some(spare) = lock(&self.shared.spares).pop()
+            {
+                self.batcher.reuse(spare);
+            }
+            if let Some(batch) = self.batcher.fill(&mut records, Instant::now) {
+                self.enqueue(batch);
+            }
+        }
+        self.tick(Instant::now());
+    }
+
     fn enqueue(&mut self, batch: Vec<Item>) {
         // `records_queued` already counts these records (see `room`).
         add(&self.shared.stats.batches_queued, 1);
@@ -178,29 +195,21 @@ impl HttpOutput {
 impl Sink for HttpOutput {
     fn take(&mut self, records: &[PacketRecord], clock: &WallClock) -> std::io::Result<()> {
         let kept = self.room(records.len());
-        let mut records = records[..kept]
-            .iter()
-            .map(|raw| Item::Packet(Record::from_kernel(raw, clock)));
-        while records.len() > 0 {
-            if let Some(batch) = self.batcher.fill(&mut records, Instant::now) {
-                self.enqueue(batch);
-            }
-        }
-        self.tick(Instant::now());
+        self.fill(
+            records[..kept]
+                .iter()
+                .map(|raw| Item::Packet(Record::from_kernel(raw, clock))),
+        );
         Ok(())
     }
 
     fn take_connections(&mut self, records: &[ConnectionRecord]) -> std::io::Result<()> {
         let kept = self.room(records.len());
-        let mut records = records[..kept]
-            .iter()
-            .map(|record| Item::Connection(Box::new(record.clone())));
-        while records.len() > 0 {
-            if let Some(batch) = self.batcher.fill(&mut records, Instant::now) {
-                self.enqueue(batch);
-            }
-        }
-        self.tick(Instant::now());
+        self.fill(
+            records[..kept]
+                .iter()
+                .map(|record| Item::Connection(Box::new(record.clone()))),
+        );
         Ok(())
     }
 
@@ -289,6 +298,8 @@ mod tests {
             seq: AtomicU64::new(0),
             ledger: Mutex::new(Ledger::default()),
             deadline: Mutex::new(None),
+            spares: Mutex::new(Vec::new()),
+            max_spares: 2,
         }
     }
 

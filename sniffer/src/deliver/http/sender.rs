@@ -44,6 +44,10 @@ pub(super) struct Shared {
     pub(super) ledger: Mutex<Ledger>,
     /// Set at shutdown: give up on whatever is not delivered by then.
     pub(super) deadline: Mutex<Option<Instant>>,
+    /// Encoded batches, emptied, for the reader to fill again (see `Batcher::reuse`).
+    pub(super) spares: Mutex<Vec<Vec<Item>>>,
+    /// How many of them are kept: one per sender and the one being filled.
+    pub(super) max_spares: usize,
 }
 
 /// Result of one POST.
@@ -126,9 +130,18 @@ impl Shared {
                 return;
             }
         };
-        drop(batch);
+        self.give_back(batch);
         self.send(&body, encoder, ticket, seq);
         encoder.recycle(body);
+    }
+
+    /// Keeps an encoded batch's memory for the reader to fill again, up to `max_spares`.
+    fn give_back(&self, mut batch: Vec<Item>) {
+        batch.clear();
+        let mut spares = lock(&self.spares);
+        if batch.capacity() > 0 && spares.len() < self.max_spares {
+            spares.push(batch);
+        }
     }
 
     /// Sends batch `seq` until it is accepted, refused, or the deadline passes, and settles
