@@ -140,11 +140,17 @@ const FEW_CONNECTIONS: u64 = 1_024;
 
 /// The flood's frames: from the client's MAC to another host's, TCP to `PORT`, source ports
 /// counting up over `connections` ports (as many connections, mid-stream), 64 bytes in all.
+/// Sequence and acknowledgement numbers have ten digits and the window five, as in real
+/// traffic (and in `../shared/bench/capcost.sh`): with trafgen's zeros every record was 19 bytes
+/// shorter and its numbers one digit each, which made the sniffer's figure 30 ns a packet
+/// cheaper than the same packets with real numbers. They stay the same within a connection, so
+/// the tracker sees each packet as a repeat, as before.
 fn config(client_mac: &str, connections: u64) -> String {
     let last = 20_000 + connections - 1;
     format!(
         "{{ eth(da=02:00:00:00:00:99, sa={client_mac}), ipv4(saddr=10.0.0.1, daddr=10.0.0.2), \
-         tcp(sp=dinc(20000,{last}), dp={PORT}, ack), fill(0x41, 10) }}\n"
+         tcp(sp=dinc(20000,{last}), dp={PORT}, ack, seq=3438223591, aseq=2917348120, \
+         win=64240), fill(0x41, 10) }}\n"
     )
 }
 
@@ -447,19 +453,38 @@ pub fn report(trials: &[FloodTrial], packets: u64, rounds: u32) -> String {
                     && t.dropped == 0
                     && (tracking || t.delivered.is_none_or(|d| d == t.sent))
             });
+        let http = Flooded::Http("batch", "protobuf");
+        let (process_ratio, process_rounds) = per_round(
+            trials,
+            (http, Flooded::Tcpdump),
+            process_ns,
+            (|a, b| a / b, 2),
+        );
+        let (stdout_ratio, stdout_rounds) = per_round(
+            trials,
+            (Flooded::Stdout, Flooded::Tcpdump),
+            process_ns,
+            (|a, b| a / b, 2),
+        );
+        let (total_ratio, total_rounds) = per_round(
+            trials,
+            (http, Flooded::Tcpdump),
+            total_ns,
+            (|a, b| a / b, 2),
+        );
         let _ = writeln!(
             text,
-            "\nGoals (`batch` is the default format): HTTP process CPU {:.2} × tcpdump's (≤ 2 ×: {}); \
-             stdout {:.2} × (≤ 1.5 ×: {}); HTTP total (process + kernel side) {:.0} ns against \
-             tcpdump's {:.0} ns (≤ tcpdump's: {}); every packet recorded and delivered, no loss, in \
-             every sniffer run: {}.",
-            hp / tp,
-            verdict(hp <= 2.0 * tp),
-            sp / tp,
-            verdict(sp <= 1.5 * tp),
+            "\nGoals (`batch` is the default format; each ratio is the median over rounds of the \
+             ratio between the two runs of a round, listed): HTTP process CPU {process_ratio:.2} × \
+             tcpdump's (≤ 2 ×: {}; {process_rounds}); stdout {stdout_ratio:.2} × (≤ 1.5 ×: {}; \
+             {stdout_rounds}); HTTP total (process + kernel side) {total_ratio:.2} × tcpdump's \
+             total, {:.0} against {:.0} ns (≤ 0.8 ×: {}; {total_rounds}); every packet recorded \
+             and delivered, no loss, in every sniffer run: {}.",
+            verdict(process_ratio <= 2.0),
+            verdict(stdout_ratio <= 1.5),
             hp + hk,
             tp + tk,
-            verdict(hp + hk <= tp + tk),
+            verdict(total_ratio <= 0.8),
             verdict(complete)
         );
         for connections in [FEW_CONNECTIONS, FLOOD_CONNECTIONS] {
