@@ -592,6 +592,18 @@ fn a_real_prometheus_fires_the_loss_alert_when_the_collector_refuses_every_batch
     prometheus.wait_until("both targets up", Duration::from_secs(60), || {
         query("sum(up)")["data"]["result"][0]["value"][1] == "2"
     });
+    // With every `for:` at 0s, an `absent(up{…})` alert fires if its rule is evaluated before
+    // the target's first scrape, and stays until the next evaluation: the scenario starts once
+    // nothing fires, so that what fires afterwards is its doing.
+    prometheus.wait_until(
+        "no alert firing before the scenario",
+        Duration::from_secs(60),
+        || {
+            query("ALERTS{alertstate=\"firing\"}")["data"]["result"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        },
+    );
     live.traffic(20);
     let mut alerts = Value::Null;
     prometheus.wait_until(
