@@ -545,7 +545,7 @@ fn connection_records_match_tshark_under_induced_loss() {
         (v6, Workload::Echo(1_000)),
         (v6, Workload::Echo(2_000_000)),
         // A second bulk transfer each way: the check below needs a duplicate ACK, which only
-        // some losses bring (2 to 14 a run with the transfers above; a run once had none).
+        // some losses bring (5 to 14 a run with the transfers above; a run once had none).
         (v4, Workload::Echo(3_000_000)),
     ];
     let mut expected = BTreeMap::new();
