@@ -6,6 +6,7 @@
 //! or [`loki`]; each sender thread has its own encoder.
 
 pub mod batch;
+mod digits;
 pub mod loki;
 pub mod ndjson;
 pub mod otlp;

@@ -1,5 +1,6 @@
 //! Writing a record's text fast: into room reserved at the end of the body, without zeroing it
-//! first, numbers two digits at a time, IPv4 octets from a table.
+//! first, numbers from digits made ahead ([`Decimal`]) or two digits at a time, IPv4 octets from
+//! a table.
 //!
 //! One record is written per captured packet; in the sniffer's own profile under a flood, the
 //! encoder was a third of its CPU, and zeroing the room and formatting digits one at a time were
@@ -11,7 +12,9 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use cli_support::time::{DIGIT_PAIRS, Rfc3339Writer, Timestamp};
+use cli_support::time::{DATE_LEN, DIGIT_PAIRS, Rfc3339Writer, Timestamp};
+
+use super::digits::Decimal;
 
 /// Writes through `write` in place at the end of `out`, into `room` bytes reserved for the
 /// longest text it can write (not zeroed: [`Line`] only ever advances over bytes it wrote), then
@@ -200,24 +203,52 @@ impl Line<'_> {
         self.len += len;
     }
 
-    /// `ts` as RFC 3339 text with nine fraction digits, without quotes: the date and time of
-    /// day from `times`' text of that second, the fraction's digits stored where they go.
+    /// A number whose digits were made ahead (see [`Decimal`]), without leading zeros. Ten
+    /// bytes are stored whatever its length, so room for ten digits must remain; the text that
+    /// follows overwrites what lies past the number, or [`in_place`] cuts it off.
+    #[inline(always)]
+    pub(crate) fn decimal(&mut self, value: Decimal) {
+        let Decimal { high, low } = value;
+        // `high` is at most 42: two digits, one, or none.
+        let pair = high as usize * 2;
+        let one_digit = usize::from(high < 10);
+        self.put_prefix(
+            &[DIGIT_PAIRS[pair + one_digit], DIGIT_PAIRS[pair + 1]],
+            if high == 0 { 0 } else { 2 - one_digit },
+        );
+        let zeros = if high == 0 {
+            value.low_leading_zeros()
+        } else {
+            0
+        };
+        self.put_prefix(&(low >> (8 * zeros)).to_le_bytes(), 8 - zeros as usize);
+    }
+
+    /// A number below 256, e.g. an IP version.
+    #[inline(always)]
+    pub(crate) fn small(&mut self, value: u8) {
+        let (text, digits) = &OCTETS[usize::from(value)];
+        self.put_prefix(text, usize::from(*digits));
+    }
+
+    /// `ts` as RFC 3339 text with nine fraction digits, without quotes.
     #[inline(always)]
     pub(crate) fn time(&mut self, times: &mut Rfc3339Writer, ts: Timestamp) {
         let (date, nanos) = times.split(ts);
+        let [fraction, _] = Decimal::pair(nanos, 0);
+        self.time_parts(date, fraction);
+    }
+
+    /// RFC 3339 text with nine fraction digits, without quotes, from its parts: the text of the
+    /// second (from [`Rfc3339Writer::split`]) and the digits of its nanoseconds.
+    #[inline(always)]
+    pub(crate) fn time_parts(&mut self, date: &[u8; DATE_LEN], nanos: Decimal) {
+        let Decimal { high, low } = nanos;
         self.put(date);
-        let room = &mut self.bytes[self.len..self.len + 11];
-        room[0].write(b'.');
-        room[1].write(b'0' + (nanos / 100_000_000) as u8);
-        let mut rest = nanos % 100_000_000;
-        for at in [8, 6, 4, 2] {
-            let pair = (rest % 100) as usize * 2;
-            rest /= 100;
-            room[at].write(DIGIT_PAIRS[pair]);
-            room[at + 1].write(DIGIT_PAIRS[pair + 1]);
-        }
-        room[10].write(b'Z');
-        self.len += 11;
+        // Nanoseconds are below 10^9: `high` is their first digit.
+        self.put_prefix(&[b'.', b'0' + high as u8], 2);
+        self.put_prefix(&low.to_le_bytes(), 8);
+        self.byte(b'Z');
     }
 
     /// An address without quotes, in the text `std` gives it (for IPv6, RFC 5952's: lowercase,
@@ -330,6 +361,24 @@ mod tests {
         values.extend((0..10_000).map(|_| rng.u64(..) >> rng.u32(0..64)));
         for value in values {
             assert_eq!(text(20, |l| l.number64(value)), value.to_string());
+        }
+    }
+
+    #[test]
+    fn decimals_match_std_at_every_length() {
+        let mut values = vec![0u32, 9, 10, 99_999_999, 100_000_000, 999_999_999, u32::MAX];
+        let mut rng = fastrand::Rng::with_seed(13);
+        values.extend((0..10_000).map(|_| rng.u32(..) >> rng.u32(0..32)));
+        for pair in values.chunks(2) {
+            let (a, b) = (pair[0], pair[pair.len() - 1]);
+            let [da, db] = Decimal::pair(a, b);
+            // Followed by text, as in a record, and last, as cut off by `in_place`.
+            let text = text(30, |l| {
+                l.decimal(da);
+                l.put(b",");
+                l.decimal(db);
+            });
+            assert_eq!(text, format!("{a},{b}"));
         }
     }
 
