@@ -269,8 +269,7 @@ impl Line<'_> {
             let (text, digits) = &OCTETS[usize::from(octet)];
             self.put_prefix(text, usize::from(*digits) + 1);
         }
-        let (text, digits) = &OCTETS[usize::from(d)];
-        self.put_prefix(text, usize::from(*digits));
+        self.small(d);
     }
 
     /// Written here rather than through `core::fmt`, which took five times as long.
