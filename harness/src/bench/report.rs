@@ -237,6 +237,12 @@ pub fn capture_report(trials: &[Trial], paced: &[Trial], args: &BenchArgs) -> St
     out
 }
 
+/// The median over runs of the capturer's CPU (process and kernel hook) as a share of all busy
+/// CPU, in percent.
+fn capturer_share(runs: &Runs<'_>) -> f64 {
+    runs.median(|t| (t.cpu.process + t.cpu.hook) * 100.0 / t.cpu.busy)
+}
+
 /// Throughput of `capturer` relative to no capture, in percent: the median over rounds of each
 /// round's ratio, so that a drift of the machine's speed over the session cancels out.
 fn relative_speed(set: &[Runs<'_>], capturer: Capturer) -> Option<f64> {
@@ -264,19 +270,35 @@ pub fn throughput_report(trials: &[Trial], small: &[Trial], args: &BenchArgs) ->
     );
     let _ = writeln!(
         out,
-        "| capturer | iperf3 Gbit/s (median) | vs no capture | every run's Gbit/s | captured | kernel drops |"
+        "| capturer | iperf3 Gbit/s (median) | vs no capture | every run's Gbit/s | busy CPU % | capturer's process CPU % | kernel hook CPU % | capturer's share of busy | captured | kernel drops |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for g in &groups {
         let none = g.capturer == Capturer::Nobody;
         let all: Vec<String> = g.runs.iter().map(|t| format!("{:.2}", t.gbits)).collect();
+        let percent_of_cpu = |share: fn(&CpuShares) -> f64| {
+            let value = g.median(|t| share(&t.cpu) * 100.0 / t.seconds);
+            if none && value == 0.0 {
+                "–".into()
+            } else {
+                format!("{value:.1}")
+            }
+        };
         let _ = writeln!(
             out,
-            "| {} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
             g.capturer.name(),
             g.median(|t| t.gbits),
             relative_speed(&groups, g.capturer).map_or("–".into(), |r| format!("{r:.1} %")),
             all.join(", "),
+            percent_of_cpu(|c| c.busy),
+            percent_of_cpu(|c| c.process),
+            percent_of_cpu(|c| c.hook),
+            if none {
+                "–".into()
+            } else {
+                format!("{:.1} %", capturer_share(g))
+            },
             if none {
                 "–".into()
             } else {
@@ -291,7 +313,43 @@ pub fn throughput_report(trials: &[Trial], small: &[Trial], args: &BenchArgs) ->
     }
     let percent = |set: &[Runs<'_>], c: Capturer| relative_speed(set, c).unwrap_or(f64::NAN);
     let bulk = percent(&groups, Capturer::Sniffer);
+    let share = |c: Capturer| {
+        groups
+            .iter()
+            .find(|g| g.capturer == c)
+            .map_or(f64::NAN, capturer_share)
+    };
     let packets = percent(&small, Capturer::Sniffer);
+    let hook_per_packet = |c: Capturer| {
+        groups
+            .iter()
+            .find(|g| g.capturer == c)
+            .map_or(f64::NAN, |g| {
+                g.median(|t| per_packet(t.cpu.hook, t.captured).unwrap_or(f64::NAN))
+            })
+    };
+    let idle_busy = groups
+        .iter()
+        .find(|g| g.capturer == Capturer::Nobody)
+        .map_or(f64::NAN, |g| g.median(|t| t.cpu.busy * 100.0 / t.seconds));
+    let _ = writeln!(
+        out,
+        "\nWhere the CPU went, from `perf` samples of both CPUs during each transfer (as in the \
+         capture section; percent of one CPU, medians over the runs): *busy* is every non-idle \
+         sample, *process* the capturer's own, *kernel hook* the packet tap, filter and copy \
+         outside it. Without capture the transfer kept {idle_busy:.0} % of one CPU busy out of \
+         two: one stream's sender, veth and receiver hand each packet on and wait for each other, \
+         so its speed is set by how long each packet's path takes rather than by spare CPU. The \
+         kernel hook runs inside that path (the filter in the softirq that delivers each data \
+         packet, the transmit tap's clone of each ACK): {:.2} µs a packet for the sniffer, {:.2} \
+         µs for tcpdump. The capturer's share of all busy CPU, {:.1} % (sniffer → stdout) and \
+         {:.1} % (tcpdump), is what it adds to the machine's work; it spreads far less from run \
+         to run than the throughput does.",
+        hook_per_packet(Capturer::Sniffer),
+        hook_per_packet(Capturer::Tcpdump),
+        share(Capturer::Sniffer),
+        share(Capturer::Tcpdump),
+    );
     let _ = writeln!(
         out,
         "\nSmall packets at the highest rate (the capture runs above), same pairing: sniffer → stdout \
