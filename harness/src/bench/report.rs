@@ -237,10 +237,9 @@ pub fn capture_report(trials: &[Trial], paced: &[Trial], args: &BenchArgs) -> St
     out
 }
 
-/// The median over runs of the capturer's CPU (process and kernel hook) as a share of all busy
-/// CPU, in percent.
-fn capturer_share(runs: &Runs<'_>) -> f64 {
-    runs.median(|t| (t.cpu.process + t.cpu.hook) * 100.0 / t.cpu.busy)
+/// The capturer's CPU in a run (process and kernel hook) as a share of all busy CPU, in percent.
+fn busy_share(t: &Trial) -> f64 {
+    (t.cpu.process + t.cpu.hook) * 100.0 / t.cpu.busy
 }
 
 /// Throughput of `capturer` relative to no capture, in percent: the median over rounds of each
@@ -297,7 +296,7 @@ pub fn throughput_report(trials: &[Trial], small: &[Trial], args: &BenchArgs) ->
             if none {
                 "–".into()
             } else {
-                format!("{:.1} %", capturer_share(g))
+                format!("{:.1} %", g.median(busy_share))
             },
             if none {
                 "–".into()
@@ -313,38 +312,31 @@ pub fn throughput_report(trials: &[Trial], small: &[Trial], args: &BenchArgs) ->
     }
     let percent = |set: &[Runs<'_>], c: Capturer| relative_speed(set, c).unwrap_or(f64::NAN);
     let bulk = percent(&groups, Capturer::Sniffer);
-    let share = |c: Capturer| {
-        groups
-            .iter()
-            .find(|g| g.capturer == c)
-            .map_or(f64::NAN, capturer_share)
-    };
     let packets = percent(&small, Capturer::Sniffer);
-    let hook_per_packet = |c: Capturer| {
+    // The median of `field` over the runs of capturer `c`.
+    let of = |c: Capturer, field: &dyn Fn(&Trial) -> f64| {
         groups
             .iter()
             .find(|g| g.capturer == c)
-            .map_or(f64::NAN, |g| {
-                g.median(|t| per_packet(t.cpu.hook, t.captured).unwrap_or(f64::NAN))
-            })
+            .map_or(f64::NAN, |g| g.median(field))
     };
-    let idle_busy = groups
-        .iter()
-        .find(|g| g.capturer == Capturer::Nobody)
-        .map_or(f64::NAN, |g| g.median(|t| t.cpu.busy * 100.0 / t.seconds));
+    let share = |c: Capturer| of(c, &busy_share);
+    let hook_per_packet = |c: Capturer| {
+        of(c, &|t| {
+            per_packet(t.cpu.hook, t.captured).unwrap_or(f64::NAN)
+        })
+    };
+    let idle_busy = of(Capturer::Nobody, &|t| t.cpu.busy * 100.0 / t.seconds);
     let _ = writeln!(
         out,
         "\nWhere the CPU went, from `perf` samples of both CPUs during each transfer (as in the \
          capture section; percent of one CPU, medians over the runs): *busy* is every non-idle \
          sample, *process* the capturer's own, *kernel hook* the packet tap, filter and copy \
          outside it. Without capture the transfer kept {idle_busy:.0} % of one CPU busy out of \
-         two: one stream's sender, veth and receiver hand each packet on and wait for each other, \
-         so its speed is set by how long each packet's path takes rather than by spare CPU. The \
-         kernel hook runs inside that path (the filter in the softirq that delivers each data \
-         packet, the transmit tap's clone of each ACK): {:.2} µs a packet for the sniffer, {:.2} \
-         µs for tcpdump. The capturer's share of all busy CPU, {:.1} % (sniffer → stdout) and \
-         {:.1} % (tcpdump), is what it adds to the machine's work; it spreads far less from run \
-         to run than the throughput does.",
+         two. The kernel hook runs in each packet's path (the filter in the softirq that delivers \
+         each data packet, the transmit tap's clone of each ACK): {:.2} µs a packet for the \
+         sniffer, {:.2} µs for tcpdump. The capturer's share of all busy CPU, {:.1} % (sniffer → \
+         stdout) and {:.1} % (tcpdump), is what it adds to the machine's work.",
         hook_per_packet(Capturer::Sniffer),
         hook_per_packet(Capturer::Tcpdump),
         share(Capturer::Sniffer),

@@ -3,8 +3,8 @@
 //! A packet record holds nine numbers, and making their digits two at a time from a table, each
 //! pair after a division, was three quarters of the record's cost (a record without its numbers
 //! took 25 ns, with them about 100). Made eight at a time for two numbers in one SSE2 register
-//! (part of every x86_64 CPU), the same record takes about 55 ns. Elsewhere the same arithmetic runs in a
-//! 64-bit register, one number at a time.
+//! (part of every x86_64 CPU), the same record takes about 55 ns. Elsewhere the same arithmetic
+//! runs in a 64-bit register, one number at a time.
 
 /// A `u32`'s decimal digits, made ahead of being written: the value over 10^8 (0–42) and the
 /// last eight digits, zero-padded, as ASCII with the first in the lowest byte (the order in which

@@ -31,7 +31,8 @@ use std::{
 /// (`BATCH_MAX_WAIT_MS`).
 const SPILL_AFTER: Duration = Duration::from_millis(20);
 
-/// A FIFO of items for a set of taker threads, waking the one idle the shortest time.
+/// A FIFO of items for a set of taker threads, waking the one idle the shortest time when none is
+/// busy or an item has waited too long.
 #[derive(Debug)]
 pub(super) struct Queue<T> {
     state: Mutex<State<T>>,
@@ -148,6 +149,27 @@ mod tests {
 
     /// A taker named `name` that reports what it takes on `tx`, until the queue closes.
     fn taker(queue: &Arc<Queue<u32>>, name: &str, tx: &mpsc::Sender<(String, u32)>) {
+        spawn_taker(queue, name, tx, None);
+    }
+
+    /// The same, working on each item until released through the returned sender (or until it
+    /// is dropped).
+    fn busy_taker(
+        queue: &Arc<Queue<u32>>,
+        name: &str,
+        tx: &mpsc::Sender<(String, u32)>,
+    ) -> mpsc::Sender<()> {
+        let (release, gate) = mpsc::channel();
+        spawn_taker(queue, name, tx, Some(gate));
+        release
+    }
+
+    fn spawn_taker(
+        queue: &Arc<Queue<u32>>,
+        name: &str,
+        tx: &mpsc::Sender<(String, u32)>,
+        gate: Option<mpsc::Receiver<()>>,
+    ) {
         let (queue, tx) = (Arc::clone(queue), tx.clone());
         thread::Builder::new()
             .name(name.to_owned())
@@ -155,6 +177,9 @@ mod tests {
                 while let Some(item) = queue.pop() {
                     let name = thread::current().name().unwrap().to_owned();
                     tx.send((name, item)).unwrap();
+                    if gate.as_ref().is_some_and(|gate| gate.recv().is_err()) {
+                        break;
+                    }
                 }
                 queue.leave();
             })
@@ -187,35 +212,39 @@ mod tests {
         taker(&queue, "cold", &tx);
         wait_until(|| idle(&queue) == 1);
         // "warm" came last, so it takes the first item; it then works until released.
-        let (release, gate) = mpsc::channel::<()>();
-        {
-            let (queue, tx) = (Arc::clone(&queue), tx.clone());
-            thread::spawn(move || {
-                while let Some(item) = queue.pop() {
-                    tx.send(("warm".to_owned(), item)).unwrap();
-                    if gate.recv().is_err() {
-                        break;
-                    }
-                }
-                queue.leave();
-            });
-        }
+        let release = busy_taker(&queue, "warm", &tx);
         wait_until(|| idle(&queue) == 2);
         queue.push(1).unwrap();
-        assert_eq!(rx.recv().unwrap(), ("warm".to_owned(), 1));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("an item taken"),
+            ("warm".to_owned(), 1)
+        );
         // Busy: the next item waits for it rather than waking "cold".
         queue.push(2).unwrap();
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         assert_eq!(idle(&queue), 1, "\"cold\" still idle");
         release.send(()).unwrap();
-        assert_eq!(rx.recv().unwrap(), ("warm".to_owned(), 2));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("an item taken"),
+            ("warm".to_owned(), 2)
+        );
         // Busy again; an item that has waited `SPILL_AFTER` when the next comes wakes "cold",
         // which takes both in order.
         queue.push(3).unwrap();
         thread::sleep(SPILL_AFTER);
         queue.push(4).unwrap();
-        assert_eq!(rx.recv().unwrap(), ("cold".to_owned(), 3));
-        assert_eq!(rx.recv().unwrap(), ("cold".to_owned(), 4));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("an item taken"),
+            ("cold".to_owned(), 3)
+        );
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("an item taken"),
+            ("cold".to_owned(), 4)
+        );
         drop(release);
         queue.close();
         wait_until(|| queue.lock().takers == 0);
