@@ -12,13 +12,14 @@ use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
 };
 
 use serde_json::Value;
+use testbed::paths::ScratchFile;
 
 use crate::{
     agent::{Agent, SNIFFER},
@@ -273,21 +274,21 @@ pub fn nft(ns: &Netns, script: &str) {
     );
 }
 
-/// tcpdump writing a pcap of `interface` in `ns`, nanosecond timestamps.
+/// tcpdump writing a pcap of `interface` in `ns`, nanosecond timestamps; stopped on drop.
 pub struct Pcap {
     child: Child,
-    path: PathBuf,
+    file: Option<ScratchFile>,
 }
 
 impl Pcap {
     /// Starts capturing what `filter` (a capture filter) matches; returns once tcpdump listens.
     pub fn start(ns: &Netns, interface: &str, filter: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("tcp-sniffer-conn-{}.pcap", ns.name));
+        let file = ScratchFile::named(&format!("tcp-sniffer-conn-{}.pcap", ns.name));
         let mut child = ns
             .command("tcpdump")
             .args(["-i", interface, "-U", "-s", "128"])
             .args(["--time-stamp-precision", "nano", "-w"])
-            .arg(&path)
+            .arg(&*file)
             .arg(filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -305,16 +306,27 @@ impl Pcap {
             seen.push(byte[0]);
         }
         thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, path }
+        Self {
+            child,
+            file: Some(file),
+        }
     }
 
-    /// Stops tcpdump; returns the pcap.
-    pub fn stop(mut self) -> PathBuf {
+    /// Stops tcpdump; returns the pcap, removed when dropped.
+    pub fn stop(mut self) -> ScratchFile {
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGINT) };
         testbed::wait_within(&mut self.child, Duration::from_secs(10), "tcpdump");
-        self.path.clone()
+        self.file.take().expect("stopped once")
+    }
+}
+
+impl Drop for Pcap {
+    /// A test that fails before `stop` leaves no tcpdump running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -7,11 +7,13 @@ use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread::{self, JoinHandle},
     time::Duration,
 };
+
+use testbed::paths::ScratchFile;
 
 use crate::{
     agent::{Agent, SNIFFER},
@@ -82,34 +84,34 @@ fn start(topology: &Topology, extra: &[(&str, &str)]) -> Agent {
 /// `curl` in `ns` saving `GET target` from the capture endpoint to a file.
 struct Download {
     child: Child,
-    path: PathBuf,
+    file: ScratchFile,
 }
 
 impl Download {
     fn start(ns: &Netns, target: &str, name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("tcp-sniffer-{name}-{}.pcapng", ns.name));
+        let file = ScratchFile::named(&format!("tcp-sniffer-{name}-{}.pcapng", ns.name));
         let child = ns
             .command("curl")
             // A deadline, so that a capture that never ends fails the test instead of hanging it.
             .args(["-sSN", "--fail-with-body", "--max-time", "30", "-o"])
-            .arg(&path)
+            .arg(&*file)
             .arg(format!("http://{ENDPOINT}{target}"))
             .stderr(Stdio::piped())
             .spawn()
             .expect("curl");
-        Self { child, path }
+        Self { child, file }
     }
 
-    /// Waits for curl; returns the file.
-    fn finish(self) -> PathBuf {
+    /// Waits for curl; returns the file, removed when dropped.
+    fn finish(self) -> ScratchFile {
         let out = self.child.wait_with_output().expect("curl");
         assert!(
             out.status.success(),
             "curl: {} {}",
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&self.path).unwrap_or_default()
+            std::fs::read_to_string(&self.file).unwrap_or_default()
         );
-        self.path
+        self.file
     }
 }
 
@@ -275,7 +277,7 @@ fn a_capture_is_tcpdump_s_packets_cut_after_their_headers() {
 
     // The file: pcapng, nanoseconds, the interface and the pod named, the statistics at the end.
     let info = Command::new("capinfos")
-        .arg(&capture)
+        .arg(&*capture)
         .output()
         .expect("capinfos");
     let info = String::from_utf8_lossy(&info.stdout);
@@ -340,9 +342,6 @@ fn a_capture_is_tcpdump_s_packets_cut_after_their_headers() {
         !contains(&recorder_bytes, &SECRET[..8]),
         "payload in the recorder"
     );
-    for path in [capture, recent, expected] {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 /// The type and body of the last block of a pcapng.
@@ -517,7 +516,4 @@ fn vlan_tagged_frames_keep_their_tag() {
     );
     let bytes = std::fs::read(&capture).expect("capture");
     assert!(!contains(&bytes, &SECRET[..8]), "payload in the capture");
-    for path in [capture, expected] {
-        let _ = std::fs::remove_file(path);
-    }
 }
