@@ -1,5 +1,5 @@
 //! Batch and send: records go into batches on the reader, closed batches go through a queue to
-//! `OUTPUT_CONCURRENCY` sender threads that POST them with `ureq` (blocking, so never on the async
+//! `OUTPUT_CONCURRENCY` sender threads that POST them with blocking I/O (so never on the async
 //! reader), retrying as [`crate::deliver::retry`] decides. Several requests in flight hide the collector's
 //! round trip, which otherwise caps delivery far below the capture rate.
 //!
@@ -15,12 +15,15 @@
 //!
 //! The parts: this file is the [`Sink`] and its buffer admission; `sender.rs` the sender threads
 //! and their retry loop; `queue.rs` which sender takes the next batch; `ledger.rs` who owes which
-//! records (the `Ticket`s); [`client`] the ureq agent and its CA bundle.
+//! records (the `Ticket`s); [`client`] the HTTP client: `plain.rs` for `http://` (its answers read
+//! by `wire.rs`), ureq with its CA bundle for `https://`.
 
 pub mod client;
 mod ledger;
+mod plain;
 mod queue;
 mod sender;
+mod wire;
 
 use std::{
     path::PathBuf,
@@ -35,7 +38,7 @@ use thiserror::Error;
 use sniffer_common::PacketRecord;
 
 use self::{
-    client::{MAX_CA_FILE_BYTES, http_agent},
+    client::{Client, MAX_CA_FILE_BYTES},
     ledger::{Fate, Ledger},
     queue::Queue,
     sender::Shared,
@@ -81,6 +84,9 @@ pub enum DeliveryError {
         /// The file.
         path: PathBuf,
     },
+    /// `OUTPUT_URL`, accepted by the URL rule, is not one the HTTP client takes (a bug).
+    #[error("OUTPUT_URL is not a URL the HTTP client takes")]
+    Url(#[source] ureq::http::uri::InvalidUri),
     /// A sender thread could not start.
     #[error("cannot start a sender thread")]
     Thread(#[source] std::io::Error),
@@ -124,9 +130,7 @@ impl HttpOutput {
     ) -> Result<Self, DeliveryError> {
         let agent = Arc::new(agent);
         let shared = Arc::new(Shared {
-            http: http_agent(config)?,
-            url: config.url.clone(),
-            headers: config.headers.clone(),
+            client: Client::new(config)?,
             policy: if config.format.is_otlp() {
                 Policy::Otlp
             } else {
@@ -250,7 +254,7 @@ impl Sink for HttpOutput {
         if shared.stats.dropped_total() > lock(&shared.ledger).assigned_dropped
             && !shared.past_deadline()
         {
-            shared.deliver(Vec::new(), &mut last_words);
+            shared.deliver(Vec::new(), &mut last_words, &mut None);
         }
         Ok(())
     }
@@ -288,9 +292,7 @@ mod tests {
 
     fn shared() -> Shared {
         Shared {
-            http: http_agent(&config()).unwrap(),
-            url: config().url,
-            headers: Vec::new(),
+            client: Client::new(&config()).unwrap(),
             policy: Policy::Standard,
             request_timeout: Duration::from_millis(100),
             backoff: (Duration::from_millis(10), Duration::from_millis(20)),

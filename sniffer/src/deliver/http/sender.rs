@@ -2,7 +2,6 @@
 //! retrying as [`crate::deliver::retry`] decides, until the batch is settled.
 
 use std::{
-    io::Read as _,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, Mutex,
@@ -15,13 +14,16 @@ use std::{
 use log::{error, warn};
 
 use super::{
+    client::{Client, Failure},
     ledger::{Fate, Ledger, Ticket},
     lock,
+    plain::Connection,
     queue::Queue,
+    wire::Answer,
 };
 use crate::{
     deliver::{
-        answer::{self, MAX_ANSWER_BYTES},
+        answer,
         retry::{Backoff, Policy, Verdict, classify},
     },
     encode::{Body, Encoder, Item},
@@ -31,10 +33,8 @@ use crate::{
 /// State the sender threads share.
 #[derive(Debug)]
 pub(super) struct Shared {
-    pub(super) http: ureq::Agent,
-    pub(super) url: String,
-    /// The token's header and `OUTPUT_HEADERS`; values never logged.
-    pub(super) headers: Vec<(String, String)>,
+    /// Carries the token's header and `OUTPUT_HEADERS`, whose values are never logged.
+    pub(super) client: Client,
     pub(super) policy: Policy,
     pub(super) request_timeout: Duration,
     pub(super) backoff: (Duration, Duration),
@@ -50,19 +50,6 @@ pub(super) struct Shared {
     pub(super) max_spares: usize,
 }
 
-/// Result of one POST.
-enum Attempt {
-    Status {
-        status: u16,
-        retry_after: Option<String>,
-        /// The answer's first [`MAX_ANSWER_BYTES`].
-        body: Vec<u8>,
-        /// More followed them (or reading them failed).
-        truncated: bool,
-    },
-    Failed(ureq::Error),
-}
-
 /// Longest uninterrupted sleep between retries, so a shutdown deadline is noticed quickly.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
 
@@ -70,8 +57,10 @@ impl Shared {
     /// A sender thread: delivers batches until the queue is closed and empty, or until a
     /// delivery panics (a bug), which marks the agent failed.
     pub(super) fn work(&self, queue: &Queue<Vec<Item>>, mut encoder: Encoder) {
+        // This sender's connection to an `http://` collector, kept between batches.
+        let mut kept = None;
         while let Some(records) = queue.pop() {
-            if !self.supervised(|| self.deliver(records, &mut encoder)) {
+            if !self.supervised(|| self.deliver(records, &mut encoder, &mut kept)) {
                 break;
             }
         }
@@ -117,8 +106,14 @@ impl Shared {
         }
     }
 
-    /// Delivers one batch, retrying until it is accepted, refused, or the deadline passes.
-    pub(super) fn deliver(&self, batch: Vec<Item>, encoder: &mut Encoder) {
+    /// Delivers one batch, retrying until it is accepted, refused, or the deadline passes;
+    /// `kept` is the sender's kept connection.
+    pub(super) fn deliver(
+        &self,
+        batch: Vec<Item>,
+        encoder: &mut Encoder,
+        kept: &mut Option<Connection>,
+    ) {
         let ticket = self.ticket(batch.len() as u64);
         let dropped = ticket.dropped;
         let seq = self.seq.fetch_add(1, Relaxed);
@@ -131,7 +126,7 @@ impl Shared {
             }
         };
         self.give_back(batch);
-        self.send(&body, encoder, ticket, seq);
+        self.send(&body, encoder, kept, ticket, seq);
         encoder.recycle(body);
     }
 
@@ -146,7 +141,14 @@ impl Shared {
 
     /// Sends batch `seq` until it is accepted, refused, or the deadline passes, and settles
     /// `ticket` accordingly.
-    fn send(&self, body: &Body, encoder: &Encoder, ticket: Ticket<'_>, seq: u64) {
+    fn send(
+        &self,
+        body: &Body,
+        encoder: &Encoder,
+        kept: &mut Option<Connection>,
+        ticket: Ticket<'_>,
+        seq: u64,
+    ) {
         let count = ticket.count;
         let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         loop {
@@ -155,13 +157,13 @@ impl Shared {
                 ticket.settle(Fate::Undeliverable);
                 return;
             }
-            let retry_after = match self.post(body.as_slice(), encoder) {
-                Attempt::Status {
+            let retry_after = match self.post(kept, body.as_slice()) {
+                Ok(Answer {
                     status,
                     retry_after,
                     body: answer,
                     truncated,
-                } => {
+                }) => {
                     self.stats.last_status.store(u64::from(status), Relaxed);
                     let verdict = classify(
                         self.policy,
@@ -192,7 +194,7 @@ impl Shared {
                         }
                     }
                 }
-                Attempt::Failed(err) => {
+                Err(err) => {
                     self.stats.last_status.store(0, Relaxed);
                     warn!(seq, attempt = backoff.attempts() + 1, error = err.to_string().as_str(); "cannot reach the collector; will retry");
                     None
@@ -203,65 +205,18 @@ impl Shared {
         }
     }
 
-    /// One attempt, timed into the delivery histogram.
-    fn post(&self, body: &[u8], encoder: &Encoder) -> Attempt {
+    /// One attempt, timed into the delivery histogram, bounded by the request timeout and the
+    /// shutdown deadline.
+    fn post(&self, kept: &mut Option<Connection>, body: &[u8]) -> Result<Answer, Failure> {
         let start = Instant::now();
-        let attempt = self.attempt(body, encoder);
-        self.stats.delivery_seconds.0.observe(start.elapsed());
-        attempt
-    }
-
-    fn attempt(&self, body: &[u8], encoder: &Encoder) -> Attempt {
         let timeout = self.deadline().map_or(self.request_timeout, |deadline| {
             deadline
-                .saturating_duration_since(Instant::now())
+                .saturating_duration_since(start)
                 .min(self.request_timeout)
                 .max(Duration::from_millis(1))
         });
-        let mut request = self
-            .http
-            .post(&self.url)
-            .header("Content-Type", encoder.format().content_type());
-        for (name, value) in &self.headers {
-            request = request.header(name, value);
-        }
-        if encoder.gzip() {
-            request = request.header("Content-Encoding", "gzip");
-        }
-        match request
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .send(body)
-        {
-            Ok(mut response) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                // Read the answer's start: OTLP's partial success is in it, and a small answer
-                // read whole lets the connection be kept alive. A longer one is cut, not lost.
-                let mut body = Vec::new();
-                let limit = MAX_ANSWER_BYTES as u64 + 1;
-                let read = response
-                    .body_mut()
-                    .with_config()
-                    .limit(u64::MAX)
-                    .reader()
-                    .take(limit)
-                    .read_to_end(&mut body);
-                let truncated = read.is_err() || body.len() > MAX_ANSWER_BYTES;
-                body.truncate(MAX_ANSWER_BYTES);
-                Attempt::Status {
-                    status,
-                    retry_after,
-                    body,
-                    truncated,
-                }
-            }
-            Err(err) => Attempt::Failed(err),
-        }
+        let attempt = self.client.post(kept, body, timeout);
+        self.stats.delivery_seconds.0.observe(start.elapsed());
+        attempt
     }
 }
