@@ -273,12 +273,6 @@ impl Encoder {
         self.format
     }
 
-    /// Whether bodies are gzip-compressed (`Content-Encoding: gzip`).
-    #[must_use]
-    pub const fn gzip(&self) -> bool {
-        self.gzip
-    }
-
     /// The body of batch `seq`, which carries `records` and, in the `batch` format, reports
     /// `dropped` losses.
     ///

@@ -159,7 +159,15 @@ impl Plain {
         head.extend_from_slice(&self.head);
         head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         head.extend_from_slice(b"\r\n\r\n");
-        send(stream, &[head, body], deadline)?;
+        if let Err(failed) = send(stream, &[head, body], deadline) {
+            // A collector may answer before it has read the whole body (`413`, a `503` while
+            // shedding load) and close: its answer is still in the socket and says what to do,
+            // where the failed write would only say "retry".
+            return match read_answer(&mut Timed { stream, deadline }, buf) {
+                Ok((answer, _)) => Ok(answer),
+                Err(_) => Err(failed),
+            };
+        }
         let (answer, reusable) = read_answer(&mut Timed { stream, deadline }, buf)?;
         if reusable {
             *kept = Some(connection);
@@ -415,6 +423,36 @@ mod tests {
             (answer.status, answer.retry_after.as_deref()),
             (503, Some("3"))
         );
+        assert!(kept.is_none());
+        server.join().unwrap();
+    }
+
+    /// A collector that refuses a body it will not read, and closes (with unread bytes, so
+    /// with a reset): the refusal is the outcome, not the failed write.
+    #[test]
+    fn an_answer_sent_before_the_body_was_read_is_the_outcome() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            stream
+                .write_all(
+                    b"HTTP/1.1 413 Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                )
+                .unwrap();
+        });
+        let body = vec![b'x'; 16 << 20];
+        let mut kept = None;
+        let answer = client(&format!("http://{addr}/"))
+            .post(&mut kept, &body, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(answer.status, 413);
         assert!(kept.is_none());
         server.join().unwrap();
     }
