@@ -302,8 +302,8 @@ mod tests {
     /// The heads (as text) and bodies of the requests a test collector received.
     type Requests = Vec<(String, Vec<u8>)>;
 
-    /// Reads one request from `stream`: its head as text and its body.
-    fn request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    /// Reads a request's head from `stream`, as text.
+    fn head(stream: &mut TcpStream) -> Option<String> {
         let mut bytes = Vec::new();
         let mut byte = [0];
         while !bytes.ends_with(b"\r\n\r\n") {
@@ -312,7 +312,12 @@ mod tests {
             }
             bytes.push(byte[0]);
         }
-        let head = String::from_utf8(bytes).unwrap();
+        Some(String::from_utf8(bytes).unwrap())
+    }
+
+    /// Reads one request from `stream`: its head as text and its body.
+    fn request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+        let head = head(stream)?;
         let length = head
             .lines()
             .find_map(|line| line.strip_prefix("Content-Length: "))
@@ -435,12 +440,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0];
-            while !head.ends_with(b"\r\n\r\n") {
-                stream.read_exact(&mut byte).unwrap();
-                head.push(byte[0]);
-            }
+            head(&mut stream).unwrap();
             stream
                 .write_all(
                     b"HTTP/1.1 413 Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
