@@ -61,6 +61,7 @@ impl Client {
                 &headers,
                 agent.config().clone(),
                 config.connect_timeout,
+                config.format.is_otlp(),
             )
             .map_err(DeliveryError::Url)?;
             return Ok(Self::Plain(Box::new(plain)));

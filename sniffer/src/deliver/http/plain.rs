@@ -92,11 +92,14 @@ pub struct Plain {
     connect_timeout: Duration,
     /// Every request's head up to its `Content-Length`.
     head: Vec<u8>,
+    /// Whether answers' bodies are read (OTLP's partial success is in them).
+    body_wanted: bool,
 }
 
 impl Plain {
     /// A client for `uri`, whose requests carry `headers` after the request line, `Host` and
-    /// `User-Agent`.
+    /// `User-Agent`, and whose answers' bodies are read when `body_wanted` (else only as far as
+    /// keeping the connection needs).
     ///
     /// # Errors
     ///
@@ -106,6 +109,7 @@ impl Plain {
         headers: &[(&str, &str)],
         config: Config,
         connect_timeout: Duration,
+        body_wanted: bool,
     ) -> Result<Self, ureq::http::uri::InvalidUri> {
         let uri: Uri = url.parse()?;
         let authority = uri.authority().map_or("", |authority| authority.as_str());
@@ -134,6 +138,7 @@ impl Plain {
             resolver: CachingResolver::default(),
             connect_timeout,
             head: head.into_bytes(),
+            body_wanted,
         })
     }
 
@@ -163,12 +168,13 @@ impl Plain {
             // A collector may answer before it has read the whole body (`413`, a `503` while
             // shedding load) and close: its answer is still in the socket and says what to do,
             // where the failed write would only say "retry".
-            return match read_answer(&mut Timed { stream, deadline }, buf) {
+            return match read_answer(&mut Timed { stream, deadline }, buf, self.body_wanted) {
                 Ok((answer, _)) => Ok(answer),
                 Err(_) => Err(failed),
             };
         }
-        let (answer, reusable) = read_answer(&mut Timed { stream, deadline }, buf)?;
+        let (answer, reusable) =
+            read_answer(&mut Timed { stream, deadline }, buf, self.body_wanted)?;
         if reusable {
             *kept = Some(connection);
         }
@@ -296,7 +302,7 @@ mod tests {
             ("Content-Type", "application/json"),
             ("Authorization", "Bearer t"),
         ];
-        Plain::new(url, &headers, config, Duration::from_secs(1)).unwrap()
+        Plain::new(url, &headers, config, Duration::from_secs(1), true).unwrap()
     }
 
     /// The heads (as text) and bodies of the requests a test collector received.
@@ -454,6 +460,48 @@ mod tests {
             .unwrap();
         assert_eq!(answer.status, 413);
         assert!(kept.is_none());
+        server.join().unwrap();
+    }
+
+    /// An answer without a length from a collector that keeps the connection open: waited for
+    /// only when its body matters.
+    #[test]
+    fn an_open_ended_answer_does_not_hold_the_batch_unless_its_body_matters() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().unwrap();
+                head(&mut stream).unwrap();
+                stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n{}").unwrap();
+                held.push(stream);
+            }
+            thread::sleep(Duration::from_secs(1));
+        });
+        let config = ureq::Agent::config_builder().build();
+        let url = format!("http://{addr}/");
+        let quick = Plain::new(&url, &[], config.clone(), Duration::from_secs(1), false).unwrap();
+        let start = Instant::now();
+        let answer = quick
+            .post(&mut None, b"1", Duration::from_millis(500))
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert!(
+            start.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            start.elapsed()
+        );
+        let reading = Plain::new(&url, &[], config, Duration::from_secs(1), true).unwrap();
+        let start = Instant::now();
+        let answer = reading
+            .post(&mut None, b"1", Duration::from_millis(500))
+            .unwrap();
+        assert_eq!(
+            (answer.status, &answer.body[..], answer.truncated),
+            (200, &b"{}"[..], true)
+        );
+        assert!(start.elapsed() >= Duration::from_millis(500));
         server.join().unwrap();
     }
 

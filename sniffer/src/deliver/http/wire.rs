@@ -336,7 +336,9 @@ fn interpret(response: &httparse::Response<'_, '_>) -> Result<Head, AnswerError>
 }
 
 /// Reads one answer from `reader`, using `buf` for what is read ahead (cleared first); returns
-/// it and whether the connection can carry another request.
+/// it and whether the connection can carry another request. Without `body_wanted` (formats with
+/// no partial success), a body that only ends with the connection is not waited for: the answer
+/// comes back cut, and the connection is not kept.
 ///
 /// # Errors
 ///
@@ -344,6 +346,7 @@ fn interpret(response: &httparse::Response<'_, '_>) -> Result<Head, AnswerError>
 pub fn read_answer(
     reader: &mut impl Read,
     buf: &mut Vec<u8>,
+    body_wanted: bool,
 ) -> Result<(Answer, bool), AnswerError> {
     buf.clear();
     let mut source = Source {
@@ -371,6 +374,9 @@ pub fn read_answer(
             })
         }
         Framing::Chunked => source.chunked(&mut body, limit),
+        // A collector that holds the connection open would keep the batch waiting until the
+        // request timeout, for bytes nothing reads.
+        Framing::UntilClose if !body_wanted => Ok(Complete::Cut),
         Framing::UntilClose => source
             .take(limit as u64 + 1, &mut body)
             .map(|more| if more { Complete::Cut } else { Complete::Whole }),
@@ -424,7 +430,7 @@ mod tests {
             step,
             fail_at_end,
         };
-        read_answer(&mut drip, &mut Vec::new())
+        read_answer(&mut drip, &mut Vec::new(), true)
     }
 
     /// Reads `bytes` whole and a byte at a time, checking both agree.
@@ -498,6 +504,29 @@ mod tests {
             read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nabc")
                 .unwrap();
         assert_eq!((got, reusable), (answer(200, b"abc", false), false));
+    }
+
+    #[test]
+    fn a_body_that_ends_with_the_connection_is_not_waited_for_unless_wanted() {
+        // The stream fails after its bytes, as a read would at the request timeout.
+        let bytes = b"HTTP/1.1 200 OK\r\n\r\npartial";
+        let mut drip = Drip {
+            bytes,
+            step: usize::MAX,
+            fail_at_end: true,
+        };
+        let (got, reusable) = read_answer(&mut drip, &mut Vec::new(), false).unwrap();
+        assert_eq!((got, reusable), (answer(200, b"", true), false));
+        let (got, reusable) = read_with(bytes, usize::MAX, true).unwrap();
+        assert_eq!((got, reusable), (answer(200, b"partial", true), false));
+        // Bodies with a length are read either way: the connection is kept for them.
+        let mut drip = Drip {
+            bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            step: 1,
+            fail_at_end: true,
+        };
+        let (got, reusable) = read_answer(&mut drip, &mut Vec::new(), false).unwrap();
+        assert_eq!((got, reusable), (answer(200, b"ok", false), true));
     }
 
     #[test]
