@@ -52,10 +52,6 @@ impl Client {
         headers.extend(config.headers.iter().cloned());
         let agent = http_agent(config)?;
         if takes_plain(&config.url, agent.config().proxy()) {
-            let headers: Vec<_> = headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect();
             let plain = Plain::new(
                 &config.url,
                 &headers,

@@ -205,6 +205,12 @@ mod tests {
         assert_eq!(queue.push(3), Err(3), "no taker left");
     }
 
+    /// The next item a taker reports, failing the test rather than hanging it.
+    fn taken(rx: &mpsc::Receiver<(String, u32)>) -> (String, u32) {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("an item taken")
+    }
+
     #[test]
     fn a_busy_taker_keeps_what_comes_until_an_item_has_waited_too_long() {
         let queue = Arc::new(Queue::new(2));
@@ -215,36 +221,20 @@ mod tests {
         let release = busy_taker(&queue, "warm", &tx);
         wait_until(|| idle(&queue) == 2);
         queue.push(1).unwrap();
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("an item taken"),
-            ("warm".to_owned(), 1)
-        );
+        assert_eq!(taken(&rx), ("warm".to_owned(), 1));
         // Busy: the next item waits for it rather than waking "cold".
         queue.push(2).unwrap();
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         assert_eq!(idle(&queue), 1, "\"cold\" still idle");
         release.send(()).unwrap();
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("an item taken"),
-            ("warm".to_owned(), 2)
-        );
+        assert_eq!(taken(&rx), ("warm".to_owned(), 2));
         // Busy again; an item that has waited `SPILL_AFTER` when the next comes wakes "cold",
         // which takes both in order.
         queue.push(3).unwrap();
         thread::sleep(SPILL_AFTER);
         queue.push(4).unwrap();
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("an item taken"),
-            ("cold".to_owned(), 3)
-        );
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("an item taken"),
-            ("cold".to_owned(), 4)
-        );
+        assert_eq!(taken(&rx), ("cold".to_owned(), 3));
+        assert_eq!(taken(&rx), ("cold".to_owned(), 4));
         drop(release);
         queue.close();
         wait_until(|| queue.lock().takers == 0);
