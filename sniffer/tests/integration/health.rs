@@ -16,7 +16,7 @@ use sniffer::connections::rtt::MAX_UNACKED;
 
 use crate::{
     agent::{Agent, SNIFFER},
-    connections::{Pcap, epoch_ns, nft, reset, tshark_fields},
+    connections::{Pcap, epoch_ns, in_recorded_order, nft, reset, tshark_fields},
     netns::{Netns, SERVER_V4, SERVER_V6, topology},
 };
 
@@ -166,50 +166,16 @@ fn tshark_ack_rtt(pcap: &std::path::Path) -> BTreeMap<(u16, bool), Vec<i128>> {
 }
 
 /// How far apart the sniffer's and tcpdump's stamps of the same packets are, at most: the
-/// spread of (packet record's `ts` − frame time) over every packet. Packets are paired by their
-/// headers (ports, sequence and acknowledgment numbers, length), repeats in order: the two
-/// captures may order packets of different CPUs differently.
-fn stamp_spread(pcap: &std::path::Path, records: &[Value]) -> i128 {
-    type Header = (u64, u64, u64, u64, u64);
-    let mut frames: BTreeMap<Header, std::collections::VecDeque<i128>> = BTreeMap::new();
-    let mut count = 0;
-    let fields = [
-        "frame.time_epoch",
-        "tcp.srcport",
-        "tcp.dstport",
-        "tcp.seq_raw",
-        "tcp.ack_raw",
-        "tcp.len",
-    ];
-    for f in tshark_fields(pcap, "", &fields) {
-        let n = |i: usize| f[i].parse::<u64>().unwrap();
-        frames
-            .entry((n(1), n(2), n(3), n(4), n(5)))
-            .or_default()
-            .push_back(epoch_ns(&f[0]));
-        count += 1;
-    }
-    let packets: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["type"] != "connection")
-        .collect();
-    assert_eq!(packets.len(), count, "packet records against frames");
+/// spread of (packet record's `ts` − frame time) over every packet of `as_recorded`, a pcap
+/// whose frames are in the order of the packet records `packets`.
+fn stamp_spread(as_recorded: &std::path::Path, packets: &[&Value]) -> i128 {
+    let frames = tshark_fields(as_recorded, "", &["frame.time_epoch"]);
+    assert_eq!(packets.len(), frames.len(), "packet records against frames");
     let offsets: Vec<i128> = packets
         .iter()
-        .map(|record| {
-            let n = |name: &str| record[name].as_u64().unwrap();
-            let header = (
-                n("src_port"),
-                n("dst_port"),
-                n("seq"),
-                n("ack"),
-                n("payload_len"),
-            );
-            let time = frames
-                .get_mut(&header)
-                .and_then(std::collections::VecDeque::pop_front)
-                .unwrap_or_else(|| panic!("no frame for {record}"));
-            crate::connections::rfc3339_ns(record["ts"].as_str().unwrap()) - time
+        .zip(&frames)
+        .map(|(record, frame)| {
+            crate::connections::rfc3339_ns(record["ts"].as_str().unwrap()) - epoch_ns(&frame[0])
         })
         .collect();
     offsets.iter().max().unwrap() - offsets.iter().min().unwrap()
@@ -305,16 +271,22 @@ fn ack_round_trips_match_tshark_side_by_side() {
         .expect("the untracked segments counter");
 
     let records = finished.records();
-    let theirs = tshark_ack_rtt(&pcap);
+    // tshark analyses the packets in the order the sniffer saw them (see connections.rs).
+    let packets: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] != "connection")
+        .collect();
+    let (as_recorded, moved) = in_recorded_order(&pcap, &packets);
+    let theirs = tshark_ack_rtt(&as_recorded);
 
     // The sniffer and tcpdump stamp each packet at slightly different moments; a round trip is
     // a difference of two stamps, so it may differ by the spread of those offsets (and by the
     // microsecond the sniffer keeps), never more.
-    let spread = stamp_spread(&pcap, &records);
+    let spread = stamp_spread(&as_recorded, &packets);
     let ports = ports.lock().unwrap().clone();
     assert_eq!(ports.len(), 20);
     println!(
-        "client port | ip | conn_state | history | side | samples | min/mean/max µs (sniffer) | min/mean/max µs (tshark); stamps spread {spread} ns, {untracked} segments untracked"
+        "client port | ip | conn_state | history | side | samples | min/mean/max µs (sniffer) | min/mean/max µs (tshark); stamps spread {spread} ns, {untracked} segments untracked, {moved} frames reordered"
     );
     let mut varied = false;
     let (mut exact, mut missing) = (0, 0);
