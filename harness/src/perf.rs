@@ -3,6 +3,9 @@
 //! userspace and its own system calls) or, when its kernel call chain passes through the
 //! capture hook, to the capture's kernel side (the packet tap, the filter or eBPF program, the
 //! copy into the ring) wherever that ran: the sender's system call, a softirq, another process.
+//! Samples are stamped with `CLOCK_MONOTONIC`, so only those taken within the [`Span`]s a run
+//! names are counted: a run that alternates the watched transfer with an unwatched one counts
+//! the watched one alone.
 
 use std::{
     io::{BufRead, BufReader},
@@ -27,6 +30,50 @@ const HOOK_SYMBOLS: [&str; 4] = [
     "bpf_ringbuf_notify",
 ];
 
+/// A stretch of `CLOCK_MONOTONIC` time, the clock `perf record -k CLOCK_MONOTONIC` stamps its
+/// samples with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Span {
+    /// Seconds since boot, as `CLOCK_MONOTONIC` counts them.
+    start: f64,
+    end: f64,
+}
+
+impl Span {
+    /// Runs `f`, returning what it returned and the span it ran in.
+    pub fn of<T>(f: impl FnOnce() -> T) -> (T, Self) {
+        let start = monotonic();
+        let value = f();
+        (
+            value,
+            Self {
+                start,
+                end: monotonic(),
+            },
+        )
+    }
+
+    /// How long the span lasted, in seconds.
+    pub fn seconds(self) -> f64 {
+        self.end - self.start
+    }
+
+    fn holds(self, time: f64) -> bool {
+        (self.start..=self.end).contains(&time)
+    }
+}
+
+/// `CLOCK_MONOTONIC` in seconds (`Instant` reads it too, but does not expose it).
+fn monotonic() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+}
+
 /// A running `perf record -a`.
 pub struct Sampler {
     child: Child,
@@ -48,7 +95,16 @@ impl Sampler {
     /// Starts sampling all CPUs into `file`.
     pub fn start(file: &Path) -> Result<Self> {
         let child = Command::new("perf")
-            .args(["record", "-a", "-g", "-e", "cpu-clock", "-c"])
+            .args([
+                "record",
+                "-a",
+                "-g",
+                "-k",
+                "CLOCK_MONOTONIC",
+                "-e",
+                "cpu-clock",
+                "-c",
+            ])
             .arg(PERIOD_NS.to_string())
             .arg("-o")
             .arg(file)
@@ -65,8 +121,9 @@ impl Sampler {
         })
     }
 
-    /// Stops sampling and attributes the samples; `pid` is the capturer's process, if any.
-    pub fn stop(mut self, pid: Option<u32>) -> Result<CpuShares> {
+    /// Stops sampling and attributes the samples taken within `spans`; `pid` is the capturer's
+    /// process, if any.
+    pub fn stop(mut self, pid: Option<u32>, spans: &[Span]) -> Result<CpuShares> {
         let perf = i32::try_from(self.child.id())?;
         // SAFETY: signalling our own child; SIGINT makes perf write its file and exit.
         ensure!(
@@ -80,7 +137,7 @@ impl Sampler {
             "perf record failed: {status}"
         );
         let mut script = Command::new("perf")
-            .args(["script", "-F", "pid,ip,sym", "-i"])
+            .args(["script", "-F", "pid,time,ip,sym", "-i"])
             .arg(&self.file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -88,7 +145,7 @@ impl Sampler {
             .spawn()
             .context("cannot start perf script")?;
         let out = BufReader::new(script.stdout.take().context("perf script stdout")?);
-        let counts = attribute(out, pid)?;
+        let counts = attribute(out, pid, spans)?;
         let status = script.wait()?;
         ensure!(status.success(), "perf script failed: {status}");
         let seconds = |samples: u64| samples as f64 * PERIOD_NS as f64 / 1e9;
@@ -108,16 +165,18 @@ struct Counts {
     busy: u64,
 }
 
-/// Reads `perf script -F pid,ip,sym`: a space-padded line with the pid, then one tab-indented
-/// line per frame, then a blank line. Samples of pid 0 are the idle task; -1 is a pid perf could
-/// not tell (busy, so counted, but nobody's).
-fn attribute(script: impl BufRead, pid: Option<u32>) -> Result<Counts> {
+/// Reads `perf script -F pid,time,ip,sym`: a space-padded line with the pid and the time
+/// (`   777   161.968693: `), then one tab-indented line per frame, then a blank line. Samples of
+/// pid 0 are the idle task; -1 is a pid perf could not tell (busy, so counted, but nobody's).
+/// Samples outside every span are skipped.
+fn attribute(script: impl BufRead, pid: Option<u32>, spans: &[Span]) -> Result<Counts> {
     let mut counts = Counts::default();
-    // (pid, whether a frame so far is in the hook) of the sample being read.
-    let mut sample: Option<(i64, bool)> = None;
+    // (pid, whether it falls in a span, whether a frame so far is in the hook) of the sample
+    // being read.
+    let mut sample: Option<(i64, bool, bool)> = None;
     let pid = pid.map(i64::from);
-    let finish = |sample: Option<(i64, bool)>, counts: &mut Counts| {
-        if let Some((sample_pid, in_hook)) = sample
+    let finish = |sample: Option<(i64, bool, bool)>, counts: &mut Counts| {
+        if let Some((sample_pid, true, in_hook)) = sample
             && sample_pid != 0
         {
             counts.busy += 1;
@@ -133,17 +192,21 @@ fn attribute(script: impl BufRead, pid: Option<u32>) -> Result<Counts> {
         if line.trim().is_empty() {
             finish(sample.take(), &mut counts);
         } else if line.starts_with('\t') {
-            if let Some((_, in_hook)) = &mut sample {
+            if let Some((_, _, in_hook)) = &mut sample {
                 let symbol = line.split_whitespace().nth(1).unwrap_or_default();
                 *in_hook |= HOOK_SYMBOLS.contains(&symbol);
             }
         } else {
             finish(sample.take(), &mut counts);
-            let sample_pid = line
-                .trim()
-                .parse()
-                .with_context(|| format!("unexpected perf script line {line:?}"))?;
-            sample = Some((sample_pid, false));
+            let header = || -> Option<(i64, f64)> {
+                let mut fields = line.split_whitespace();
+                let sample_pid = fields.next()?.parse().ok()?;
+                let time = fields.next()?.strip_suffix(':')?.parse().ok()?;
+                fields.next().is_none().then_some((sample_pid, time))
+            };
+            let (sample_pid, time) =
+                header().with_context(|| format!("unexpected perf script line {line:?}"))?;
+            sample = Some((sample_pid, spans.iter().any(|s| s.holds(time)), false));
         }
     }
     finish(sample.take(), &mut counts);
@@ -152,36 +215,42 @@ fn attribute(script: impl BufRead, pid: Option<u32>) -> Result<Counts> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Counts, attribute};
+    use super::{Counts, Span, attribute};
 
     /// Shaped like real `perf script -F pid,ip,sym` output of a capture run.
-    const SCRIPT: &str = "    42 \n\
+    const SCRIPT: &str = "    42    10.000100: \n\
         \tffffffff813603cd serde_json_thing\n\
         \n\
-        \x20  777 \n\
+        \x20  777    10.000350: \n\
         \tffffffff81000001 bpf_prog_543d1993f3f3d5fb_tcp_sniffer\n\
         \tffffffff81000002 packet_rcv\n\
         \tffffffff81000003 __netif_receive_skb_core.constprop.0\n\
         \n\
-        \x20  777 \n\
+        \x20  777    10.000600: \n\
         \tffffffff81000004 skb_clone\n\
         \tffffffff81000005 dev_queue_xmit_nit\n\
         \n\
-        \x20  777 \n\
+        \x20  777    10.000850: \n\
         \tffffffff81000006 tcp_sendmsg\n\
         \n\
-        \x20    0 \n\
+        \x20    0    10.001100: \n\
         \tffffffff81000007 pv_native_safe_halt\n\
         \n\
-        \x20   -1 \n\
+        \x20   -1    10.001350: \n\
         \tffffffff81000009 tcp_sendmsg\n\
         \n\
-        \x20   42 \n\
+        \x20   42    12.000000: \n\
         \tffffffff81000008 packet_rcv\n";
+
+    /// One span around every sample of [`SCRIPT`].
+    const ALL: [Span; 1] = [Span {
+        start: 10.0,
+        end: 12.0,
+    }];
 
     #[test]
     fn samples_go_to_the_process_the_hook_or_neither() {
-        let counts = attribute(SCRIPT.as_bytes(), Some(42)).unwrap();
+        let counts = attribute(SCRIPT.as_bytes(), Some(42), &ALL).unwrap();
         assert_eq!(
             counts,
             Counts {
@@ -190,13 +259,42 @@ mod tests {
                 busy: 6
             }
         );
-        let counts = attribute(SCRIPT.as_bytes(), None).unwrap();
+        let counts = attribute(SCRIPT.as_bytes(), None, &ALL).unwrap();
         assert_eq!(counts.process, 0);
         assert_eq!(counts.hook, 3);
     }
 
     #[test]
+    fn only_samples_within_a_span_count() {
+        let spans = [
+            Span {
+                start: 10.0003,
+                end: 10.0007,
+            },
+            Span {
+                start: 11.0,
+                end: 12.0,
+            },
+        ];
+        // The two hook samples of pid 777 in the first span, pid 42's last one in the second.
+        let counts = attribute(SCRIPT.as_bytes(), Some(42), &spans).unwrap();
+        assert_eq!(
+            counts,
+            Counts {
+                process: 1,
+                hook: 2,
+                busy: 3
+            }
+        );
+        assert_eq!(
+            attribute(SCRIPT.as_bytes(), Some(42), &[]).unwrap(),
+            Counts::default()
+        );
+    }
+
+    #[test]
     fn garbage_is_an_error() {
-        assert!(attribute("not a pid\n".as_bytes(), None).is_err());
+        assert!(attribute("not a pid\n".as_bytes(), None, &ALL).is_err());
+        assert!(attribute("   42 no-time\n".as_bytes(), None, &ALL).is_err());
     }
 }

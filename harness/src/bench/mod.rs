@@ -4,7 +4,8 @@
 //! sends as many packets as it can to the server namespace, where the capturer watches `eth0`:
 //! completeness, drops, and CPU per packet with the kernel's share (from `perf` samples) for the
 //! sniffer and for `tcpdump -s 96 -w /dev/null` on the same traffic. Throughput: iperf3 with its
-//! defaults, with and without a capturer. Then the encoder micro-benchmark and the injector.
+//! defaults, with and without a capturer, in bursts alternating with an identical veth nobody
+//! watches. Then the encoder micro-benchmark and the injector.
 
 use std::fs;
 
@@ -32,7 +33,8 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Seconds of traffic per run.
+    /// Seconds of traffic per run; a bulk run sends as many one-second bursts on the watched veth
+    /// and as many on its unwatched twin.
     #[arg(long, default_value_t = 10)]
     seconds: u32,
     /// iperf3 write size in bytes for the capture runs; small writes make many packets.
@@ -169,6 +171,7 @@ pub fn run(args: &BenchArgs, built: &Built) -> Result<()> {
     if wanted(Part::Capture) || wanted(Part::Throughput) {
         fs::create_dir_all(target_dir().join("bench"))?;
         let bed = Topology::new("tsbench")?;
+        let twin = Topology::new("tstwin")?;
         // Statistics add two clock reads to every eBPF run: off, so both capturers are measured
         // as they run in production.
         let previous_stats = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
@@ -180,7 +183,7 @@ pub fn run(args: &BenchArgs, built: &Built) -> Result<()> {
             for round in 1..=args.repeat {
                 for &capturer in capturers {
                     eprintln!("bench: {} (run {round}) …", capturer.name());
-                    trials.push(trial(&bed, capturer, load, args, sniffer)?);
+                    trials.push(trial(&bed, &twin, capturer, load, args, sniffer)?);
                 }
             }
             Ok(trials)

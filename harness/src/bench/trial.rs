@@ -1,22 +1,26 @@
 //! One trial: a load through the veth while one capturer watches the server's `eth0`, and what
 //! it measured.
+//!
+//! A bulk transfer is also run on a twin: an identical veth nobody watches, in one-second bursts
+//! alternating with the watched veth's (A B B A …). This machine's speed drifts by a third over
+//! seconds, more than a capturer costs a bulk transfer, so only bursts next to each other are
+//! compared.
 
-use std::{
-    process::Stdio,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{process::Stdio, thread, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 use testbed::Topology;
 
-use super::{BenchArgs, PORT, SERVER};
-use testbed::{cmd, paths::target_dir};
+use super::{BenchArgs, PORT, SERVER, report::median};
+use testbed::{
+    cmd::{self, KillOnDrop},
+    paths::target_dir,
+};
 
 use crate::{
     collector::{BenchCollector, Tally},
-    perf::{CpuShares, Sampler},
+    perf::{CpuShares, Sampler, Span},
     watch::{Watched, stopped_line},
 };
 
@@ -29,9 +33,13 @@ pub enum Load {
     /// up with, so all see the same traffic. At the highest rate the sender sometimes falls
     /// into coalescing writes into large segments, which changes the packets counted.
     Paced,
-    /// iperf3's defaults: 128 KiB writes, as many bytes as possible.
+    /// iperf3's defaults: 128 KiB writes, as many bytes as possible, in bursts alternating
+    /// with the twin's.
     Bulk,
 }
+
+/// Seconds per burst of a bulk trial.
+const BURST_SECONDS: u32 = 1;
 
 /// Who watches the interface during a run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,8 +77,20 @@ pub struct Trial {
     pub peak_rss_kib: u64,
     /// What the collector received (delivery run only).
     pub delivered: Option<Tally>,
-    /// CPU by attribution while iperf3 ran.
+    /// CPU by attribution while iperf3 ran on the watched veth.
     pub cpu: CpuShares,
+    /// Bulk trials only: the twin's speed beside the watched veth's.
+    pub twin: Option<Twin>,
+}
+
+/// What the unwatched twin of a bulk trial measured in the bursts alternating with the watched
+/// veth's.
+pub struct Twin {
+    /// The twin's mean speed over its bursts.
+    pub gbits: f64,
+    /// The watched veth's speed as a share of the twin's, in percent: the median over adjacent
+    /// pairs of bursts.
+    pub percent: f64,
 }
 
 fn number_before(lines: &[String], suffix: &str) -> Result<u64> {
@@ -80,16 +100,101 @@ fn number_before(lines: &[String], suffix: &str) -> Result<u64> {
         .with_context(|| format!("no \"N{suffix}\" line in {lines:?}"))
 }
 
+/// An iperf3 server in `bed`'s server namespace, stopped on drop.
+fn iperf3_server(bed: &Topology) -> Result<KillOnDrop> {
+    let mut server = bed.server.command("iperf3");
+    server.args(["-s", "-p", PORT]).stdout(Stdio::null());
+    Ok(KillOnDrop(
+        server.spawn().context("cannot start iperf3 -s")?,
+    ))
+}
+
+/// iperf3 from `bed`'s client namespace for `seconds`, with `load`'s options; its speed in Gbit/s
+/// and the span it ran in.
+fn iperf3(bed: &Topology, load: Load, seconds: u32, args: &BenchArgs) -> Result<(f64, Span)> {
+    let mut client = bed.client.command("iperf3");
+    client.args(["-c", SERVER, "-p", PORT, "-J", "-t", &seconds.to_string()]);
+    match load {
+        Load::SmallPackets => {
+            client.args(["-N", "-l", &args.write_size.to_string()]);
+        }
+        Load::Paced => {
+            client.args(["-N", "-l", &args.write_size.to_string()]);
+            client.args(["-b", &format!("{}M", args.paced_mbits)]);
+        }
+        Load::Bulk => {}
+    }
+    // A server just done with a test may still refuse the next one as busy for a moment.
+    let mut attempts = 0;
+    let (out, span) = loop {
+        attempts += 1;
+        match Span::of(|| cmd::stdout(&mut client)) {
+            (Ok(out), span) => break (out, span),
+            (Err(_), _) if attempts < 5 => thread::sleep(Duration::from_millis(100)),
+            (Err(e), _) => return Err(e),
+        }
+    };
+    let report: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    let gbits = report["end"]["sum_sent"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no throughput")?
+        / 1e9;
+    Ok((gbits, span))
+}
+
+/// `pairs` pairs of bulk bursts, A B B A …, on the watched `bed` and the unwatched `twin`: the
+/// watched veth's mean speed, the spans of its bursts, and the twin's measure.
+fn bursts(
+    bed: &Topology,
+    twin: &Topology,
+    pairs: u32,
+    args: &BenchArgs,
+) -> Result<(f64, Vec<Span>, Twin)> {
+    let (mut watched, mut unwatched, mut spans) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..pairs {
+        // A B, then B A: a steady drift favours neither veth.
+        let order = if pair % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for watched_now in order {
+            if watched_now {
+                let (gbits, span) = iperf3(bed, Load::Bulk, BURST_SECONDS, args)?;
+                watched.push(gbits);
+                spans.push(span);
+            } else {
+                unwatched.push(iperf3(twin, Load::Bulk, BURST_SECONDS, args)?.0);
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let ratios = watched
+        .iter()
+        .zip(&unwatched)
+        .map(|(w, u)| w * 100.0 / u)
+        .collect();
+    let twin = Twin {
+        gbits: mean(&unwatched),
+        percent: median(ratios).context("no bursts")?,
+    };
+    Ok((mean(&watched), spans, twin))
+}
+
+/// One run of `load` with `capturer` watching `bed`'s server `eth0`; bulk loads alternate with
+/// `twin`, which nobody watches.
 pub fn trial(
     bed: &Topology,
+    twin: &Topology,
     capturer: Capturer,
     load: Load,
     args: &BenchArgs,
     sniffer: &str,
 ) -> Result<Trial> {
-    let mut server = bed.server.command("iperf3");
-    server.args(["-s", "-1", "-p", PORT]).stdout(Stdio::null());
-    let mut server = server.spawn().context("cannot start iperf3 -s")?;
+    let _server = iperf3_server(bed)?;
+    let _twin_server = matches!(load, Load::Bulk)
+        .then(|| iperf3_server(twin))
+        .transpose()?;
     let collector = match capturer {
         Capturer::SnifferToCollector => Some(BenchCollector::start(&bed.server.name)?),
         _ => None,
@@ -127,38 +232,20 @@ pub fn trial(
     thread::sleep(Duration::from_millis(300));
     let sampler = Sampler::start(&target_dir().join("bench/perf.data"))?;
     let before = bed.server.packets("eth0")?;
-    let start = Instant::now();
-    let mut client = bed.client.command("iperf3");
-    client.args([
-        "-c",
-        SERVER,
-        "-p",
-        PORT,
-        "-J",
-        "-t",
-        &args.seconds.to_string(),
-    ]);
-    match load {
-        Load::SmallPackets => {
-            client.args(["-N", "-l", &args.write_size.to_string()]);
+    let (gbits, spans, twin) = match load {
+        Load::Bulk => {
+            let (gbits, spans, twin) = bursts(bed, twin, args.seconds, args)?;
+            (gbits, spans, Some(twin))
         }
-        Load::Paced => {
-            client.args(["-N", "-l", &args.write_size.to_string()]);
-            client.args(["-b", &format!("{}M", args.paced_mbits)]);
+        Load::SmallPackets | Load::Paced => {
+            let (gbits, span) = iperf3(bed, load, args.seconds, args)?;
+            (gbits, vec![span], None)
         }
-        Load::Bulk => {}
-    }
-    let out = cmd::stdout(&mut client)?;
-    let seconds = start.elapsed().as_secs_f64();
-    let cpu = sampler.stop(watched.as_ref().map(Watched::pid))?;
-    let report: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    let gbits = report["end"]["sum_sent"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no throughput")?
-        / 1e9;
+    };
+    let cpu = sampler.stop(watched.as_ref().map(Watched::pid), &spans)?;
+    let seconds = spans.iter().map(|s| s.seconds()).sum();
     thread::sleep(Duration::from_millis(300));
     let wire_packets = bed.server.packets("eth0")? - before;
-    let _ = server.wait();
 
     let mut result = Trial {
         capturer,
@@ -172,6 +259,7 @@ pub fn trial(
         peak_rss_kib: 0,
         delivered: None,
         cpu,
+        twin,
     };
     if let Some(watched) = watched {
         let (cpu, rss, lines) = watched.stop()?;
