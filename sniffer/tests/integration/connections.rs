@@ -342,6 +342,8 @@ impl Drop for Pcap {
 #[derive(Debug)]
 struct Packet {
     stream: u64,
+    /// Over IPv6 (else IPv4).
+    ipv6: bool,
     src_port: u16,
     dst_port: u16,
     len: u64,
@@ -522,6 +524,7 @@ fn dissect(pcap: &Path) -> Vec<Packet> {
         "frame.time_epoch",
         "tcp.flags.syn",
         "tcp.flags.ack",
+        "ipv6.src",
     ];
     let mut args = vec!["-T", "fields", "-E", "separator=,"];
     for field in &fields {
@@ -540,6 +543,7 @@ fn dissect(pcap: &Path) -> Vec<Packet> {
                 time_ns: epoch_ns(f[5]),
                 syn: f[6] == "1",
                 ack: f[7] == "1",
+                ipv6: !f[8].is_empty(),
                 retransmission: retransmissions.contains(&number),
                 lost_segment: lost.contains(&number),
                 zero_window: zero.contains(&number),
@@ -655,7 +659,8 @@ fn connection_records_match_tshark_under_induced_loss() {
     let mut idle = Vec::new();
     for (server, workload) in plan {
         let (port, open) = run(&topology.client, server, workload);
-        expected.insert(port, (server, workload));
+        // An IPv4 and an IPv6 connection may get the same client port.
+        expected.insert((server.is_ipv6(), port), (server, workload));
         idle.extend(open);
     }
     // Past the idle timeout, and the 1 s linger of the last closed connection, plus a sweep.
@@ -698,11 +703,14 @@ fn connection_records_match_tshark_under_induced_loss() {
             .expect("the handshake is in the capture");
         let synack = packets.iter().find(|p| p.syn && p.ack).expect("SYN-ACK");
         let (client, server) = (syn.src_port, syn.dst_port);
-        let (_, workload) = expected[&client];
+        let (_, workload) = expected[&(syn.ipv6, client)];
+        let version = if syn.ipv6 { 6 } else { 4 };
         let record = connections
             .iter()
-            .find(|r| r["client_port"] == client)
-            .unwrap_or_else(|| panic!("no connection record for client port {client}"));
+            .find(|r| r["client_port"] == client && r["ip_version"] == version)
+            .unwrap_or_else(|| {
+                panic!("no connection record for client port {client}, IPv{version}")
+            });
         println!("{record}");
         assert_eq!(record["server_port"], server, "{record}");
         assert_eq!(record["handshake_seen"], true, "{record}");

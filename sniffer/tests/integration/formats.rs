@@ -19,7 +19,7 @@ use crate::{
     agent::{Agent, Finished, SNIFFER},
     collector::{Collector, Received, Reply, accept_all},
     dissector::{RawCapture, expected_record},
-    netns::{SERVER_V4, SERVER_V6, Topology, topology},
+    netns::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Topology, topology},
     traffic::{MATCHED, exchange, serve},
 };
 
@@ -96,8 +96,9 @@ fn scratch(name: &str) -> PathBuf {
 struct Run {
     /// The records the independent capture says the sniffer must emit (without `ts`).
     expected: Vec<Value>,
-    /// The client ports of the connections.
-    connections: Vec<u16>,
+    /// The client address and port of each connection. An IPv4 and an IPv6 connection may get
+    /// the same port: only the pair names a connection.
+    connections: Vec<(&'static str, u16)>,
     finished: Finished,
 }
 
@@ -132,8 +133,8 @@ fn run_traffic(topology: &Topology, url: &str, env: &[(&str, &str)]) -> Run {
     let connections = topology.client.run(move || {
         let mut ports = Vec::new();
         for size in sizes {
-            ports.push(exchange(v4, size));
-            ports.push(exchange(v6, size));
+            ports.push((CLIENT_V4, exchange(v4, size)));
+            ports.push((CLIENT_V6, exchange(v6, size)));
         }
         ports
     });
@@ -725,28 +726,33 @@ fn ndjson_lands_in_a_real_clickhouse_with_the_capture_s_counts() {
     let by_sql = clickhouse
         .query(
             &topology,
-            "SELECT if(src_port = 8080, dst_port, src_port) AS client, count(), sum(payload_len), \
+            "SELECT if(src_port = 8080, dst_ip, src_ip) AS ip, \
+             if(src_port = 8080, dst_port, src_port) AS client, count(), sum(payload_len), \
              countIf(has(flags, 'SYN')), min(parseDateTimeBestEffort(ts)) > toDateTime('2020-01-01 00:00:00') \
-             FROM packets WHERE namespace = 'shop' AND pod = 'web-7d9c' GROUP BY client ORDER BY client \
-             FORMAT TSV",
+             FROM packets WHERE namespace = 'shop' AND pod = 'web-7d9c' GROUP BY ip, client \
+             ORDER BY ip, client FORMAT TSV",
         )
         .unwrap();
-    let mut by_capture: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    let mut by_capture: BTreeMap<(String, u64), (u64, u64, u64)> = BTreeMap::new();
     for record in &run.expected {
         let client = if record["src_port"] == MATCHED {
-            &record["dst_port"]
+            "dst"
         } else {
-            &record["src_port"]
+            "src"
         };
-        let entry = by_capture.entry(client.as_u64().unwrap()).or_default();
+        let key = (
+            record[format!("{client}_ip")].as_str().unwrap().to_owned(),
+            record[format!("{client}_port")].as_u64().unwrap(),
+        );
+        let entry = by_capture.entry(key).or_default();
         entry.0 += 1;
         entry.1 += record["payload_len"].as_u64().unwrap();
         entry.2 += u64::from(record["flags"].as_array().unwrap().contains(&json!("SYN")));
     }
     let expected: String = by_capture
         .iter()
-        .map(|(client, (packets, bytes, syns))| {
-            format!("{client}\t{packets}\t{bytes}\t{syns}\t1\n")
+        .map(|((ip, client), (packets, bytes, syns))| {
+            format!("{ip}\t{client}\t{packets}\t{bytes}\t{syns}\t1\n")
         })
         .collect();
     assert_eq!(by_sql, expected);
@@ -811,16 +817,16 @@ fn connection_records_land_in_a_real_clickhouse() {
     let rows = clickhouse
         .query(
             &topology,
-            "SELECT client_port, conn_state, substring(history, 1, 4), handshake_seen, \
+            "SELECT client_ip, client_port, conn_state, substring(history, 1, 4), handshake_seen, \
              client_ack_rtt_samples > 0, server_ack_rtt_mean_ns >= server_ack_rtt_min_ns \
-             FROM connections WHERE namespace = 'shop' ORDER BY client_port FORMAT TSV",
+             FROM connections WHERE namespace = 'shop' ORDER BY client_ip, client_port FORMAT TSV",
         )
         .unwrap();
-    let mut ports = run.connections.clone();
-    ports.sort_unstable();
-    let expected: String = ports
+    let mut clients = run.connections.clone();
+    clients.sort_unstable();
+    let expected: String = clients
         .iter()
-        .map(|port| format!("{port}\tSF\tShAD\t1\t1\t1\n"))
+        .map(|(ip, port)| format!("{ip}\t{port}\tSF\tShAD\t1\t1\t1\n"))
         .collect();
     assert_eq!(rows, expected);
     eprintln!("ClickHouse connections:\n{rows}");
@@ -1028,11 +1034,11 @@ fn connection_records_reach_every_format_with_the_capture_s_counts() {
             run.connections.len(),
             "{format} {encoding}: {records:#?}"
         );
-        for port in &run.connections {
+        for &(ip, port) in &run.connections {
             let record = records
                 .iter()
-                .find(|r| r["client_port"] == *port)
-                .unwrap_or_else(|| panic!("{format}: no record of client port {port}"));
+                .find(|r| r["client_ip"] == ip && r["client_port"] == port)
+                .unwrap_or_else(|| panic!("{format}: no record of client {ip} port {port}"));
             assert_eq!(record["type"], "connection", "{record}");
             assert_eq!(record["server_port"], MATCHED, "{record}");
             assert_eq!(record["end_reason"], "fin", "{record}");
@@ -1053,12 +1059,15 @@ fn connection_records_reach_every_format_with_the_capture_s_counts() {
                 assert!(min <= mean && mean <= max, "{format}: {record}");
             }
             // Each side's packets and bytes, from the independent capture.
-            for (prefix, from) in [("client", *port), ("server", MATCHED)] {
+            for (prefix, from) in [("client", port), ("server", MATCHED)] {
                 let sent: Vec<&Value> = run
                     .expected
                     .iter()
                     .filter(|r| {
-                        r["src_port"] == from && (r["dst_port"] == *port || r["src_port"] == *port)
+                        let client = if from == port { "src" } else { "dst" };
+                        r["src_port"] == from
+                            && r[format!("{client}_ip")] == ip
+                            && r[format!("{client}_port")] == port
                     })
                     .collect();
                 let bytes: u64 = sent

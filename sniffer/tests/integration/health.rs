@@ -143,22 +143,30 @@ fn duplex_client(ns: &Netns, server: SocketAddr, n: usize) -> u16 {
     })
 }
 
-/// tshark's `tcp.analysis.ack_rtt` samples in nanoseconds, by client port and the side that
-/// sent the ACK (`true`: the client).
-fn tshark_ack_rtt(pcap: &std::path::Path) -> BTreeMap<(u16, bool), Vec<i128>> {
+/// A client: over IPv6 (else IPv4), and its port. An IPv4 and an IPv6 connection may get the
+/// same client port.
+type Client = (bool, u16);
+
+/// tshark's `tcp.analysis.ack_rtt` samples in nanoseconds, by client and the side that sent the
+/// ACK (`true`: the client).
+fn tshark_ack_rtt(pcap: &std::path::Path) -> BTreeMap<(Client, bool), Vec<i128>> {
     let syn = "tcp.flags.syn == 1 && tcp.flags.ack == 0";
-    let clients: BTreeMap<u64, u16> = tshark_fields(pcap, syn, &["tcp.stream", "tcp.srcport"])
+    let fields = ["tcp.stream", "tcp.srcport", "ipv6.src"];
+    let clients: BTreeMap<u64, Client> = tshark_fields(pcap, syn, &fields)
         .iter()
-        .map(|f| (f[0].parse().expect("stream"), f[1].parse().expect("port")))
+        .map(|f| {
+            let port = f[1].parse().expect("port");
+            (f[0].parse().expect("stream"), (!f[2].is_empty(), port))
+        })
         .collect();
-    let mut samples: BTreeMap<(u16, bool), Vec<i128>> = BTreeMap::new();
+    let mut samples: BTreeMap<(Client, bool), Vec<i128>> = BTreeMap::new();
     let fields = ["tcp.stream", "tcp.srcport", "tcp.analysis.ack_rtt"];
     for f in tshark_fields(pcap, "tcp.analysis.ack_rtt", &fields) {
         let stream: u64 = f[0].parse().expect("stream");
         let source: u16 = f[1].parse().expect("port");
         let client = clients[&stream];
         samples
-            .entry((client, source == client))
+            .entry((client, source == client.1))
             .or_default()
             .push(epoch_ns(&f[2]));
     }
@@ -253,7 +261,7 @@ fn ack_round_trips_match_tshark_side_by_side() {
                 let n = 100_000 + 150_000 * ((round * 4 + i) % 7);
                 scope.spawn(move || {
                     let port = duplex_client(client, server, n);
-                    ports.lock().unwrap().push(port);
+                    ports.lock().unwrap().push((server.is_ipv6(), port));
                 });
             }
         });
@@ -290,15 +298,18 @@ fn ack_round_trips_match_tshark_side_by_side() {
     );
     let mut varied = false;
     let (mut exact, mut missing) = (0, 0);
-    for port in ports {
+    for (ipv6, port) in ports {
+        let version = if ipv6 { 6 } else { 4 };
         let record = records
             .iter()
-            .find(|r| r["client_port"] == port)
-            .unwrap_or_else(|| panic!("no record for client port {port}"));
+            .find(|r| r["client_port"] == port && r["ip_version"] == version)
+            .unwrap_or_else(|| panic!("no record for client port {port}, IPv{version}"));
         assert_eq!(record["conn_state"], "SF", "{record}");
         for (side, is_client) in [("client", true), ("server", false)] {
             let ours = recorded_summary(record, side);
-            let expected = theirs.get(&(port, is_client)).and_then(|s| summary(s));
+            let expected = theirs
+                .get(&((ipv6, port), is_client))
+                .and_then(|s| summary(s));
             let (Some(ours), Some(expected)) = (ours, expected) else {
                 panic!("{side} of {port}: sniffer {ours:?}, tshark {expected:?}: {record}");
             };
@@ -581,11 +592,8 @@ fn conn_state_and_history_follow_zeek() {
         let record = records
             .iter()
             .find(|r| {
-                if port == 0 {
-                    r["server_port"] == server
-                } else {
-                    r["client_port"] == port
-                }
+                // A client port may repeat towards another server port.
+                r["server_port"] == server && (port == 0 || r["client_port"] == port)
             })
             .unwrap_or_else(|| panic!("no record for client port {port}: {records:#?}"));
         (
