@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
+use cli_support::clock::monotonic_ns;
 
 /// Sampling period in nanoseconds of CPU time (4 kHz per CPU).
 const PERIOD_NS: u64 = 250_000;
@@ -63,15 +64,9 @@ impl Span {
     }
 }
 
-/// `CLOCK_MONOTONIC` in seconds (`Instant` reads it too, but does not expose it).
+/// `CLOCK_MONOTONIC` in seconds, as `perf script` prints its samples' times.
 fn monotonic() -> f64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+    monotonic_ns() as f64 * 1e-9
 }
 
 /// A running `perf record -a`.
