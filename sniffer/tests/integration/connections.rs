@@ -414,8 +414,8 @@ fn pcap_frames(bytes: &[u8]) -> (&[u8], Vec<&[u8]>) {
 /// and acknowledgment numbers and payload length, equal ones in turn; every record must find a
 /// frame and every frame a record.
 pub fn in_recorded_order(pcap: &Path, records: &[&Value]) -> (ScratchFile, usize) {
-    let key = |sport: u64, dport: u64, seq: u64, ack: u64, len: u64| (sport, dport, seq, ack, len);
-    let mut frames_of: HashMap<_, VecDeque<usize>> = HashMap::new();
+    // Ports, sequence and acknowledgment numbers, payload length.
+    let mut frames_of: HashMap<[u64; 5], VecDeque<usize>> = HashMap::new();
     let fields = [
         "tcp.srcport",
         "tcp.dstport",
@@ -426,7 +426,7 @@ pub fn in_recorded_order(pcap: &Path, records: &[&Value]) -> (ScratchFile, usize
     for (index, row) in tshark_fields(pcap, "", &fields).iter().enumerate() {
         let n = |i: usize| -> u64 { row[i].parse().unwrap_or_else(|_| panic!("{row:?}")) };
         frames_of
-            .entry(key(n(0), n(1), n(2), n(3), n(4)))
+            .entry([0, 1, 2, 3, 4].map(n))
             .or_default()
             .push_back(index);
     }
@@ -434,13 +434,7 @@ pub fn in_recorded_order(pcap: &Path, records: &[&Value]) -> (ScratchFile, usize
         .iter()
         .map(|r| {
             let n = |name: &str| r[name].as_u64().unwrap_or_else(|| panic!("{name} in {r}"));
-            let wanted = key(
-                n("src_port"),
-                n("dst_port"),
-                n("seq"),
-                n("ack"),
-                n("payload_len"),
-            );
+            let wanted = ["src_port", "dst_port", "seq", "ack", "payload_len"].map(n);
             frames_of
                 .get_mut(&wanted)
                 .and_then(VecDeque::pop_front)
